@@ -1,0 +1,145 @@
+"""Does the EAVSS ranking mean something? Linear probes per layer and their agreement with EAVSS.
+
+For each decoder layer, a logistic regression (L2, strength ``C``) on standardised mean-pooled
+answer-token hidden states (``resid_post``) separates hallucinated from truthful answers. It is
+evaluated on held-out answers by ``folds``-fold cross-validation inside the score split:
+folds are grouped by question (both answers of a teacher-forced pair are always in the same
+fold, so a probe never sees the question it is tested on) and stratified by label x source.
+The AUROC of the out-of-fold decision values is reported overall and per source; the headline
+``auroc`` of a layer is the mean of the per-source AUROCs (``within-source``), because the pooled
+AUROC also rewards telling sources apart (sources differ in hallucination rate).
+
+Agreement with EAVSS: Spearman rank correlation over layers between EAVSS and the probe AUROC
+(scipy), the top-k overlap, and its chance level ``k^2 / L``.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+import numpy as np
+
+from eavss.errors import EavssError
+
+AGREEMENT_LEVELS = ((0.5, "agrees"), (0.3, "weak agreement"), (0.0, "little or no agreement"))
+
+
+def _folds(y: np.ndarray, groups: np.ndarray, strata: np.ndarray, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    code = np.array([f"{s}|{int(v)}" for s, v in zip(strata, y)])
+    _, code_i = np.unique(code, return_inverse=True)
+    _, grp_i = np.unique(groups.astype(str), return_inverse=True)
+    k = min(k, len(np.unique(grp_i)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "least populated class has fewer than n_splits members"
+        cv = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+        return [(tr, te) for tr, te in cv.split(np.zeros(len(y)), code_i, grp_i)]
+
+
+def _fit_all(X: np.ndarray, y: np.ndarray, splits, oof: np.ndarray, C: float, max_iter: int, progress: bool) -> None:
+    """Fill ``oof`` ``(L, N)`` with out-of-fold decision values, one probe per layer and fold."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from tqdm.auto import tqdm
+
+    for layer in tqdm(range(X.shape[1]), desc="probes", unit="layer", disable=not progress):
+        Xl = X[:, layer, :].astype(np.float64)
+        for tr, te in splits:
+            if len(np.unique(y[tr])) < 2:
+                oof[layer, te] = 0.0
+                continue
+            clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # ConvergenceWarning on nearly separable layers
+                clf.fit(Xl[tr], y[tr])
+            oof[layer, te] = clf.decision_function(Xl[te])
+
+
+def probe_layers(features: np.ndarray, y: np.ndarray, groups: np.ndarray, strata: np.ndarray, folds: int = 5,
+                 C: float = 0.05, max_iter: int = 500, seed: int = 0, progress: bool = False) -> dict:
+    """Cross-validated logistic-regression probe per layer.
+
+    Args:
+        features: ``(N, L, D)`` float mean-pooled answer-token hidden states.
+        y: ``(N,)`` labels, 1 = hallucinated, 0 = truthful.
+        groups: ``(N,)`` question ids (fold grouping). strata: ``(N,)`` source names.
+        folds: number of CV folds. C: inverse L2 strength of sklearn's LogisticRegression.
+        seed: fold shuffling seed.
+
+    Returns:
+        ``{"auroc": (L,) mean within-source AUROC, "auroc_pooled": (L,), "auroc_by_source":
+        {source: (L,)}, "sources_used": [...], "n": N, "n_hallucinated", "folds", "C", "seconds",
+        "protocol": str}``. A source enters the within-source mean if it has at least 5 samples of
+        each class.
+
+    Raises:
+        EavssError: fewer than 2 samples in a class, or shapes that disagree.
+    """
+    from sklearn.metrics import roc_auc_score
+    from threadpoolctl import threadpool_limits
+
+    X = np.asarray(features)
+    y = np.asarray(y).astype(int)
+    if X.ndim != 3 or len(X) != len(y) or len(groups) != len(y) or len(strata) != len(y):
+        raise EavssError(f"probe: features must be (N, L, D) with N = len(labels); got {X.shape} and {len(y)} labels")
+    if min((y == 0).sum(), (y == 1).sum()) < 2:
+        raise EavssError(f"probe needs at least 2 answers of each class, got {(y == 0).sum()} truthful and "
+                         f"{(y == 1).sum()} hallucinated; raise the limits")
+    strata = np.asarray(strata, dtype=object)
+    t0 = time.perf_counter()
+    splits = _folds(y, np.asarray(groups, dtype=object), strata, folds, seed)
+    N, L, _ = X.shape
+    oof = np.zeros((L, N))
+    # one BLAS thread: these fits are tiny, and multi-threaded BLAS is 20-50x slower on a busy CPU
+    with threadpool_limits(1):
+        _fit_all(X, y, splits, oof, C, max_iter, progress)
+    pooled = np.array([roc_auc_score(y, oof[layer]) for layer in range(L)])
+    by_source = {}
+    for s in dict.fromkeys(strata.tolist()):
+        m = strata == s
+        if (y[m] == 0).sum() >= 5 and (y[m] == 1).sum() >= 5:
+            by_source[s] = np.array([roc_auc_score(y[m], oof[layer, m]) for layer in range(L)])
+    within = np.mean(list(by_source.values()), axis=0) if by_source else pooled
+    return {"auroc": within, "auroc_pooled": pooled, "auroc_by_source": by_source,
+            "sources_used": list(by_source), "n": int(N), "n_hallucinated": int((y == 1).sum()),
+            "folds": len(splits), "C": C, "seconds": time.perf_counter() - t0,
+            "protocol": f"{len(splits)}-fold CV inside the score split, grouped by question, stratified by label x source; "
+                        "StandardScaler + LogisticRegression(L2, C) per layer on mean-pooled answer-token resid_post; "
+                        "AUROC of out-of-fold decision values; headline = mean of per-source AUROCs"}
+
+
+def agreement(eavss: np.ndarray, auroc: np.ndarray, top_k: int) -> dict:
+    """How well the EAVSS ranking agrees with probe separability.
+
+    Returns:
+        ``{"spearman", "p_value", "top_k_overlap", "top_k_chance" (= k^2/L), "top_k_eavss",
+        "top_k_probe", "verdict", "warning"}``; ``warning`` is a sentence when the correlation is
+        below 0.3 (or not positive), else None.
+    """
+    from scipy.stats import spearmanr
+
+    e = np.asarray(eavss, dtype=np.float64)
+    a = np.asarray(auroc, dtype=np.float64)
+    L = len(e)
+    k = min(top_k, L)
+    if np.ptp(e) == 0 or np.ptp(a) == 0:
+        rho, p = float("nan"), float("nan")
+    else:
+        res = spearmanr(e, a)
+        rho, p = float(res.statistic), float(res.pvalue)
+    te = [int(i) for i in np.argsort(-e, kind="stable")[:k]]
+    ta = [int(i) for i in np.argsort(-a, kind="stable")[:k]]
+    overlap = len(set(te) & set(ta))
+    verdict = "undefined (constant scores)"
+    if np.isfinite(rho):
+        verdict = "disagrees (negative correlation)" if rho < 0 else next(
+            (name for thr, name in AGREEMENT_LEVELS if rho >= thr), "little or no agreement")
+    warning = None
+    if not np.isfinite(rho) or rho < 0.3:
+        warning = (f"EAVSS does NOT track probe separability: Spearman rho = {rho:.2f} (p = {p:.2g}) over {L} layers; "
+                   f"top-{k} overlap {overlap} (chance {k * k / L:.1f}). Treat the EAVSS ranking as unvalidated.")
+    return {"spearman": rho, "p_value": p, "top_k_overlap": overlap, "top_k_chance": k * k / L,
+            "top_k_eavss": te, "top_k_probe": ta, "verdict": verdict, "warning": warning}

@@ -1,0 +1,315 @@
+"""Human-readable outputs of ``eavss hallucination``: ``report.md``, ``eavss.png``, ``separability.png``."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from eavss.hallucination.scores import METHOD_DOCS, EavssOptions
+
+
+def write_json(path: Path, obj) -> None:
+    """Indented JSON, NaN refused (callers pass :func:`eavss.report.schema.jsonable` output)."""
+    from eavss.io import write_json_atomic
+
+    write_json_atomic(path, obj)
+
+
+def definitions(opts: EavssOptions) -> dict:
+    """The formulas in force, in words, for the report."""
+    pool = {"stratified": "per source, signed effect e_s; HSAV = |sum_s w_s e_s| / sum_s w_s with w_s = n_h n_t / (n_h + n_t)",
+            "stratified_abs": "per source, signed effect e_s; HSAV = sum_s w_s |e_s| / sum_s w_s",
+            "pooled": "all sources in one pool; HSAV = |e|"}[opts.pooling]
+    comb = {"mean": "EAVSS = (HSAV_norm + HSS_norm) / 2", "product": "EAVSS = HSAV_norm * HSS_norm",
+            "geometric": "EAVSS = sqrt(HSAV_norm * HSS_norm)", "hsav_only": "EAVSS = HSAV_norm",
+            "hss_only": "EAVSS = HSS_norm"}[opts.combine]
+    return {
+        "hsav": f"{opts.hsav}: {METHOD_DOCS['hsav.' + opts.hsav]}",
+        "hss": f"{opts.hss}: {METHOD_DOCS['hss.' + opts.hss]}",
+        "pooling": f"{opts.pooling}: {pool} (same for HSS)",
+        "normalisation": f"{opts.normalisation}: x / {'sum' if opts.normalisation == 'sum' else 'max'} over layers",
+        "eavss": comb + (" * AVSS_norm" if opts.with_avss else "") + f", renormalised ({opts.normalisation})",
+        "rank": "1 = most hallucination-prone (highest EAVSS); ties: lower layer first",
+        "variance": opts.variance,
+        "min_per_class": opts.min_per_class,
+    }
+
+
+def warnings(report: dict) -> list[str]:
+    """Sentences the reader must see (weak agreement, noise-level differences, small classes...)."""
+    out = []
+    ag = report.get("agreement") or {}
+    if ag.get("warning"):
+        out.append(ag["warning"])
+    ev = report["eavss"]
+    perm = ev.get("permutation") or {}
+    for key, name in (("p_max_hsav", "variance (HSAV)"), ("p_max_hss", "sparsity (HSS)")):
+        p = perm.get(key)
+        if p is not None and p > 0.05:
+            out.append(f"The largest per-layer {name} difference is within label-permutation noise "
+                       f"(family-wise p = {p:.2f}); its ranking reflects noise as much as signal.")
+    for src, d in ev.get("per_source", {}).items():
+        if d["weight"] == 0:
+            out.append(f"Source {src} has too few answers in a class (truthful {d['n_truthful']:.0f}, hallucinated "
+                       f"{d['n_hallucinated']:.0f}; scores.min_per_class = {report['config']['scores']['min_per_class']}) "
+                       "and does not enter HSAV/HSS.")
+        elif min(d["n_truthful"], d["n_hallucinated"]) < 30:
+            out.append(f"Source {src} has only {min(d['n_truthful'], d['n_hallucinated']):.0f} answers in its smaller "
+                       "class; its contribution is noisy.")
+    unstable = [r["layer"] for r in ev["per_layer"] if r.get("top_k") and r.get("p_top_k") is not None and r["p_top_k"] < 0.5]
+    if unstable:
+        out.append(f"Top-k layers {unstable} are in the top {ev['k']} in fewer than half of the bootstrap resamples.")
+    deg = [k for k, v in (ev.get("degenerate") or {}).items() if v]
+    if deg:
+        out.append(f"{', '.join(deg)} is zero on every layer (no class difference at all); its normalised value is uniform.")
+    return out
+
+
+def _f(x, nd=3) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, bool):
+        return "yes" if x else ""
+    if isinstance(x, int):
+        return str(x)
+    if isinstance(x, float):
+        if x != 0 and (abs(x) < 1e-3 or abs(x) >= 1e5):
+            return f"{x:.2e}"
+        return f"{x:.{nd}f}"
+    return str(x)
+
+
+def source_table(report: dict) -> str:
+    """Markdown table: samples, classes and hallucination rate per source."""
+    lines = ["| source | kind | questions | samples | truthful | hallucinated | excluded (empty) | hallucination rate | judge details |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for src, d in report["sources"].items():
+        rate = d.get("hallucination_rate")
+        rate_s = f"**{100 * rate:.1f}%**" if rate is not None else "– (pairs, 50% by construction)"
+        det = ", ".join(f"{k} {v}" for k, v in sorted((d.get("judge_details") or {}).items()))
+        lines.append(f"| {src} | {d['kind']} | {d['questions']} | {d['samples']} | {d['truthful']} | {d['hallucinated']} | "
+                     f"{d['excluded']} | {rate_s} | {det or '–'} |")
+    return "\n".join(lines) + "\n"
+
+
+def layer_table(report: dict) -> str:
+    """Markdown per-layer table."""
+    ev = report["eavss"]
+    cols = [("layer", "layer"), ("variance_truthful", "var_t"), ("variance_hallucinated", "var_h"),
+            ("hsav_signed", "HSAV±"), ("p_hsav", "p"), ("sparsity_truthful", "spars_t"),
+            ("sparsity_hallucinated", "spars_h"), ("hss_signed", "HSS±"), ("p_hss", "p"), ("hsav_norm", "HSAV_n"),
+            ("hss_norm", "HSS_n"), ("eavss", "EAVSS"), ("eavss_ci", "95% CI"), ("rank", "rank"),
+            ("p_top_k", f"P(top-{ev['k']})"), ("probe_auroc", "probe AUROC")]
+    lines = ["| " + " | ".join(c[1] for c in cols) + " |", "|" + "---|" * len(cols)]
+    for r in ev["per_layer"]:
+        cells = []
+        for k, _ in cols:
+            if k == "eavss_ci":
+                cells.append(f"{_f(r.get('eavss_lo'))}–{_f(r.get('eavss_hi'))}" if r.get("eavss_lo") is not None else "–")
+            elif k == "rank":
+                cells.append(f"**{r['rank']}**" if r.get("top_k") else str(r["rank"]))
+            elif k == "p_top_k":
+                cells.append(_f(r.get(k), 2))
+            else:
+                cells.append(_f(r.get(k)))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def render_markdown(report: dict) -> str:
+    """The ``report.md`` text."""
+    m = report.get("model", {})
+    ev = report["eavss"]
+    cfg = report["config"]
+    smp = report["samples"]
+    out = ["# eavss hallucination report\n"]
+    out.append(f"- model: `{m.get('model_id')}` ({m.get('architecture')}, {m.get('num_layers')} decoder layers, "
+               f"dtype {m.get('dtype')}, sha256 `{str(m.get('file_sha256'))[:16]}…`)")
+    out.append(f"- sources: {', '.join(report['sources'])}; {smp['labelled']} labelled answers "
+               f"({smp['truthful']} truthful, {smp['hallucinated']} hallucinated) of {smp['total']} samples; seed {report['seed']}")
+    st = report["statistics"]
+    out.append(f"- statistics: site `{st['site']}`, variance `{st['variance_definition']}`, sparsity "
+               f"`{st['sparsity_rule'].get('rule')}`, answer tokens only (question and few-shot prefix as context)")
+    d = ev["definitions"]
+    out.append(f"- HSAV: {d['hsav']}")
+    out.append(f"- HSS: {d['hss']}")
+    out.append(f"- pooling over sources: {d['pooling']}")
+    out.append(f"- {d['eavss']}; {d['rank']}")
+    out.append(f"- total time: {report['timings'].get('total', report['timings'].get('total_before_write', 0)):.0f} s\n")
+    if report.get("warnings"):
+        out.append("## Warnings\n")
+        out += [f"- **{w}**" for w in report["warnings"]]
+        out.append("")
+    out.append("## Hallucination rate per source\n")
+    out.append(source_table(report))
+    out.append("Generated answers: wrong = hallucinated, right = truthful (judge below); teacher-forced sources give one "
+               "truthful and one hallucinated reference answer per question.\n")
+    out.append("## EAVSS ranking\n")
+    out.append(f"**Top-{ev['k']} hallucination-prone layers: {ev['top_k']}**\n")
+    out.append(f"Full ranking (most to least hallucination-prone): {ev['ranking']}\n")
+    perm = ev.get("permutation") or {}
+    if perm:
+        out.append(f"Label-permutation test ({perm.get('permutations')} permutations): family-wise p for 'some layer's "
+                   f"variance differs' = {_f(perm.get('p_max_hsav'))}, for sparsity = {_f(perm.get('p_max_hss'))}.\n")
+    ag = report.get("agreement")
+    out.append("## Does the ranking agree with separability?\n")
+    if ag:
+        out.append(f"Spearman rank correlation over layers between EAVSS and the probe AUROC (mean within-source): "
+                   f"**rho = {_f(ag['spearman'], 2)}** (p = {_f(ag['p_value'], 3)}) -- **{ag['verdict']}**. "
+                   f"Top-{ev['k']} overlap: {ag['top_k_overlap']} (chance {ag['top_k_chance']:.1f}); probe top-{ev['k']}: "
+                   f"{ag['top_k_probe']}.")
+        pa = ag.get("pooled_auroc") or {}
+        out.append(f"Against the pooled AUROC (all sources together): rho = {_f(pa.get('spearman'), 2)} "
+                   f"(p = {_f(pa.get('p_value'), 3)}).\n")
+        pr = report["probe"]
+        au = pr["auroc"]
+        best = max(range(len(au)), key=lambda i: au[i])
+        out.append(f"Probe: {pr['protocol']}. n = {pr['n']} ({pr['n_hallucinated']} hallucinated); best layer {best} "
+                   f"(AUROC {au[best]:.3f}); sources in the within-source mean: {pr['sources_used']}.\n")
+        va = report.get("agreement_variants") or {}
+        if va:
+            out.append("Other definitions (each changes one option of the default) against the same probe AUROC:\n")
+            out.append("| definition | Spearman rho | p | top-k overlap | top-k |\n|---|---|---|---|---|")
+            for name, v in va.items():
+                out.append(f"| {name} | {_f(v['spearman'], 2)} | {_f(v['p_value'], 3)} | {v['top_k_overlap']} | {v['top_k']} |")
+            out.append("")
+    else:
+        out.append("Probes were disabled (probe.enabled=false).\n")
+    out.append("## Per-layer table\n")
+    out.append("var/spars: class variance and sparsity of answer tokens; HSAV± / HSS±: pooled signed effects (> 0: larger "
+               "on hallucinated answers) with label-permutation p; _n: normalised across layers; CI and P(top-k): "
+               "question-level bootstrap.\n")
+    out.append(layer_table(report))
+    out.append("## Per-source weights\n")
+    out.append("| source | truthful | hallucinated | weight w_s |\n|---|---|---|---|")
+    for src, dd in ev["per_source"].items():
+        out.append(f"| {src} | {dd['n_truthful']:.0f} | {dd['n_hallucinated']:.0f} | {dd['weight']:.1f} |")
+    out.append("")
+    out.append("## Prompts, stop rule and judge\n")
+    pr = report["prompts"]
+    out.append(f"- format: {pr['format']}")
+    out.append(f"- question: `{pr['question_template']!r}`; options: `{pr['options_template']!r}`; answer: `{pr['answer_template']!r}`")
+    out.append(f"- stop rule: {pr['stop_rule']}")
+    j = report["judge"]
+    out.append(f"- judge normalisation: {j['normalisation']}")
+    out.append(f"- judge rule ({j['match']}): {j['rule']}")
+    out.append(f"- SciQ ({j['sciq']}): {j['sciq_rule']}")
+    out.append(f"- labels: {j['label']}")
+    for name, text in pr["prefixes"].items():
+        out.append(f"\nprefix `{name}`:\n\n```\n{text}```")
+    out.append("")
+    out.append("## Splits\n")
+    sp = report["splits"]
+    out.append(f"`splits.json`: {sp['rule']} (fractions {sp['fractions']}, seed {sp['seed']}).\n")
+    out.append("| source | score | train | eval | used here |\n|---|---|---|---|---|")
+    for src, c in sp["counts"].items():
+        out.append(f"| {src} | {c['score']} | {c['train']} | {c['eval']} | {c['used_here']} |")
+    out.append("")
+    out.append("## Timings (seconds)\n")
+    out.append("| phase | seconds |\n|---|---|")
+    for k, v in report["timings"].items():
+        out.append(f"| {k} | {v:.1f} |")
+    out.append(f"\nConfiguration: `eavss hallucination --config` with the `config` section of report.json reproduces "
+               f"this run (limits {cfg['limits']}).")
+    return "\n".join(out) + "\n"
+
+
+def summary(report: dict) -> list[str]:
+    """Short terminal summary."""
+    lines = []
+    rates = ", ".join(f"{s} {100 * d['hallucination_rate']:.0f}%" for s, d in report["sources"].items()
+                      if d.get("hallucination_rate") is not None)
+    lines.append(f"hallucination rate: {rates or '–'}")
+    ev = report["eavss"]
+    lines.append(f"EAVSS top-{ev['k']} layers: {ev['top_k']}  (ranking {ev['ranking']})")
+    ag = report.get("agreement")
+    if ag:
+        lines.append(f"EAVSS vs probe AUROC: Spearman {ag['spearman']:.2f} (p {ag['p_value']:.2g}), {ag['verdict']}")
+    for w in report.get("warnings", []):
+        lines.append(f"warning: {w}")
+    return lines
+
+
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110, format="png")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def plot_eavss(report: dict, path: str | os.PathLike) -> None:
+    """Three stacked bar charts per layer: HSAV_norm, HSS_norm and EAVSS (top-k in red, bootstrap CI whiskers)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["eavss"]["per_layer"]
+    layers = [r["layer"] for r in rows]
+    colours = ["tab:red" if r.get("top_k") else "tab:blue" for r in rows]
+    fig, axes = plt.subplots(3, 1, figsize=(max(6, 0.3 * len(layers) + 2), 7.5), sharex=True)
+    for ax, key, label in zip(axes, ("hsav_norm", "hss_norm", "eavss"), ("HSAV (normalised)", "HSS (normalised)", "EAVSS")):
+        vals = [r.get(key) or 0.0 for r in rows]
+        ax.bar(layers, vals, color=colours)
+        ax.set_ylabel(label)
+        if key == "eavss" and rows and rows[0].get("eavss_lo") is not None:
+            lo = [max(0.0, v - (r.get("eavss_lo") or v)) for v, r in zip(vals, rows)]
+            hi = [max(0.0, (r.get("eavss_hi") or v) - v) for v, r in zip(vals, rows)]
+            ax.errorbar(layers, vals, yerr=[lo, hi], fmt="none", ecolor="black", elinewidth=0.8, capsize=2)
+    axes[-1].set_xlabel(f"decoder layer (0-based); red = top-{report['eavss']['k']}; whiskers = bootstrap 95% CI")
+    m = report.get("model", {})
+    fig.suptitle(f"EAVSS per layer: {m.get('model_id')} ({report['eavss']['options']['hsav']}, "
+                 f"{report['eavss']['options']['hss']}, {report['eavss']['options']['combine']})")
+    fig.tight_layout()
+    _save(fig, Path(path))
+
+
+def plot_separability(report: dict, path: str | os.PathLike) -> None:
+    """Probe AUROC per layer (within-source mean, pooled, per source) with EAVSS on a second axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(6, 0.3 * len(report["eavss"]["per_layer"]) + 2), 4.5))
+    pr = report.get("probe")
+    layers = [r["layer"] for r in report["eavss"]["per_layer"]]
+    if pr:
+        ax.plot(layers, pr["auroc"], "-o", color="black", lw=2, ms=3, label="mean within-source AUROC")
+        ax.plot(layers, pr["auroc_pooled"], "--", color="grey", label="pooled AUROC")
+        for s, v in pr["auroc_by_source"].items():
+            ax.plot(layers, v, lw=0.9, alpha=0.8, label=s)
+        ax.axhline(0.5, color="grey", lw=0.6, ls=":")
+        ax.set_ylabel("probe AUROC (out-of-fold)")
+        ag = report.get("agreement") or {}
+        ax.set_title(f"linear-probe separability per layer; Spearman(EAVSS, AUROC) = {ag.get('spearman', float('nan')):.2f}")
+    else:
+        ax.set_title("probes disabled")
+    ax2 = ax.twinx()
+    ax2.bar(layers, [r.get("eavss") or 0.0 for r in report["eavss"]["per_layer"]], color="tab:red", alpha=0.2,
+            label="EAVSS")
+    ax2.set_ylabel("EAVSS (bars)")
+    ax.set_xlabel("decoder layer (0-based)")
+    ax.legend(loc="lower right", fontsize=7, ncol=2)
+    ax.set_zorder(ax2.get_zorder() + 1)
+    ax.patch.set_visible(False)
+    fig.tight_layout()
+    _save(fig, Path(path))
+
+
+def load_report(path: str | os.PathLike) -> dict:
+    """Read a hallucination ``report.json`` (folder or file)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "report.json"
+    return json.loads(p.read_text(encoding="utf-8"))

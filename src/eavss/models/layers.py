@@ -1,0 +1,157 @@
+"""Finding the decoder layers (and hook sites inside them) of any decoder-only LM.
+
+The layer stack is found by trying the known attribute paths of the common architectures, then by
+a generic fallback (the largest ``nn.ModuleList`` of same-class modules whose length equals
+``config.num_hidden_layers``). Nothing here changes the model.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from eavss.errors import EavssError
+
+KNOWN_LAYER_PATHS: tuple[str, ...] = (
+    "model.layers",  # Llama, Qwen2/3, Mistral, Mixtral, Gemma/Gemma2/Gemma3 (text), Phi3, SmolLM, OLMo ...
+    "model.language_model.layers",  # Gemma3ForConditionalGeneration, Llava-style composites (5.x)
+    "language_model.model.layers",  # older composite layout
+    "model.decoder.layers",  # OPT
+    "transformer.h",  # GPT-2, GPT-J, Bloom, Falcon, CodeGen
+    "gpt_neox.layers",  # GPT-NeoX, Pythia
+    "transformer.blocks",  # MPT
+    "transformer.layers",
+    "transformer.encoder.layers",  # ChatGLM
+    "backbone.layers",  # Mamba-style
+    "decoder.layers",  # base OPT model
+    "layers",  # base models (LlamaModel ...)
+    "h",  # base GPT-2 model
+    "blocks",
+)
+"""Dotted paths tried, in order, by :func:`find_decoder_layers`."""
+
+MLP_NAMES: tuple[str, ...] = ("mlp", "feed_forward", "ffn", "ff", "block_sparse_moe", "moe")
+ACT_NAMES: tuple[str, ...] = ("act_fn", "act", "activation_fn", "activation", "act_func", "activation_function")
+
+
+def expected_num_layers(model: nn.Module) -> int | None:
+    """``num_hidden_layers`` of the model's (text, decoder) config, or None if it has none.
+
+    Works for composite configs (``text_config``) and GPT-2 (``n_layer`` through ``attribute_map``).
+    """
+    config = getattr(model, "config", None)
+    if config is None:
+        return None
+    try:
+        config = config.get_text_config(decoder=True)
+    except Exception:  # noqa: BLE001 - non-HF config objects
+        pass
+    n = getattr(config, "num_hidden_layers", None)
+    return int(n) if isinstance(n, int) else None
+
+
+def _get_path(model: nn.Module, path: str) -> nn.Module | None:
+    obj: object = model
+    for part in path.split("."):
+        obj = getattr(obj, part, None) if not part.isdigit() else _index(obj, int(part))
+        if obj is None:
+            return None
+    return obj if isinstance(obj, nn.Module) else None
+
+
+def _index(obj: object, i: int) -> object | None:
+    try:
+        return obj[i]  # type: ignore[index]
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _homogeneous(mods: nn.ModuleList) -> bool:
+    return len(mods) > 0 and len({type(m) for m in mods}) == 1
+
+
+def find_decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """Locate the list of decoder layers of ``model``.
+
+    Tries :data:`KNOWN_LAYER_PATHS` in order, accepting the first non-empty ``nn.ModuleList`` whose
+    length equals ``config.num_hidden_layers`` (any length when the config has none); then falls
+    back to the largest ``nn.ModuleList`` whose elements all share one class and whose length
+    equals ``config.num_hidden_layers``.
+
+    Args:
+        model: a causal LM (e.g. ``LlamaForCausalLM``) or base model.
+
+    Returns:
+        (path, layers): the dotted module path (e.g. ``"model.layers"``, ``"transformer.h"``) and
+        the ``nn.ModuleList`` itself (the live object, not a copy); layer ``i`` is at ``f"{path}.{i}"``.
+
+    Raises:
+        EavssError: no such list was found (the message lists the paths looked for).
+    """
+    n = expected_num_layers(model)
+    for path in KNOWN_LAYER_PATHS:
+        mods = _get_path(model, path)
+        if isinstance(mods, nn.ModuleList) and len(mods) > 0 and (n is None or len(mods) == n):
+            return path, mods
+    if n is not None:
+        best: tuple[str, nn.ModuleList] | None = None
+        for name, mod in model.named_modules():
+            if isinstance(mod, nn.ModuleList) and len(mod) == n and _homogeneous(mod):
+                # Prefer the shortest path among equal candidates (the outermost stack).
+                if best is None or name.count(".") < best[0].count("."):
+                    best = (name, mod)
+        if best is not None:
+            return best
+    raise EavssError(
+        f"could not find the decoder layers of {type(model).__name__} (num_hidden_layers={n}); looked at "
+        f"{', '.join(KNOWN_LAYER_PATHS)} and for an nn.ModuleList of {n} same-class modules; "
+        "this architecture is not supported, pass a standard decoder-only causal LM"
+    )
+
+
+def layer_module_paths(model: nn.Module) -> list[str]:
+    """Dotted module paths of every decoder layer, in order (e.g. ``["model.layers.0", ...]``).
+
+    Each path can be passed to ``model.get_submodule``.
+
+    Raises:
+        EavssError: see :func:`find_decoder_layers`.
+    """
+    path, layers = find_decoder_layers(model)
+    return [f"{path}.{i}" for i in range(len(layers))]
+
+
+def find_mlp_activation(layer: nn.Module) -> nn.Module | None:
+    """The activation-function module inside a decoder layer's MLP, or None.
+
+    Looked for as ``<mlp>.<act>`` with ``<mlp>`` in :data:`MLP_NAMES` (``mlp``, ``feed_forward``,
+    ...) and ``<act>`` in :data:`ACT_NAMES` (``act_fn`` for Llama/Qwen2/Mistral/Gemma3, ``act`` for
+    GPT-2/GPT-NeoX, ``activation_fn`` for Phi3), then directly on the layer (``activation_fn`` for
+    OPT, whose MLP lives in the layer itself). Only ``nn.Module`` attributes count (a plain
+    function cannot be hooked).
+
+    The module's forward output is the hook site "mlp_act": shape (batch, seq, intermediate_size),
+    the activation-function output. For gated MLPs (Llama, Qwen2, Mistral, Gemma3, Phi3:
+    ``down(act(gate(x)) * up(x))``) it is ``act(gate(x))`` *before* the multiplication by
+    ``up(x)``; for plain MLPs (GPT-2, GPT-NeoX, OPT: ``fc2(act(fc1(x)))``) it is the full hidden
+    activation. Mixture-of-experts MLPs usually have no single activation module: None.
+    Exception: OPT flattens tokens before its MLP, so there the output is
+    (batch * seq, intermediate_size); reshape with the batch and sequence sizes of the input.
+
+    Args:
+        layer: one decoder layer (an element of :func:`find_decoder_layers`'s list).
+
+    Returns:
+        The activation ``nn.Module`` or None when none was found.
+    """
+    for mlp_name in MLP_NAMES:
+        mlp = getattr(layer, mlp_name, None)
+        if isinstance(mlp, nn.Module):
+            for act_name in ACT_NAMES:
+                act = getattr(mlp, act_name, None)
+                if isinstance(act, nn.Module):
+                    return act
+    for act_name in ACT_NAMES:
+        act = getattr(layer, act_name, None)
+        if isinstance(act, nn.Module):
+            return act
+    return None

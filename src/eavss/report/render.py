@@ -1,0 +1,133 @@
+"""Human-readable outputs: ``report.md`` and ``avss.png``."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+
+def _fmt(x, nd=4) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, bool):
+        return "yes" if x else ""
+    if isinstance(x, int):
+        return str(x)
+    if isinstance(x, float):
+        if x != 0 and (abs(x) < 1e-3 or abs(x) >= 1e5):
+            return f"{x:.3e}"
+        return f"{x:.{nd}f}"
+    return str(x)
+
+
+def layer_table(rows: list[dict], removed: set[int] | None = None) -> str:
+    """Markdown table of the per-layer statistics and AVSS."""
+    removed = removed or set()
+    cols = [("layer", "layer"), ("variance", "variance"), ("sparsity", "sparsity"), ("var_norm", "var_norm"),
+            ("sparsity_norm", "sparsity_norm"), ("avss", "AVSS"), ("avss_norm", "AVSS_norm"),
+            ("importance_rank", "rank"), ("block_influence", "BI")]
+    head = "| " + " | ".join(c[1] for c in cols) + " | removed |\n"
+    head += "|" + "---|" * (len(cols) + 1) + "\n"
+    body = ""
+    for r in rows:
+        cells = [_fmt(r.get(k)) for k, _ in cols]
+        flag = "**removed**" if r["layer"] in removed else ""
+        if r.get("guard_hit"):
+            cells[2] += " (guard)"
+        body += "| " + " | ".join(cells) + f" | {flag} |\n"
+    return head + body
+
+
+def eval_table(evaluation: dict) -> str:
+    """Markdown table of original vs pruned metrics and retention."""
+    orig = evaluation.get("original", {})
+    pruned = evaluation.get("pruned", {})
+    ret = evaluation.get("retention", {})
+    lines = ["| task | metric | original | pruned | retention % | items |", "|---|---|---|---|---|---|"]
+    for task, r in ret.items():
+        metric = r.get("metric")
+        o = orig.get(task, {}).get("metrics", {}).get(metric)
+        p = pruned.get(task, {}).get("metrics", {}).get(metric)
+        n = orig.get(task, {}).get("n_samples", orig.get(task, {}).get("num_tokens_scored"))
+        lines.append(f"| {task} | {metric} | {_fmt(o)} | {_fmt(p)} | {_fmt(r.get('retention_pct'), 1)} | {_fmt(n)} |")
+    return "\n".join(lines) + "\n"
+
+
+def render_markdown(report: dict) -> str:
+    """The ``report.md`` text of a score/run report."""
+    m = report.get("model", {})
+    out = [f"# eavss {report['kind']} report\n"]
+    out.append(f"- model: `{m.get('model_id')}` ({m.get('architecture')}, {m.get('num_layers')} decoder layers, "
+               f"dtype {m.get('dtype')}, sha256 `{str(m.get('file_sha256'))[:16]}…`)")
+    cal = report.get("calibration")
+    if cal:
+        out.append(f"- calibration: {cal.get('dataset')} ({cal.get('packing')}), {cal.get('num_samples')} sequences, "
+                   f"{cal.get('num_tokens')} tokens, max length {cal.get('max_length')}")
+    st = report.get("statistics")
+    if st:
+        out.append(f"- capture site: `{st['site']}`; variance: `{st['variance_definition']}`; sparsity: "
+                   f"`{st['sparsity_rule'].get('rule')}`; normalisation: `{st['normalisation']}`")
+        hit = st.get("guard_hit_layers") or []
+        out.append(f"- sparsity guard ({st.get('sparsity_guard')}): " + (f"**hit on layers {hit}** (sparsity 0 there; AVSS uses the floor 0.5/N)" if hit else "not hit"))
+    pr = report.get("pruning")
+    if pr:
+        out.append(f"- pruning: rule `{pr['rule']}` on score `{pr['score']}` ({pr.get('criterion')}); removed "
+                   f"{len(pr['removed'])} of {pr['num_layers_before']} layers: {pr['removed']}")
+        out.append(f"- removed modules: {', '.join('`' + p + '`' for p in pr.get('removed_paths', []))}")
+        if pr.get("params_before"):
+            out.append(f"- parameters: {pr['params_before']:,} -> {pr['params_after']:,} "
+                       f"({100 * pr['params_after'] / pr['params_before']:.1f}%)")
+    out.append("")
+    if st:
+        out.append("## Per-layer statistics\n")
+        out.append("variance and sparsity are raw; `_norm` are normalised across layers; rank 1 = most important; "
+                   "BI = ShortGPT block influence (for comparison).\n")
+        out.append(layer_table(st["per_layer"], set(pr["removed"]) if pr else set()))
+    ev = report.get("evaluation")
+    if ev and ev.get("retention"):
+        out.append("## Retention after pruning\n")
+        out.append(eval_table(ev))
+        mean = ev.get("mean_retention_pct")
+        if mean is not None:
+            out.append(f"Mean retention over tasks: **{mean:.1f}%** (paper claims > 90%).\n")
+        lim = ev.get("limits")
+        if lim:
+            out.append(f"Limits (items per task; null = full set): `{lim}`\n")
+    t = report.get("timings")
+    if t:
+        out.append("## Timings (seconds)\n")
+        out.append("| phase | seconds |\n|---|---|\n" + "".join(f"| {k} | {v:.1f} |\n" for k, v in t.items()))
+    return "\n".join(out) + "\n"
+
+
+def plot_avss(per_layer: list[dict], removed: list[int], path: str | os.PathLike, title: str = "") -> None:
+    """Three stacked bar charts (variance, sparsity, AVSS per layer), removed layers in red.
+    Written atomically as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layers = [r["layer"] for r in per_layer]
+    colours = ["tab:red" if i in set(removed) else "tab:blue" for i in layers]
+    fig, axes = plt.subplots(3, 1, figsize=(max(6, 0.3 * len(layers) + 2), 7), sharex=True)
+    for ax, key, label in zip(axes, ("variance", "sparsity", "avss"), ("activation variance", "activation sparsity", "AVSS")):
+        vals = [r.get(key) or 0.0 for r in per_layer]
+        ax.bar(layers, vals, color=colours)
+        ax.set_ylabel(label)
+        if key == "variance" and max(vals) > 0 and max(vals) / max(min(v for v in vals if v > 0), 1e-30) > 100:
+            ax.set_yscale("log")
+    axes[-1].set_xlabel("decoder layer (0-based); red = removed")
+    fig.suptitle(title or "per-layer AVSS")
+    fig.tight_layout()
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=".avss.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110, format="png")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)

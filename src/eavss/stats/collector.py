@@ -1,0 +1,370 @@
+"""Streaming collection of per-layer activation statistics with forward hooks.
+
+One forward pass over the calibration batches; a forward hook on each decoder layer (or on the
+chosen capture site inside it) reduces the activation tensor to per-sequence float64 sums
+(:func:`eavss.stats.reduce.reduce_activations`) and adds them into a device-resident
+``(L, G, NUM_FIELDS)`` accumulator. No activation is stored, nothing is copied to the host per
+layer, and no device sync happens inside the forward pass.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from eavss.errors import EavssError, NonFiniteActivationError
+from eavss.stats.accumulators import NUM_FIELDS, F, LayerStatistics
+from eavss.stats.reduce import SparsityRule, reduce_activations_ext
+from eavss.stats.sites import input_tensor, output_tensor, resolve_site
+
+
+class ActivationStatsCollector:
+    """Context manager that hooks every decoder layer and accumulates statistics.
+
+    Usage::
+
+        with ActivationStatsCollector(model, site="resid_post") as col:
+            for batch in batches:
+                col.set_batch(batch["attention_mask"])        # (B, T) mask of counted tokens
+                model(**batch)
+                col.check_finite()
+        stats = col.result()                                  # LayerStatistics, (G=1, L, ...)
+
+    Args:
+        model: a transformers causal LM (or base model) whose decoder layers are found with
+            :func:`eavss.models.layers.find_decoder_layers`.
+        site: capture-site name (:mod:`eavss.stats.sites`).
+        rule: near-zero threshold for sparsity.
+        group_names: names of the ``G`` groups; :meth:`set_batch` assigns each sequence to one.
+        pooled: also accumulate the official-code pooled variance.
+        block_influence: also accumulate ShortGPT block influence (``resid_post`` only).
+        accum_dtype: float64 (default) or float32 accumulator.
+        layers: optional explicit ``(path, ModuleList)``; found automatically otherwise.
+
+    Raises:
+        EavssError: no decoder layers found, unknown site.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        site: str = "resid_post",
+        rule: SparsityRule | None = None,
+        group_names: Sequence[str] = ("all",),
+        pooled: bool = True,
+        block_influence: bool = True,
+        accum_dtype: torch.dtype = torch.float64,
+        layers: tuple[str, torch.nn.ModuleList] | None = None,
+    ):
+        from eavss.models.layers import find_decoder_layers
+
+        self.model = model
+        self.site = site
+        self.rule = rule or SparsityRule()
+        self.group_names = list(group_names)
+        if len(set(self.group_names)) != len(self.group_names) or not self.group_names:
+            raise EavssError(f"group names must be unique and non-empty, got {self.group_names}")
+        self.pooled = pooled
+        self.block_influence = block_influence and site == "resid_post"
+        self.accum_dtype = accum_dtype
+        self.layers_path, self.layers = layers if layers is not None else find_decoder_layers(model)
+        resolver = resolve_site(site)
+        self.modules = [resolver(model, i, layer) for i, layer in enumerate(self.layers)]
+        self.width = np.zeros(len(self.layers), dtype=np.int64)
+        self._acc: torch.Tensor | None = None
+        self._mask: torch.Tensor | None = None
+        self._groups: torch.Tensor | None = None
+        self._handles: list = []
+        self.num_batches = 0
+        self._mask_on: dict = {}  # the current mask, per device (layers spread over devices)
+        self._prev = None  # (weakref to the previous layer's output, its _version, its |a_t|^2)
+        self._nf_pending = None  # (event, pinned host copy) of the last non-blocking finite check
+        try:
+            self._home = next(model.parameters()).device
+        except StopIteration:
+            self._home = torch.device("cpu")
+
+    # -- hooks -----------------------------------------------------------------------------
+    def _make_hook(self, index: int):
+        def hook(module, args, kwargs, output):
+            if self._mask is None:
+                return None
+            act = output_tensor(output)
+            mask = self._mask_on.get(act.device)
+            if mask is None:
+                mask = self._mask_on[act.device] = self._mask.to(act.device, non_blocking=True)
+            if act.shape[:2] != mask.shape:
+                raise EavssError(f"layer {index}: activation shape {tuple(act.shape)} does not match the token mask "
+                                 f"{tuple(mask.shape)}; pass the batch's attention_mask to set_batch")
+            x_in = input_tensor(args, kwargs) if self.block_influence else None
+            x_sq = None
+            if x_in is not None and self._prev is not None:
+                ref, version, sq = self._prev
+                if ref() is x_in and _version(x_in) == version:  # this layer's input is the last output
+                    x_sq = sq
+            red, act_sq = reduce_activations_ext(act, mask, self.rule, layer_input=x_in, pooled=self.pooled,
+                                                 input_sq=x_sq)
+            self._prev = (weakref.ref(act), _version(act), act_sq) if (act_sq is not None and x_in is not None) else None
+            self._accumulate(index, red, act.shape[-1])
+            return None
+
+        return hook
+
+    def _accumulate(self, index: int, red: torch.Tensor, width: int) -> None:
+        if self._acc is None:
+            self._acc = torch.zeros(len(self.layers), len(self.group_names), NUM_FIELDS, device=red.device,
+                                    dtype=self.accum_dtype)
+        acc = self._acc
+        if red.device != acc.device:  # layers spread over devices (device_map="auto")
+            red = red.to(acc.device, non_blocking=True)
+        groups = self._groups
+        if groups is None:
+            acc[index, 0] += red.sum(0).to(acc.dtype)
+        else:
+            if groups.device != acc.device:
+                groups = groups.to(acc.device)
+            acc[index].index_add_(0, groups, red.to(acc.dtype))
+        self.width[index] = width
+
+    def __enter__(self) -> "ActivationStatsCollector":
+        self.attach()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.detach()
+
+    def attach(self) -> None:
+        """Register the forward hooks (idempotent)."""
+        if self._handles:
+            return
+        for i, mod in enumerate(self.modules):
+            self._handles.append(mod.register_forward_hook(self._make_hook(i), with_kwargs=True))
+
+    def detach(self) -> None:
+        """Remove the forward hooks."""
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        self._prev = None
+        self._mask_on = {}
+
+    # -- batches ---------------------------------------------------------------------------
+    def set_batch(self, mask: torch.Tensor, groups: torch.Tensor | Sequence[int] | None = None) -> None:
+        """Set the token mask (and group of each sequence) for the next forward pass.
+
+        Args:
+            mask: ``(B, T)`` bool/int; 1 for tokens that count. Usually the attention mask, or the
+                attention mask restricted to answer tokens.
+            groups: ``(B,)`` ints in ``[0, G)``; None means group 0 for every sequence.
+
+        Raises:
+            EavssError: wrong shapes or group ids out of range.
+        """
+        if mask.dim() != 2:
+            raise EavssError(f"token mask must be (batch, seq), got shape {tuple(mask.shape)}")
+        self._mask = mask.bool()
+        self._mask_on = {self._mask.device: self._mask}
+        self._prev = None
+        if groups is not None:
+            g = torch.as_tensor(groups, dtype=torch.long)
+            if g.shape != (mask.shape[0],):
+                raise EavssError(f"groups must have one id per sequence ({mask.shape[0]}), got shape {tuple(g.shape)}")
+            if g.device.type == "cpu" and len(g) and (int(g.min()) < 0 or int(g.max()) >= len(self.group_names)):
+                raise EavssError(f"group ids must be in [0, {len(self.group_names)}), got {g.tolist()}")
+            self._groups = _to_device(g, mask.device)
+        else:
+            self._groups = None
+        self.num_batches += 1
+
+    def check_finite(self, block: bool = True) -> None:
+        """Raise if any masked activation seen so far was NaN/Inf.
+
+        Args:
+            block: True: check everything up to now (one device sync on accelerators). False: on
+                an accelerator, raise for what an earlier non-blocking call snapshotted (finished
+                on the device by the time the next batch is queued, so this does not stall), then
+                snapshot the current counts without waiting; on CPU the same as True.
+
+        Raises:
+            NonFiniteActivationError: names the first offending layer and its module path.
+        """
+        if self._acc is None:
+            return
+        if not block and self._acc.device.type == "cuda":
+            if self._nf_pending is not None:
+                event, host = self._nf_pending
+                event.synchronize()
+                if bool((host > 0).any()):
+                    self.check_finite(block=True)
+            bad = self._acc[:, :, F["nonfinite"]].sum(1)
+            host = torch.empty(bad.shape, dtype=bad.dtype, pin_memory=True)
+            host.copy_(bad, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            self._nf_pending = (event, host)
+            return
+        bad = self._acc[:, :, F["nonfinite"]].sum(1)
+        if bool((bad > 0).any()):
+            i = int(torch.nonzero(bad > 0)[0, 0])
+            raise NonFiniteActivationError(
+                f"non-finite activations (NaN/Inf) in decoder layer {i} ({self.layers_path}.{i}, site {self.site}) "
+                f"on {int(bad[i])} tokens; check the model weights or use a wider dtype (model.dtype=float32)")
+
+    def reset(self) -> None:
+        """Zero the accumulator."""
+        self._acc = None
+        self.num_batches = 0
+        self._nf_pending = None
+
+    def all_reduce(self) -> None:
+        """Sum the accumulators of all ranks (``torch.distributed``, any backend); no-op in a single process.
+
+        Every rank must call it, also a rank that saw no batch (it contributes zeros). Widths are
+        merged with MAX (a rank without batches has not seen any layer).
+        """
+        from eavss import distributed as edist
+
+        if not edist.is_distributed():
+            return
+        if self._acc is None:
+            self._acc = torch.zeros(len(self.layers), len(self.group_names), NUM_FIELDS, device=self._home,
+                                    dtype=self.accum_dtype)
+        edist.all_reduce_(self._acc, "sum")
+        width = torch.as_tensor(self.width, dtype=torch.int64, device=self._acc.device)
+        edist.all_reduce_(width, "max")
+        self.width = width.cpu().numpy().astype(np.int64)
+        self._nf_pending = None
+
+    @property
+    def accumulator(self) -> torch.Tensor | None:
+        """The raw ``(L, G, NUM_FIELDS)`` accumulator (e.g. for ``all_reduce``), or None before any batch."""
+        return self._acc
+
+    def result(self) -> LayerStatistics:
+        """Finished statistics on the host.
+
+        Raises:
+            EavssError: no token was seen (empty calibration set or all-zero masks).
+        """
+        if self._acc is None or float(self._acc[:, :, F["n_tokens"]].sum()) == 0:
+            raise EavssError("no tokens were collected: the calibration set is empty or every token was masked out; "
+                             "check the calibration dataset and its length limits")
+        sums = self._acc.detach().to("cpu", torch.float64).numpy().transpose(1, 0, 2).copy()
+        return LayerStatistics(sums, self.width.copy(), self.site, list(self.group_names), self.rule.describe(),
+                               self.block_influence)
+
+
+def _version(t: torch.Tensor) -> int | None:
+    """In-place modification counter (None for inference-mode tensors, which keep none)."""
+    return None if t.is_inference() else t._version
+
+
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t`` on ``device``; host-to-GPU copies go through pinned memory without blocking the host."""
+    if t.device == device:
+        return t
+    if t.device.type == "cpu" and device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
+def forward_for_stats(model: torch.nn.Module) -> torch.nn.Module:
+    """The module to call for statistics: the base model (decoder stack) without the LM head.
+
+    Skipping the ``(tokens x vocab)`` logits saves up to ~20% of a small model's forward time and
+    a large buffer; the decoder layers see exactly the same inputs.
+    """
+    base = getattr(model, "base_model", None)
+    return base if isinstance(base, torch.nn.Module) and base is not model else model
+
+
+@torch.inference_mode()
+def collect_statistics(
+    model: torch.nn.Module,
+    batches: Iterable[Mapping[str, torch.Tensor]],
+    site: str = "resid_post",
+    rule: SparsityRule | None = None,
+    group_names: Sequence[str] = ("all",),
+    pooled: bool = True,
+    block_influence: bool = True,
+    accum_dtype: torch.dtype = torch.float64,
+    check_finite_every: int = 1,
+    progress: bool = True,
+    total: int | None = None,
+    distributed: bool = False,
+) -> tuple[LayerStatistics, dict]:
+    """Run the model over ``batches`` and return per-layer statistics.
+
+    Each batch is a mapping with ``input_ids`` ``(B, T)`` and ``attention_mask`` ``(B, T)``, and
+    optionally ``stat_mask`` ``(B, T)`` (tokens that count; default = attention mask) and
+    ``groups`` ``(B,)``.
+
+    On an accelerator nothing in the loop waits for the device: inputs are copied from pinned
+    memory, and the NaN/Inf check every ``check_finite_every`` batches looks at the counts of the
+    previous check (a non-finite activation is reported at most one check late; the final check
+    is complete). ``check_finite_every=0`` checks only at the end.
+
+    Args:
+        distributed: this process is one rank of a ``torch.distributed`` job and ``batches`` is its
+            shard (:func:`eavss.distributed.shard`): the sums of all ranks are all-reduced before
+            the result, so every rank returns the statistics of the whole calibration set, and
+            ``info`` counts all ranks (``seconds``: the slowest rank's loop).
+
+    Returns:
+        ``(stats, info)`` where ``info`` has ``num_batches``, ``num_sequences``, ``num_tokens``
+        (masked tokens counted), ``seconds`` and ``tokens_per_second`` (all tokens forwarded).
+
+    Raises:
+        EavssError: empty input; NonFiniteActivationError: NaN/Inf activations.
+    """
+    from tqdm.auto import tqdm
+
+    device = next(model.parameters()).device
+    runner = forward_for_stats(model)
+    col = ActivationStatsCollector(model, site=site, rule=rule, group_names=group_names, pooled=pooled,
+                                   block_influence=block_influence, accum_dtype=accum_dtype)
+    n_seq = n_fwd_tok = 0
+    t0 = time.perf_counter()
+    with col:
+        for i, batch in enumerate(tqdm(batches, total=total, desc="activation statistics", unit="batch",
+                                       disable=not progress)):
+            am_host = batch["attention_mask"]
+            n_fwd_tok += int(am_host.sum()) if am_host.device.type == "cpu" else 0
+            ids = _to_device(batch["input_ids"], device)
+            am = _to_device(am_host, device)
+            sm = batch.get("stat_mask")
+            sm = am.bool() if sm is None else (_to_device(sm, device).bool() & am.bool())
+            col.set_batch(sm, batch.get("groups"))
+            runner(input_ids=ids, attention_mask=am, use_cache=False)
+            if am_host.device.type != "cpu":
+                n_fwd_tok += int(am.sum())  # batches already on the device: one sync per batch
+            n_seq += ids.shape[0]
+            if check_finite_every and (i + 1) % check_finite_every == 0 and not distributed:
+                col.check_finite(block=False)
+    n_batches = col.num_batches
+    if distributed:  # a rank may see no batch or a NaN: reduce first, so that all ranks raise together
+        col.all_reduce()
+    col.check_finite()
+    stats = col.result()
+    secs = time.perf_counter() - t0
+    counts = {"num_batches": n_batches, "num_sequences": n_seq, "num_forward_tokens": n_fwd_tok}
+    if distributed:
+        from eavss import distributed as edist
+
+        counts = {k: int(v) for k, v in edist.all_reduce_numbers(counts, "sum", col.accumulator.device).items()}
+        secs = edist.all_reduce_numbers({"s": secs}, "max", col.accumulator.device)["s"]
+    info = {
+        **counts,
+        "num_tokens": int(stats.n_tokens()[:, 0].sum()),
+        "seconds": secs,
+        "tokens_per_second": counts["num_forward_tokens"] / secs if secs > 0 else float("nan"),
+    }
+    if distributed:
+        from eavss import distributed as edist
+
+        info["world_size"] = edist.world_size()
+    return stats, info

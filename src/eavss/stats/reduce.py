@@ -1,0 +1,251 @@
+"""Per-batch reduction of one layer's activations into additive sums (the hot path).
+
+:func:`reduce_activations` turns a ``(B, T, D)`` activation tensor and a ``(B, T)`` token mask into
+``(B, NUM_FIELDS)`` per-sequence sums (see :mod:`eavss.stats.accumulators`). It never copies the
+activations to the host and never syncs with an accelerator, so it can run inside a forward hook
+at close to the cost of the forward pass. Two implementations compute the same function:
+
+* **fused** (CUDA tensors, when Triton is importable): one Triton kernel reads each activation row
+  (and the layer input, for block influence) from device memory once, keeps it in registers (or
+  re-reads it from L2 for very wide rows), and produces per-token sums, the centred sum of squares
+  (exact two-pass variance per token), the near-zero count, ``1 - cos(x_t, a_t)`` and the
+  per-sequence pooled vector, all accumulated in float32 whatever the activation dtype (no upcast
+  copy of bfloat16 activations). Per-program partial sums are merged in float64.
+* **eager** (CPU, or CUDA without Triton): a handful of whole-tensor passes, no ``var_mean``
+  (slow on CPU), bool-free counting, a BLAS matrix-vector product for the pooled sum, and
+  ``|x_t|^2`` of the layer input reused from the previous layer's output (see
+  :func:`reduce_activations_ext`). Non-float32 activations are upcast once (CPU bfloat16 is a
+  correctness path, not a fast one). The per-token variance is ``(sum a^2 - (sum a)^2 / D) / D``
+  from float32 row sums, evaluated in float64; its relative error is ~1e-7 * (1 + mu_t^2 / s2_t),
+  negligible unless a token's mean dwarfs its spread.
+
+Padding carries exactly zero weight: per-token quantities are selected with
+``torch.where(mask, value, 0)`` (or the kernel's equivalent), never multiplied by the mask, so
+whatever a padding position holds (even NaN or Inf) never reaches a sum. Set the environment
+variable ``EAVSS_REDUCE=eager`` to force the eager implementation everywhere.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from eavss.errors import EavssError
+from eavss.stats.accumulators import F, NUM_FIELDS
+
+SPARSITY_MODES = ("relative", "absolute")
+
+
+@dataclass(frozen=True)
+class SparsityRule:
+    """Which activations count as near zero.
+
+    ``mode="absolute"``: ``|a| < epsilon`` (the official AVSS code uses ``epsilon = 1e-5``; on a
+    residual stream whose RMS is ~1-100 this is ~never true, so sparsity is ~0 and AVSS divides by
+    ~0). ``mode="relative"`` (default): ``|a_t[d]| < tau * RMS(a_t)``, with ``RMS(a_t)`` the
+    root-mean-square of that token's activation vector -- scale-free, so comparable across layers
+    whose residual-stream norms grow with depth.
+    """
+
+    mode: str = "relative"
+    epsilon: float = 1e-5
+    tau: float = 0.01
+
+    def __post_init__(self):
+        if self.mode not in SPARSITY_MODES:
+            raise EavssError(f"unknown sparsity threshold mode {self.mode!r}; choose one of {list(SPARSITY_MODES)}")
+        if self.mode == "absolute" and not (self.epsilon > 0):
+            raise EavssError(f"sparsity epsilon must be > 0, got {self.epsilon}")
+        if self.mode == "relative" and not (self.tau > 0):
+            raise EavssError(f"sparsity tau must be > 0, got {self.tau}")
+
+    def describe(self) -> dict:
+        """JSON-able description for reports."""
+        if self.mode == "absolute":
+            return {"mode": "absolute", "epsilon": self.epsilon, "rule": f"|a| < {self.epsilon:g}"}
+        return {"mode": "relative", "tau": self.tau, "rule": f"|a_t[d]| < {self.tau:g} * RMS(a_t)"}
+
+
+IMPLEMENTATIONS = ("auto", "fused", "eager")
+
+
+def reduce_backend(device: torch.device | str, implementation: str | None = None) -> str:
+    """Which implementation :func:`reduce_activations` uses for tensors on ``device``.
+
+    ``implementation`` (default: ``$EAVSS_REDUCE`` or ``auto``): ``auto`` picks ``fused`` for CUDA
+    tensors when Triton imports, else ``eager``.
+    """
+    impl = implementation or os.environ.get("EAVSS_REDUCE", "auto")
+    if impl not in IMPLEMENTATIONS:
+        raise EavssError(f"unknown reduction implementation {impl!r}; choose one of {list(IMPLEMENTATIONS)}")
+    dev = torch.device(device)
+    if impl == "eager":
+        return "eager"
+    fused_ok = _triton_available() and (dev.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1")
+    if impl == "fused" and not fused_ok:
+        raise EavssError("the fused reduction needs Triton and a CUDA device; use EAVSS_REDUCE=eager")
+    return "fused" if fused_ok else "eager"
+
+
+_TRITON_OK: bool | None = None
+
+
+def _triton_available() -> bool:
+    global _TRITON_OK
+    if _TRITON_OK is None:
+        try:
+            from eavss.stats import _triton  # noqa: F401
+
+            _TRITON_OK = True
+        except Exception:  # noqa: BLE001 - no triton, or a triton that does not import
+            _TRITON_OK = False
+    return _TRITON_OK
+
+
+@torch.no_grad()
+def reduce_activations(
+    act: torch.Tensor,
+    mask: torch.Tensor,
+    rule: SparsityRule,
+    layer_input: torch.Tensor | None = None,
+    pooled: bool = True,
+) -> torch.Tensor:
+    """Per-sequence additive sums of one layer's activations.
+
+    Args:
+        act: ``(B, T, D)`` activations at the capture site, any float dtype (reduced with float32
+            accumulation).
+        mask: ``(B, T)`` bool, True for tokens that count (real, non-padding; optionally only
+            answer tokens).
+        rule: near-zero threshold.
+        layer_input: optional ``(B, T, D)`` input hidden state of the layer, for block influence.
+        pooled: also compute the official-code pooled variance.
+
+    Returns:
+        ``(B, NUM_FIELDS)`` float64 tensor on ``act.device``; field order as
+        :data:`eavss.stats.accumulators.FIELDS`. Units: token counts, sums of squared
+        activations, element counts (see module doc of :mod:`eavss.stats.accumulators`).
+
+    Raises:
+        ValueError: shapes of ``act`` and ``mask`` (or ``layer_input``) disagree.
+    """
+    return reduce_activations_ext(act, mask, rule, layer_input=layer_input, pooled=pooled)[0]
+
+
+@torch.no_grad()
+def reduce_activations_ext(
+    act: torch.Tensor,
+    mask: torch.Tensor,
+    rule: SparsityRule,
+    layer_input: torch.Tensor | None = None,
+    pooled: bool = True,
+    input_sq: torch.Tensor | None = None,
+    implementation: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`reduce_activations` plus a reusable by-product, for the collector's hooks.
+
+    Args:
+        input_sq: optional ``(B, T)`` float32 ``|x_t|^2`` of ``layer_input``, typically the
+            ``act_sq`` this function returned for the previous layer, whose output is this layer's
+            input (saves one pass over ``layer_input`` in the eager implementation).
+        implementation: ``auto`` | ``fused`` | ``eager`` (see :func:`reduce_backend`).
+
+    Returns:
+        ``(sums, act_sq)``: the ``(B, NUM_FIELDS)`` float64 sums, and the ``(B, T)`` float32
+        ``|a_t|^2`` of every position (eager implementation; None from the fused one, which reads
+        the layer input anyway and has no use for it).
+    """
+    if act.dim() != 3 or mask.shape != act.shape[:2]:
+        raise ValueError(f"act must be (B, T, D) and mask (B, T); got {tuple(act.shape)} and {tuple(mask.shape)}")
+    if layer_input is not None:
+        if layer_input.shape != act.shape:
+            raise ValueError(f"layer_input {tuple(layer_input.shape)} and act {tuple(act.shape)} differ in shape")
+        if layer_input.device != act.device:  # layers spread over devices (device_map="auto")
+            layer_input = layer_input.to(act.device, non_blocking=True)
+            input_sq = None
+    m = mask if (mask.dtype == torch.bool and mask.device == act.device) else mask.to(act.device, torch.bool)
+    if reduce_backend(act.device, implementation) == "fused":
+        from eavss.stats._triton import fused_reduce
+
+        return fused_reduce(act, m, rule, layer_input, pooled), None
+    return _eager_reduce(act, m, rule, layer_input, pooled, input_sq)
+
+
+def _row_sq(t: torch.Tensor) -> torch.Tensor:
+    """``(B, T)`` float32 sum of squares along the last dim (BLAS dot, no temporary)."""
+    return torch.linalg.vecdot(t, t)
+
+
+def _eager_reduce(act, m, rule, layer_input, pooled, input_sq):
+    B, T, D = act.shape
+    # float32 (or float64) activations are read in place; other dtypes are upcast once.
+    a = act if act.dtype in (torch.float32, torch.float64) else act.float()
+    if a.stride(-1) != 1:
+        a = a.contiguous()
+    dev = a.device
+    f64 = torch.float64
+    zero = torch.zeros((), dtype=f64, device=dev)
+
+    s = a.sum(-1)  # (B, T) row sums
+    aa = _row_sq(a)  # (B, T) |a_t|^2
+    finite = torch.isfinite(aa)  # NaN/Inf anywhere in the row -> NaN/Inf here
+    ok = m & finite
+    s64 = s.to(f64)
+    mu = s64 / D
+    m2 = (aa.to(f64) - s64 * mu).clamp_min(0.0)  # D * s2_t
+
+    # near-zero count: |a| < thr, counted in float (no bool tensor, no int64 cast)
+    t = torch.abs(a)
+    if rule.mode == "absolute":
+        torch.lt(t, rule.epsilon, out=t)
+    else:
+        thr = (rule.tau * torch.sqrt(aa / D)).to(t.dtype)
+        torch.lt(t, thr.unsqueeze(-1), out=t)
+    nz = t.sum(-1)
+    del t
+
+    cols = {
+        "within_m2": m2,
+        "sum_mean": mu,
+        "sum_mean_sq": mu * mu,
+        "near_zero": nz.to(f64),
+    }
+    if layer_input is not None:
+        x = layer_input if layer_input.dtype == a.dtype else layer_input.to(a.dtype)
+        if x.stride(-1) != 1:
+            x = x.contiguous()
+        xx = input_sq if (input_sq is not None and input_sq.shape == (B, T)) else _row_sq(x)
+        dot = torch.linalg.vecdot(x, a).to(f64)
+        cos = dot / torch.sqrt(xx.to(f64) * aa.to(f64)).clamp_min(1e-30)
+        cols["bi_sum"] = 1.0 - cos
+    names = list(cols)
+    per_tok = torch.stack([cols[k] for k in names], dim=-1)  # (B, T, k) float64
+    sums = torch.where(ok.unsqueeze(-1), per_tok, zero).sum(dim=1)  # (B, k)
+
+    n_tok = m.sum(dim=1).to(f64)
+    fields = [zero.expand(B)] * NUM_FIELDS
+    fields[F["n_tokens"]] = n_tok
+    for j, k in enumerate(names):
+        fields[F[k]] = sums[:, j]
+    fields[F["nonfinite"]] = (m & ~finite).sum(dim=1).to(f64)
+    fields[F["n_seqs"]] = (n_tok > 0).to(f64)
+    if pooled and D > 1:
+        fields[F["pooled_var_sum"]] = _pooled_var(a, ok, finite, n_tok)
+    return torch.stack(fields, dim=1), aa
+
+
+def _pooled_var(a: torch.Tensor, ok: torch.Tensor, finite: torch.Tensor, n_tok: torch.Tensor) -> torch.Tensor:
+    """Per sequence: unbiased variance across ``D`` of the mean of its ``ok`` tokens, ``(B,)`` float64."""
+    cnt = ok.sum(dim=1, keepdim=True).clamp_min(1).to(a.dtype)
+    # A matrix-vector product reads the activations once, but 0 * NaN = NaN: use it only when no
+    # excluded position holds a non-finite value. Checking costs a sync on accelerators (free on CPU).
+    if a.device.type == "cpu" and bool(finite.all()):
+        w = ok.to(a.dtype).unsqueeze(1)  # (B, 1, T)
+        pooled_vec = torch.bmm(w, a).squeeze(1)  # (B, D)
+    else:
+        pooled_vec = torch.where(ok.unsqueeze(-1), a, 0.0).sum(dim=1)
+    pooled_vec = pooled_vec / cnt
+    pv = pooled_vec.to(torch.float64).var(dim=-1, correction=1)
+    return torch.where(n_tok > 0, pv, torch.zeros((), dtype=torch.float64, device=a.device))

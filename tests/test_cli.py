@@ -1,0 +1,128 @@
+"""The CLI: clear one-line errors on bad input, nothing half-written, and the main job end to end on
+the real default model (SmolLM2-135M from PyPI) with small limits."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from eavss.cli import main
+
+
+def _err(capsys, argv) -> str:
+    rc = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2, err
+    assert err.startswith("eavss: error: ") and "\n" not in err and "Traceback" not in err, err
+    return err
+
+
+def test_config_prints_every_section(capsys):
+    assert main(["config", "prune.fraction=0.3", "eval.limits.squad=5"]) == 0
+    out = capsys.readouterr().out
+    for key in ("model:", "calibration:", "stats:", "scores:", "prune:", "eval:", "fraction: 0.3", "squad: 5"):
+        assert key in out
+
+
+def test_config_file_and_overrides(tmp_path, capsys):
+    f = tmp_path / "c.yaml"
+    f.write_text("prune:\n  fraction: 0.4\ncalibration:\n  num_samples: 7\n")
+    assert main(["config", "--config", str(f), "calibration.num_samples=9"]) == 0
+    out = capsys.readouterr().out
+    assert "fraction: 0.4" in out and "num_samples: 9" in out
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["config", "prune.nope=1"], "unknown config key 'prune.nope'"),
+    (["config", "prune.fraction=abc"], "must be a number"),
+    (["config", "justaword"], "is not key=value"),
+    (["config", "--config", "/nonexistent.yaml"], "does not exist"),
+    (["score", "--model", "/no/such/model.gguf", "--out", "OUT"], "does not exist"),
+    (["run", "--fraction", "1.5", "--model", "/no/such/dir/", "--out", "OUT"], "fraction must be in (0, 1)"),
+    (["run", "--sparsity-mode", "median", "--out", "OUT"], "unknown sparsity threshold mode"),
+    (["run", "prune.score=magic", "--out", "OUT"], "prune.score='magic' is not valid"),
+    (["prune", "--from", "/no/such/run", "--out", "OUT"], "not found"),
+    (["eval", "--tasks", "nosuchtask", "--model", "/no/such/dir/", "--out", "OUT"], "eval.tasks='nosuchtask'"),
+    (["eval", "--limit", "0", "--out", "OUT"], "--limit must be >= 1"),
+])
+def test_bad_input_is_one_line(tmp_path, capsys, argv, needle):
+    argv = [str(tmp_path / "o") if a == "OUT" else a for a in argv]
+    err = _err(capsys, argv)
+    assert needle in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_existing_out_is_refused(tmp_path, capsys):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    err = _err(capsys, ["score", "--out", str(out)])
+    assert "--overwrite" in err
+    assert (out / "keep.txt").read_text() == "x"
+
+
+def test_empty_calibration_set(tmp_path, capsys, default_model):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    err = _err(capsys, ["score", "--calib", f"text:{empty}", "--out", str(tmp_path / "o"), "--no-progress"])
+    assert "calibration set" in err and "empty" in err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_run_prune_eval_end_to_end_on_default_model(tmp_path, capsys, default_model):
+    out = tmp_path / "run"
+    rc = main(["run", "--out", str(out), "--num-samples", "24", "--max-length", "64", "--tasks", "ppl,wikitext2,squad,sst2",
+               "--limit", "2", "eval.ppl_max_tokens=512", "eval.ppl_context_length=256", "--no-progress"])
+    printed = capsys.readouterr().out
+    assert rc == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["schema"] == "eavss.report" and rep["kind"] == "run"
+    assert rep["model"]["architecture"] == "llama" and rep["model"]["num_layers"] == 30
+    rows = rep["statistics"]["per_layer"]
+    assert len(rows) == 30 and all(r["avss"] is not None and r["avss"] > 0 for r in rows)
+    assert sorted(r["importance_rank"] for r in rows) == list(range(1, 31))
+    pr = rep["pruning"]
+    assert len(pr["removed"]) == 7 and pr["num_layers_after"] == 23
+    # the removed layers are exactly the 7 lowest-AVSS layers
+    lowest = sorted(range(30), key=lambda i: (rows[i]["avss"], i))[:7]
+    assert sorted(lowest) == pr["removed"]
+    assert pr["removed_paths"] == [f"model.layers.{i}" for i in pr["removed"]]
+    ret = rep["evaluation"]["retention"]
+    assert set(ret) == {"ppl", "wikitext2", "squad", "sst2"}
+    assert rep["evaluation"]["limits"]["squad"] == 2
+    for phase in ("load", "statistics", "pruning", "eval_original.ppl", "eval_pruned.sst2"):
+        assert rep["timings"][phase] >= 0
+    assert (out / "report.md").read_text().count("**removed**") == 7
+    assert (out / "avss.png").stat().st_size > 1000
+    assert "Retention" in printed
+
+    # the pruned folder is a plain HF model
+    from transformers import AutoModelForCausalLM
+
+    m = AutoModelForCausalLM.from_pretrained(out / "pruned")
+    assert m.config.num_hidden_layers == 23 and len(m.model.layers) == 23
+    assert m.config.eavss_removed_layers == pr["removed"]
+
+    # prune from the run's scores with another rule, then evaluate the result
+    out2 = tmp_path / "pruned_mass"
+    assert main(["prune", "--from", str(out), "--rule", "mass", "--mass", "0.2", "--out", str(out2)]) == 0
+    pj = json.loads((out2 / "eavss_pruning.json").read_text())
+    assert pj["pruning"]["rule"] == "mass" and len(pj["pruning"]["removed"]) >= 1
+    out3 = tmp_path / "eval"
+    assert main(["eval", "--model", str(out2), "--tasks", "sst2", "--limit", "4", "--out", str(out3), "--no-progress"]) == 0
+    ev = json.loads((out3 / "report.json").read_text())
+    assert ev["model"]["num_layers"] == 30 - len(pj["pruning"]["removed"])
+    assert 0.0 <= ev["evaluation"]["original"]["sst2"]["metrics"]["acc"] <= 1.0
+
+
+def test_console_script_help():
+    exe = Path(sys.executable).with_name("eavss")
+    r = subprocess.run([str(exe), "run", "--help"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0
+    for flag in ("--fraction", "--calib", "--sparsity-mode", "--limit", "--config", "key=value"):
+        assert flag in r.stdout
