@@ -39,6 +39,34 @@ from eavss.stats.reduce import reduce_activations_ext
 from eavss.stats.sites import input_tensor, output_tensor
 
 
+class HookTimer:
+    """Wall and CPU seconds spent inside the statistics code called from the hooks, summed.
+
+    On a CPU every operation is synchronous, so this is exactly what the statistics add to the
+    forward pass (bar the hook dispatch itself), measured inside the same pass as the forward:
+    ``pass / (pass - hooks)`` estimates the ratio to the plain pass without comparing two runs,
+    which is what a CPU shared with other jobs needs. Not meaningful on GPUs (asynchronous)."""
+
+    def __init__(self):
+        self.wall = 0.0
+        self.cpu = 0.0
+
+    def wrap(self, fn):
+        import functools
+        import time
+
+        @functools.wraps(fn)
+        def timed(*a, **k):
+            c0, t0 = time.process_time(), time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                self.wall += time.perf_counter() - t0
+                self.cpu += time.process_time() - c0
+
+        return timed
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -86,9 +114,15 @@ class Eavss(Variant):
 
     def reset(self):
         self.col = ActivationStatsCollector(self.model, rule=SparsityRule(), **self.kw)
+        self.timer = HookTimer()
 
     def step(self, batch):
         import os
+
+        import eavss.stats.collector as collector_mod
+
+        inner = collector_mod.reduce_activations_ext
+        collector_mod.reduce_activations_ext = self.timer.wrap(inner)
 
         old = os.environ.get("EAVSS_REDUCE")
         if self.implementation:
@@ -99,6 +133,7 @@ class Eavss(Variant):
                 self.forward(batch)
                 self.col.check_finite(block=False)
         finally:
+            collector_mod.reduce_activations_ext = inner
             if self.implementation:
                 if old is None:
                     os.environ.pop("EAVSS_REDUCE", None)
@@ -166,13 +201,15 @@ class _Hooked(Variant):
 
     def reset(self):
         self.acc = None
+        self.timer = HookTimer()
 
     def hook(self, index, module, args, kwargs, output):  # pragma: no cover - abstract
         raise NotImplementedError
 
     def step(self, batch):
         self.mask = batch["attention_mask"].bool()
-        hs = [layer.register_forward_hook(lambda mod, a, k, o, i=i: self.hook(i, mod, a, k, o), with_kwargs=True)
+        timed = self.timer.wrap(self.hook)
+        hs = [layer.register_forward_hook(lambda mod, a, k, o, i=i: timed(i, mod, a, k, o), with_kwargs=True)
               for i, layer in enumerate(self.layers)]
         try:
             self.forward(batch)
@@ -221,10 +258,11 @@ class Official(_Hooked):
 
     def reset(self):
         self.host = [[0.0, 0.0, 0.0, 0.0] for _ in self.layers]
+        self.timer = HookTimer()
 
     def hook(self, index, module, args, kwargs, output):
         if not self.host:
-            self.reset()
+            self.host = [[0.0, 0.0, 0.0, 0.0] for _ in self.layers]
         h = output_tensor(output).detach().to("cpu", copy=True).float()  # (B, T, D) on the host
         m = self.mask.to("cpu")
         w = m.unsqueeze(-1).float()

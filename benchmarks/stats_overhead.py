@@ -145,16 +145,34 @@ def reset_hwm() -> bool:
         return False
 
 
-def run_pass(variant, batches, device) -> float:
-    """Seconds for one pass of ``variant`` over ``batches`` (steps + finish, device synced)."""
+def run_pass(variant, batches, device, cpu_times: list | None = None) -> float:
+    """Wall seconds for one pass of ``variant`` over ``batches`` (steps + finish, device synced).
+    The process CPU seconds of the pass are appended to ``cpu_times`` (less sensitive than wall
+    time to other processes on a shared CPU)."""
     variant.reset()
     sync(device)
+    c0 = time.process_time()
     t0 = time.perf_counter()
     for b in batches:
         variant.step(b)
     variant.finish()
     sync(device)
-    return time.perf_counter() - t0
+    wall = time.perf_counter() - t0
+    if cpu_times is not None:
+        cpu = time.process_time() - c0
+        cpu_times.append(cpu)
+        timer = getattr(variant, "timer", None)
+        if timer is not None and hasattr(cpu_times, "attributed"):
+            cpu_times.attributed.append((wall, timer.wall, cpu, timer.cpu))
+    return wall
+
+
+class _Times(list):
+    """A list of CPU seconds with the in-pass hook attribution of each pass beside it."""
+
+    def __init__(self):
+        super().__init__()
+        self.attributed: list[tuple[float, float, float, float]] = []
 
 
 def time_variants(model, names, batches, device, repeats, warmup, subsets) -> dict:
@@ -162,6 +180,7 @@ def time_variants(model, names, batches, device, repeats, warmup, subsets) -> di
     fewer; its per-token time is compared with the plain pass's per-token time)."""
     variants = {n: VARIANTS[n](model) for n in names}
     times = {n: [] for n in names}
+    cpu = {n: _Times() for n in names}
     with torch.inference_mode():
         for _ in range(warmup):
             for n in names:
@@ -169,13 +188,15 @@ def time_variants(model, names, batches, device, repeats, warmup, subsets) -> di
         for r in range(repeats):
             order = names[r % len(names):] + names[:r % len(names)]
             for n in order:
-                times[n].append(run_pass(variants[n], batches[:subsets[n]], device))
-                print(f"  round {r + 1}/{repeats} {n:14s} {times[n][-1]:9.3f} s", file=sys.stderr, flush=True)
-    return times
+                times[n].append(run_pass(variants[n], batches[:subsets[n]], device, cpu[n]))
+                print(f"  round {r + 1}/{repeats} {n:14s} {times[n][-1]:9.3f} s  cpu {cpu[n][-1]:9.3f} s",
+                      file=sys.stderr, flush=True)
+    return times, cpu
 
 
 def peak_memory_cuda(model, names, batches, device, subsets) -> dict:
-    """Per variant: peak allocated bytes over one pass (and over 1 batch, to show no growth)."""
+    """Per variant: peak allocated bytes over one pass (and over its first batch alone, to show that
+    the peak does not grow with the number of batches)."""
     res = {}
     with torch.inference_mode():
         for n in names:
@@ -187,9 +208,8 @@ def peak_memory_cuda(model, names, batches, device, subsets) -> dict:
             one = torch.cuda.max_memory_allocated()
             torch.cuda.reset_peak_memory_stats()
             run_pass(v, batches[:subsets[n]], device)
-            run_pass(v, batches[:subsets[n]], device)
             res[n] = {"peak_bytes": torch.cuda.max_memory_allocated(), "peak_bytes_one_batch": one,
-                      "batches": 2 * subsets[n]}
+                      "batches": subsets[n]}
             del v
     return res
 
@@ -295,6 +315,7 @@ def machine_info(device: str) -> dict:
     from eavss.stats.reduce import reduce_backend
 
     info["reduction"] = reduce_backend(device)
+    info["EAVSS_TRITON_CONFIG"] = os.environ.get("EAVSS_TRITON_CONFIG") or "default"
     return info
 
 
@@ -342,7 +363,7 @@ def main(argv=None) -> int:
     print(f"{mdesc['model']} {args.dtype} on {args.device}: {args.num_batches} x ({args.batch_size} x {args.seq_len}) "
           f"tokens ({source}); variants {names}; reduction {info['reduction']}", file=sys.stderr, flush=True)
 
-    times = time_variants(model, names, batches, args.device, args.repeats, args.warmup, subsets)
+    times, cpu_times = time_variants(model, names, batches, args.device, args.repeats, args.warmup, subsets)
     res = {"machine": info, "model": mdesc,
            "workload": {"batch_size": args.batch_size, "seq_len": args.seq_len, "num_batches": args.num_batches,
                         "tokens": tokens_per_batch * args.num_batches, "token_source": source,
@@ -350,16 +371,26 @@ def main(argv=None) -> int:
            "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
            "variants": {}}
     per_tok = {n: [t / (subsets[n] * tokens_per_batch) for t in times[n]] for n in names}
+    cpu_tok = {n: [t / (subsets[n] * tokens_per_batch) for t in cpu_times[n]] for n in names}
     for n in names:
         med = statistics.median(times[n])
         paired = [a / b for a, b in zip(per_tok[n], per_tok["plain"])]
+        cpu_paired = [a / b for a, b in zip(cpu_tok[n], cpu_tok["plain"])]
         res["variants"][n] = {
             "seconds": times[n], "median_seconds": med, "batches": subsets[n],
             "tokens_per_second": subsets[n] * tokens_per_batch / med,
             "ratio_to_plain": statistics.median(paired),
             "ratio_of_medians": statistics.median(per_tok[n]) / statistics.median(per_tok["plain"]),
             "ratio_min": min(paired), "ratio_max": max(paired),
+            "cpu_seconds": list(cpu_times[n]), "cpu_ratio_to_plain": statistics.median(cpu_paired),
         }
+        att = cpu_times[n].attributed
+        if att and not cuda:  # CPU: time inside the hooks, measured within each pass
+            res["variants"][n]["in_pass"] = {
+                "hook_wall_seconds": [h for _, h, _, _ in att], "hook_cpu_seconds": [h for _, _, _, h in att],
+                "ratio_wall": statistics.median([w / max(w - h, 1e-9) for w, h, _, _ in att]),
+                "ratio_cpu": statistics.median([c / max(c - h, 1e-9) for _, _, c, h in att]),
+            }
     if not args.no_cross_check and "eavss" in names:
         res["cross_check_max_rel_diff"] = cross_check(model, batches, args.device)
     if cuda:
@@ -395,8 +426,9 @@ def render_table(res: dict) -> str:
     lines = [f"model {res['model']['model']} ({res['model']['dtype']}), {w['num_batches']} x "
              f"({w['batch_size']} x {w['seq_len']}) tokens, {res['machine'].get('gpu') or res['machine'].get('cpu')}, "
              f"threads {res['machine']['torch_threads']}",
-             "| variant | batches | median s | tokens/s | ratio to plain (paired median) | min-max | peak memory | peak / plain |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| variant | batches | median s | tokens/s | ratio to plain (paired median) | min-max | CPU-time ratio "
+             "| in-pass ratio (wall / CPU) | peak memory | peak / plain |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for n, v in res["variants"].items():
         mem = v.get("memory", {})
         if "peak_bytes" in mem:
@@ -407,8 +439,14 @@ def render_table(res: dict) -> str:
             pm = "-"
         pr = f"{v['peak_ratio_to_plain']:.4f}" if "peak_ratio_to_plain" in v else "-"
         lines.append(f"| {n} | {v['batches']} | {v['median_seconds']:.3f} | {v['tokens_per_second']:.0f} | "
-                     f"{v['ratio_to_plain']:.4f} | {v['ratio_min']:.3f}-{v['ratio_max']:.3f} | {pm} | {pr} |")
+                     f"{v['ratio_to_plain']:.4f} | {v['ratio_min']:.3f}-{v['ratio_max']:.3f} | "
+                     f"{v['cpu_ratio_to_plain']:.4f} | {_inpass(v)} | {pm} | {pr} |")
     return "\n".join(lines)
+
+
+def _inpass(v: dict) -> str:
+    ip = v.get("in_pass")
+    return f"{ip['ratio_wall']:.4f} / {ip['ratio_cpu']:.4f}" if ip else "-"
 
 
 if __name__ == "__main__":

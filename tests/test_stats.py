@@ -144,3 +144,23 @@ def test_statistics_roundtrip_dict():
     back = LayerStatistics.from_dict(stats.to_dict())
     np.testing.assert_array_equal(back.sums, stats.sums)
     np.testing.assert_array_equal(back.width, stats.width)
+
+
+@pytest.mark.slow
+def test_real_model_relative_sparsity_is_informative_where_absolute_is_not(default_model):
+    """On SmolLM2's residual stream the official |a| < 1e-5 rule finds (almost) no near-zero
+    elements, so AVSS would divide by ~0; the relative rule measures ~0.8% per layer."""
+    from eavss.data.calibration import calibration_batches
+
+    tok, model = default_model.tokenizer, default_model.model
+    batches, info = calibration_batches(tok, "wikitext2", num_samples=8, max_length=48, batch_size=4)
+    rel, _ = collect_statistics(model, batches, rule=SparsityRule("relative", tau=0.01), progress=False)
+    ab, _ = collect_statistics(model, batches, rule=SparsityRule("absolute", epsilon=1e-5), progress=False)
+    assert rel.n_tokens()[0, 0] == info["num_tokens"]
+    s_rel, s_abs = rel.sparsity()[0], ab.sparsity()[0]
+    assert np.all((s_rel > 0.002) & (s_rel < 0.05)), s_rel
+    assert np.all(s_abs < 1e-4) and np.mean(s_abs == 0) > 0.5, s_abs
+    # variances are identical whatever the sparsity rule; residual-stream variance grows with depth
+    np.testing.assert_allclose(rel.element_variance(), ab.element_variance(), rtol=1e-12)
+    v = rel.element_variance()[0]
+    assert v[-3] > 10 * v[0]

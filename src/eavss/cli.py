@@ -203,6 +203,15 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         from eavss.recipes import avss
 
+        # --- torchrun (eavss.distributed): `torchrun --nproc_per_node=N -m eavss.cli score|run ...`
+        # runs one process per device; calibration batches are sharded and their sums all-reduced.
+        from eavss import distributed as edist
+
+        if args.command in ("score", "run") and edist.env_rank()[1] > 1:
+            cfg.model.device = edist.device_for_rank(cfg.model.device)
+            edist.init_from_env(cfg.model.device)
+            cfg.progress = cfg.progress and edist.is_main()
+        # --- end torchrun
         if args.command == "run":
             rep = avss.run(cfg, save_pruned=not args.no_save_model)
             _summary(rep, cfg.out)
@@ -223,12 +232,20 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("eavss: interrupted; nothing was written", file=sys.stderr)
         return 130
+    finally:
+        from eavss import distributed as edist  # --- torchrun: leave the process group
+
+        edist.shutdown()
     return 0
 
 
 def _summary(report: dict, out: str) -> None:
     """Print report.md to the terminal and where the outputs are."""
+    from eavss import distributed as edist
     from eavss.report.render import render_markdown
+
+    if not edist.is_main():  # --- torchrun: rank 0 alone prints
+        return
 
     print(render_markdown(report))
     print(f"outputs: {out}/report.json, {out}/report.md" + (f", {out}/avss.png" if report.get("statistics") else ""))

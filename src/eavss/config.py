@@ -83,13 +83,16 @@ class PruneConfig:
 
 @dataclass
 class EvalConfig:
-    """Retention evaluation. ``limits`` caps items per task (null = the whole set)."""
+    """Retention evaluation. ``limits`` caps items per task (null = the whole set): wikitext2 articles,
+    squad questions, sst2 sentences; ``ppl`` is capped by ``ppl_max_tokens`` instead. ``max_length``:
+    lm-eval's context window (rolling-window size for wikitext2)."""
 
     tasks: list[str] = field(default_factory=lambda: ["ppl", "wikitext2", "squad", "sst2"])
-    limits: dict[str, int | None] = field(default_factory=lambda: {"ppl": None, "wikitext2": 10, "squad": 100, "sst2": 200})
+    limits: dict[str, int | None] = field(default_factory=lambda: {"ppl": None, "wikitext2": 2, "squad": 40, "sst2": 200})
     batch_size: int = 8
-    ppl_context_length: int = 512
-    ppl_max_tokens: int | None = 16384
+    max_length: int | None = 2048
+    ppl_context_length: int = 1024
+    ppl_max_tokens: int | None = 8192
     max_gen_toks: int = 32
 
 

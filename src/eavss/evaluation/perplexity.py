@@ -113,7 +113,7 @@ def token_perplexity(
         )
 
     t0 = time.perf_counter()
-    ids = tokenizer(text, return_attention_mask=False)["input_ids"]
+    ids = tokenizer(text, return_attention_mask=False, verbose=False)["input_ids"]  # long on purpose: windows follow
     ids = torch.as_tensor(ids, dtype=torch.long).reshape(-1)
     if max_tokens is not None:
         ids = ids[:max_tokens]

@@ -207,7 +207,8 @@ def _batches(order: list[int], size: int) -> Iterable[list[int]]:
 
 @torch.inference_mode()
 def teacher_forced_pass(model: torch.nn.Module, rows: Sequence[tuple[list[int], list[int], int]], prefix: PrefixCache | None,
-                        batch_size: int, capture: Capture, pad_id: int, progress: bool = False) -> dict:
+                        batch_size: int, capture: Capture, pad_id: int, progress: bool = False,
+                        max_counted: int | None = None) -> dict:
     """Run ``prefix + suffix + answer`` for each row and capture the answer tokens.
 
     Args:
@@ -217,9 +218,10 @@ def teacher_forced_pass(model: torch.nn.Module, rows: Sequence[tuple[list[int], 
         batch_size: rows per forward (right padding; rows sorted by length).
         capture: where the statistics and features go.
         pad_id: id used for padding (masked out).
+        max_counted: count only the first ``max_counted`` answer tokens (None: all).
 
     Returns:
-        ``{"sequences", "forward_tokens", "answer_tokens", "seconds"}``.
+        ``{"sequences", "forward_tokens", "answer_tokens" (counted), "seconds"}``.
 
     Raises:
         EavssError: an empty answer; NonFiniteActivationError from the collector.
@@ -247,7 +249,7 @@ def teacher_forced_pass(model: torch.nn.Module, rows: Sequence[tuple[list[int], 
             s, a = rows[i][0], rows[i][1]
             ids[b, :len(s) + len(a)] = torch.tensor(s + a)
             am[b, :len(s) + len(a)] = 1
-            sm[b, len(s):len(s) + len(a)] = True
+            sm[b, len(s):len(s) + (len(a) if max_counted is None else min(len(a), max_counted))] = True
         full_am = torch.cat([torch.ones(B, P, dtype=torch.long), am], 1).to(device)
         pos = (P + torch.arange(T)).expand(B, T).to(device)
         cache = prefix.expand(B) if prefix is not None else None
@@ -303,7 +305,7 @@ class Generated:
 def greedy_generate(model: torch.nn.Module, suffixes: Sequence[list[int]], prefix: PrefixCache | None, *,
                     max_new_tokens: int, newline_ids: Sequence[int], eos_ids: Sequence[int], pad_id: int,
                     batch_size: int, capture: Capture | None = None, sample_indices: Sequence[int] | None = None,
-                    progress: bool = False, stats: dict | None = None) -> list[Generated]:
+                    progress: bool = False, stats: dict | None = None, max_counted: int | None = None) -> list[Generated]:
     """Batched greedy decoding with left padding, stopping each row at a newline token or EOS.
 
     Args:
@@ -312,11 +314,14 @@ def greedy_generate(model: torch.nn.Module, suffixes: Sequence[list[int]], prefi
         prefix: the shared prefix's cache (None: ``suffixes`` are whole prompts).
         max_new_tokens: cap on generated tokens per row.
         newline_ids / eos_ids: stop tokens (:func:`newline_token_ids`, :func:`eos_token_ids`).
-        pad_id: id fed for padding and for rows that have stopped (masked / unused).
-        batch_size: rows per batch; rows are sorted by prompt length first.
+        pad_id: id of the left padding (masked out).
+        batch_size: rows per batch; rows are sorted by prompt length first. A row that stops
+            leaves the batch (its cache rows are dropped), so later steps cost only the rows
+            still decoding.
         capture: if given, answer-token statistics/features are captured, row ``i`` as sample
             ``sample_indices[i]``.
         stats: optional dict that receives ``forward_tokens``, ``generated_tokens``, ``seconds``.
+        max_counted: capture only the first ``max_counted`` answer tokens (None: all).
 
     Returns:
         One :class:`Generated` per row, in input order.
@@ -359,33 +364,35 @@ def greedy_generate(model: torch.nn.Module, suffixes: Sequence[list[int]], prefi
         rows_t = torch.tensor([sample_indices[i] for i in idx], device=device) if capture is not None else None
         gen: list[list[int]] = [[] for _ in range(B)]
         reason = ["length"] * B
-        done = torch.zeros(B, dtype=torch.bool, device=device)
+        act = torch.arange(B, device=device)  # batch rows still decoding, aligned with the cache's batch axis
         for step in range(max_new_tokens):
             tok = next_tok
-            tl = tok.tolist()
             is_nl = torch.isin(tok, stop_nl)
             is_eos = torch.isin(tok, stop_eos)
-            for b in range(B):
-                if not bool(done[b]):
-                    gen[b].append(tl[b])
-                    if bool(is_nl[b]):
-                        reason[b] = "newline"
-                    elif bool(is_eos[b]):
-                        reason[b] = "eos"
-            done = done | is_nl | is_eos
-            feed = ~done  # rows whose newest token is an answer token
+            for b, t, nl_hit, eos_hit in zip(act.tolist(), tok.tolist(), is_nl.tolist(), is_eos.tolist()):
+                gen[b].append(t)
+                if nl_hit:
+                    reason[b] = "newline"
+                elif eos_hit:
+                    reason[b] = "eos"
+            keep = ~(is_nl | is_eos)  # rows whose newest token is an answer token
             last_step = step == max_new_tokens - 1
-            if not bool(feed.any()) or (last_step and capture is None):
+            counted = max_counted is None or step < max_counted  # the token fed now is answer token number `step`
+            if not bool(keep.any()) or (last_step and (capture is None or not counted)):
                 break
-            inp = torch.where(feed, tok, torch.full_like(tok, pad_id))[:, None]
-            full_am = torch.cat([full_am, torch.ones(B, 1, dtype=full_am.dtype, device=device)], 1)
+            if not bool(keep.all()):  # drop finished rows: less compute per step
+                ki = torch.nonzero(keep).squeeze(1)
+                cache.batch_select_indices(ki)
+                full_am, last_pos, act, tok = full_am[ki], last_pos[ki], act[ki], tok[ki]
+            n = len(act)
+            full_am = torch.cat([full_am, torch.ones(n, 1, dtype=full_am.dtype, device=device)], 1)
             last_pos = last_pos + 1
             if capture is not None:
-                capture.on(feed[:, None], rows_t)
-            out, cache = _call(model, inp, full_am, last_pos[:, None], cache, last_logits_only=True)
+                capture.on(torch.full((n, 1), counted, dtype=torch.bool, device=device), rows_t[act])
+            out, cache = _call(model, tok[:, None], full_am, last_pos[:, None], cache, last_logits_only=True)
             if capture is not None:
                 capture.collector.check_finite()
-            n_fwd += int(feed.sum())
+            n_fwd += n
             next_tok = out.logits[:, -1].argmax(-1)
             if last_step:
                 break

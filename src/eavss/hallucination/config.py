@@ -84,13 +84,17 @@ class HStatsConfig:
     ``site``: ``resid_post`` (default) | ``mlp_act``. ``variance``: ``element`` (default) |
     ``token`` (the engine's ``pooled`` definition needs whole sequences in one forward pass, but
     generated answers are captured token by token, so it is not offered). ``batch_size``:
-    teacher-forced rows per forward pass.
+    teacher-forced rows per forward pass. ``first_answer_tokens``: count only the first N answer
+    tokens of every answer (statistics and probe features; null = all). A length control:
+    hallucinated answers are often longer (HaluEval's are sentences), and activation statistics
+    drift with position.
     """
 
     site: str = "resid_post"
     variance: str = "element"
     sparsity: SparsityConfig = field(default_factory=SparsityConfig)
     batch_size: int = 32
+    first_answer_tokens: int | None = None
 
 
 @dataclass
@@ -142,14 +146,17 @@ class ProbeConfig:
 class HallucinationConfig:
     """Everything ``eavss hallucination`` needs.
 
-    ``limits``: questions per source taken from its score split (null = the whole score split).
-    ``sources``: any of :data:`ALL_SOURCES`.
+    ``limits``: questions per source taken from its score split (null = the whole score split;
+    with the default 50% score part: HaluEval ~250, SciQ ~500). The defaults give ~3,000 labelled
+    answers and run in ~10 minutes on 2 CPU cores (docs/hallucination.md). ``sources``: any of
+    :data:`ALL_SOURCES`. ``threads``: torch CPU threads; null = the idle cores
+    (``cpu_count - round(load average)``, at least 1).
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
     sources: list[str] = field(default_factory=lambda: list(ALL_SOURCES))
     limits: dict[str, int | None] = field(default_factory=lambda: {
-        "truthfulqa": 150, "halueval": 150, "nq_open": 250, "triviaqa": 250, "sciq": 200})
+        "truthfulqa": 300, "halueval": None, "nq_open": 800, "triviaqa": 800, "sciq": None})
     split: SplitConfig = field(default_factory=SplitConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
@@ -197,6 +204,8 @@ def validate(cfg: HallucinationConfig) -> HallucinationConfig:
         (cfg.generation.max_new_tokens >= 1, "generation.max_new_tokens must be >= 1"),
         (cfg.generation.stop == "newline", "generation.stop must be 'newline' (the only stop rule implemented)"),
         (cfg.stats.batch_size >= 1, "stats.batch_size must be >= 1"),
+        (cfg.stats.first_answer_tokens is None or cfg.stats.first_answer_tokens >= 1,
+         "stats.first_answer_tokens must be >= 1 or null"),
         (cfg.teacher_forced.pairs_per_question >= 1, "teacher_forced.pairs_per_question must be >= 1"),
         (cfg.teacher_forced.max_answer_tokens >= 1, "teacher_forced.max_answer_tokens must be >= 1"),
         (cfg.teacher_forced.halueval_file in ("one-turn", "multi-turn"), "teacher_forced.halueval_file must be one-turn or multi-turn"),

@@ -72,8 +72,11 @@ def describe_prompts() -> dict:
                   "each tokenised separately (prefix with the tokenizer's special tokens)",
         "prefixes": dict(PREFIXES),
         "question_template": QUESTION_TEMPLATE,
-        "options_template": OPTIONS_TEMPLATE + "  (SciQ in judge.sciq=options; options in a seeded random order)",
-        "answer_template": ANSWER_TEMPLATE + "  (teacher-forced answers; their tokens are the counted ones)",
+        "options_template": OPTIONS_TEMPLATE,
+        "options_note": "SciQ with judge.sciq=options: the four options joined by '; ' in a per-question seeded random order",
+        "answer_template": ANSWER_TEMPLATE,
+        "answer_note": "teacher-forced answers are appended as ' {answer}' (one trailing period stripped); their tokens "
+                       "are the counted ones",
         "question_mark": "a '?' is appended to questions that end in neither '?' nor '.'",
         "prefix_by_source": {"truthfulqa": "qa", "halueval": "qa", "nq_open": "qa", "triviaqa": "qa",
                              "sciq": "qa_options (judge.sciq=options) or qa (judge.sciq=open)"},

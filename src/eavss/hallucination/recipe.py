@@ -51,6 +51,7 @@ class Sample:
     judge: dict | None = None
     stop: str | None = None
     answer_ids: list[int] = field(default_factory=list)
+    n_counted: int = 0
 
     def record(self) -> dict:
         """JSON-able row of ``samples.jsonl``."""
@@ -61,6 +62,7 @@ class Sample:
             "label_name": LABEL_NAMES[self.label], "reference": self.reference,
             "golds": self.golds[:20], "options": self.options or None, "correct_option": self.correct,
             "judge": self.judge, "stop": self.stop, "n_answer_tokens": len(self.answer_ids),
+            "n_counted_tokens": self.n_counted,
         }
 
 
@@ -137,6 +139,34 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def choose_threads(requested: int | None) -> dict:
+    """Set torch's CPU threads and say why.
+
+    ``requested`` wins. ``None`` (auto) uses the idle cores: ``cpu_count - round(1-min load
+    average)``, at least 1, at most torch's default. On a shared 2-core machine multi-threaded
+    small matmuls wait on descheduled threads; one thread was 2-4x faster there under load.
+
+    Returns:
+        ``{"threads", "rule", "cpu_count", "load_average_1min", "previous"}``.
+    """
+    import os
+
+    prev = torch.get_num_threads()
+    cpu = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except (OSError, AttributeError):
+        load = 0.0
+    if requested:
+        if requested < 1:
+            raise EavssError(f"threads must be >= 1, got {requested}")
+        n, rule = requested, "configured"
+    else:
+        n, rule = max(1, min(prev, int(round(cpu - load)))), "auto: idle cores = cpu_count - round(load average), >= 1"
+    torch.set_num_threads(n)
+    return {"threads": n, "rule": rule, "cpu_count": cpu, "load_average_1min": round(load, 2), "previous": prev}
+
+
 def _source_summary(samples: list[Sample]) -> dict:
     out = {}
     for src in dict.fromkeys(s.source for s in samples):
@@ -172,6 +202,20 @@ def run(cfg: HallucinationConfig) -> dict:
         EavssError: bad configuration, missing data or model, too few labelled answers, an
         existing output folder without ``overwrite``.
     """
+    from eavss.io import check_out_dir
+
+    validate(cfg)
+    check_out_dir(cfg.out, cfg.overwrite)
+    _seed_everything(cfg.seed)
+    threads = choose_threads(cfg.threads)
+    try:
+        return _run(cfg, threads)
+    finally:
+        torch.set_num_threads(threads["previous"])
+
+
+def _run(cfg: HallucinationConfig, threads: dict) -> dict:
+    """The body of :func:`run` (threads already chosen)."""
     from eavss.hallucination import report as rep
     from eavss.hallucination.capture import (Capture, PooledFeatures, PrefixCache, answer_text, eos_token_ids,
                                              greedy_generate, newline_token_ids, teacher_forced_pass)
@@ -179,17 +223,12 @@ def run(cfg: HallucinationConfig) -> dict:
     from eavss.hallucination.probe import agreement, probe_layers
     from eavss.hallucination.scores import (EavssOptions, SampleStatistics, bootstrap_eavss, compute_eavss,
                                             permutation_test, variant_table)
-    from eavss.io import atomic_dir, check_out_dir
+    from eavss.io import atomic_dir
     from eavss.models.layers import layer_module_paths
     from eavss.models.loading import load_model
     from eavss.report.schema import jsonable, new_report
     from eavss.stats import ActivationStatsCollector, SparsityRule
 
-    validate(cfg)
-    check_out_dir(cfg.out, cfg.overwrite)
-    _seed_everything(cfg.seed)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
 
@@ -245,7 +284,8 @@ def run(cfg: HallucinationConfig) -> dict:
             rows = [(suffix_ids[s.index], s.answer_ids, s.index) for s in tf if s.prompt.prefix == p]
             if rows:
                 passes[f"teacher_forced:{p}"] = teacher_forced_pass(model, rows, caches.get(p), cfg.stats.batch_size,
-                                                                   capture, pad_id, progress=cfg.progress)
+                                                                   capture, pad_id, progress=cfg.progress,
+                                                                   max_counted=cfg.stats.first_answer_tokens)
         timings["teacher_forced"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         gen = [s for s in samples if s.kind == "generated"]
@@ -257,7 +297,8 @@ def run(cfg: HallucinationConfig) -> dict:
             outs = greedy_generate(model, [suffix_ids[s.index] for s in group], caches.get(p),
                                    max_new_tokens=cfg.generation.max_new_tokens, newline_ids=nl_ids, eos_ids=eos_ids,
                                    pad_id=pad_id, batch_size=cfg.generation.batch_size, capture=capture,
-                                   sample_indices=[s.index for s in group], progress=cfg.progress, stats=info)
+                                   sample_indices=[s.index for s in group], progress=cfg.progress, stats=info,
+                                   max_counted=cfg.stats.first_answer_tokens)
             passes[f"generation:{p}"] = info
             for s, g in zip(group, outs):
                 s.answer_ids = g.answer_tokens
@@ -273,6 +314,7 @@ def run(cfg: HallucinationConfig) -> dict:
     stats = collector.result()
     n_tok = stats.n_tokens()[:, 0]
     for s in samples:  # an answer whose tokens were all cut (should not happen) cannot be scored
+        s.n_counted = int(n_tok[s.index])
         if s.label >= 0 and n_tok[s.index] == 0:
             s.label = -1
     ss = SampleStatistics(stats, np.array([s.label for s in samples]), np.array([s.source for s in samples], dtype=object),
@@ -350,10 +392,14 @@ def run(cfg: HallucinationConfig) -> dict:
         "sources": _source_summary(samples),
         "splits": {"file": "splits.json", "seed": splits["seed"], "fractions": splits["fractions"], "rule": splits["rule"],
                    "counts": {s: {**d["counts"], "used_here": d["n_used_here"]} for s, d in splits["sources"].items()}},
-        "samples": {"file": "samples.jsonl", "total": N, "labelled": int(ss.used().sum()),
+        "samples": {"file": "samples.jsonl", "counted_tokens_by_class": {
+                        "truthful": int(ss.class_statistics().n_tokens()[0, 0]),
+                        "hallucinated": int(ss.class_statistics().n_tokens()[1, 0])}, "total": N, "labelled": int(ss.used().sum()),
                     "truthful": int(((ss.labels == 0) & ss.used()).sum()),
                     "hallucinated": int(((ss.labels == 1) & ss.used()).sum())},
         "statistics": {"site": stats.site, "variance_definition": cfg.stats.variance, "sparsity_rule": stats.sparsity_rule,
+                       "answer_tokens_counted": "all" if cfg.stats.first_answer_tokens is None
+                       else f"first {cfg.stats.first_answer_tokens}",
                        "passes": passes, "class_sums": ss.class_statistics().to_dict()},
         "eavss": {"definitions": rep.definitions(opts), "options": to_dict(cfg.scores),
                   "ranking": result["ranking"], "top_k": result["top_k"], "k": min(sc.top_k, L),
@@ -369,6 +415,7 @@ def run(cfg: HallucinationConfig) -> dict:
         "agreement": agree,
         "agreement_variants": variant_agreement,
         "timings": timings,
+        "threads": threads,
     })
     report["warnings"] = rep.warnings(report)
     report = jsonable(report)

@@ -130,8 +130,11 @@ def render_markdown(report: dict) -> str:
     out.append(f"- sources: {', '.join(report['sources'])}; {smp['labelled']} labelled answers "
                f"({smp['truthful']} truthful, {smp['hallucinated']} hallucinated) of {smp['total']} samples; seed {report['seed']}")
     st = report["statistics"]
+    ct = smp.get("counted_tokens_by_class", {})
     out.append(f"- statistics: site `{st['site']}`, variance `{st['variance_definition']}`, sparsity "
-               f"`{st['sparsity_rule'].get('rule')}`, answer tokens only (question and few-shot prefix as context)")
+               f"`{st['sparsity_rule'].get('rule')}`, answer tokens only ({st.get('answer_tokens_counted', 'all')} of each "
+               f"answer; question and few-shot prefix as context): {ct.get('truthful')} truthful and "
+               f"{ct.get('hallucinated')} hallucinated tokens")
     d = ev["definitions"]
     out.append(f"- HSAV: {d['hsav']}")
     out.append(f"- HSS: {d['hss']}")
@@ -182,15 +185,29 @@ def render_markdown(report: dict) -> str:
                "on hallucinated answers) with label-permutation p; _n: normalised across layers; CI and P(top-k): "
                "question-level bootstrap.\n")
     out.append(layer_table(report))
-    out.append("## Per-source weights\n")
-    out.append("| source | truthful | hallucinated | weight w_s |\n|---|---|---|---|")
+    out.append("## Per source\n")
+    out.append("Do the sources agree? Per source: its weight in the stratified pooling, the 5 layers with the largest "
+               "|per-source effect| and the sign of the variance effect on most layers, and where its probe separates best.\n")
+    out.append("| source | truthful | hallucinated | weight w_s | top-5 \\|HSAV effect\\| | HSAV sign (layers >0 / <0) | "
+               "top-5 \\|HSS effect\\| | probe best layer (AUROC) |\n|---|---|---|---|---|---|---|---|")
+    by_src = (report.get("probe") or {}).get("auroc_by_source") or {}
     for src, dd in ev["per_source"].items():
-        out.append(f"| {src} | {dd['n_truthful']:.0f} | {dd['n_hallucinated']:.0f} | {dd['weight']:.1f} |")
+        hv = [abs(x) for x in dd["hsav_effect"]]
+        hs = [abs(x) for x in dd["hss_effect"]]
+        top_v = sorted(range(len(hv)), key=lambda i: -hv[i])[:5] if dd["weight"] else "–"
+        top_s = sorted(range(len(hs)), key=lambda i: -hs[i])[:5] if dd["weight"] else "–"
+        pos = sum(x > 0 for x in dd["hsav_effect"])
+        neg = sum(x < 0 for x in dd["hsav_effect"])
+        au = by_src.get(src)
+        best = f"{max(range(len(au)), key=lambda i: au[i])} ({max(au):.3f})" if au else "–"
+        out.append(f"| {src} | {dd['n_truthful']:.0f} | {dd['n_hallucinated']:.0f} | {dd['weight']:.1f} | {top_v} | "
+                   f"{pos} / {neg} | {top_s} | {best} |")
     out.append("")
     out.append("## Prompts, stop rule and judge\n")
     pr = report["prompts"]
     out.append(f"- format: {pr['format']}")
-    out.append(f"- question: `{pr['question_template']!r}`; options: `{pr['options_template']!r}`; answer: `{pr['answer_template']!r}`")
+    out.append(f"- question: `{pr['question_template']!r}`; options: `{pr['options_template']!r}` ({pr['options_note']}); "
+               f"answer: `{pr['answer_template']!r}` ({pr['answer_note']})")
     out.append(f"- stop rule: {pr['stop_rule']}")
     j = report["judge"]
     out.append(f"- judge normalisation: {j['normalisation']}")

@@ -97,6 +97,10 @@ def load(cfg: RunConfig, name: str | None = None):
     """Load ``name`` (default ``cfg.model.name``) with the configured dtype/device/cache."""
     from eavss.models.loading import load_model
 
+    if not cfg.progress:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     return load_model(name or cfg.model.name, dtype=cfg.model.dtype, device=cfg.model.device,
                       cache_dir=cfg.model.cache_dir, trust_remote_code=cfg.model.trust_remote_code)
 
@@ -123,10 +127,19 @@ def collect(cfg: RunConfig, model, tokenizer) -> tuple[LayerStatistics, dict, di
     rule = sparsity_rule(cfg)
     batches, cal_info = calibration_batches(tokenizer, c.dataset, c.num_samples, c.max_length, c.batch_size,
                                             c.packing, cfg.seed, cfg.data_dir)
+    # --- torchrun (eavss.distributed): each rank runs every world-th batch; the sums are
+    # all-reduced inside collect_statistics, so every rank returns the whole set's statistics.
+    from eavss import distributed as edist
+
+    dist_on = edist.is_distributed()
+    if dist_on:
+        batches = edist.shard(batches)
+    # --- end torchrun
     stats, info = collect_statistics(model, batches, site=cfg.stats.site, rule=rule,
                                      pooled=True, block_influence=cfg.stats.block_influence,
-                                     accum_dtype=ACCUM_DTYPES[cfg.stats.accum_dtype], progress=cfg.progress,
-                                     total=len(batches))
+                                     accum_dtype=ACCUM_DTYPES[cfg.stats.accum_dtype],
+                                     progress=cfg.progress and edist.is_main(), total=len(batches),
+                                     distributed=dist_on)
     return stats, cal_info, info
 
 
@@ -194,7 +207,8 @@ def evaluate_model(model, tokenizer, cfg: RunConfig, tasks: list[str] | None = N
         if task == "ppl":
             opts = {"ppl": {"context_length": e.ppl_context_length, "max_tokens": e.ppl_max_tokens}}
         res = evaluate(model, tokenizer, [task], limit=limits.get(task), data_dir=cfg.data_dir,
-                       batch_size=e.batch_size, seed=cfg.seed, max_gen_toks=e.max_gen_toks, task_options=opts)
+                       batch_size=e.batch_size, seed=cfg.seed, max_gen_toks=e.max_gen_toks, max_length=e.max_length,
+                       task_options=opts)
         results[task] = res[task]
         secs[task] = time.perf_counter() - t0
     return jsonable(results), secs
@@ -237,6 +251,10 @@ def score(cfg: RunConfig) -> dict:
     report = new_report("score", to_dict(cfg), cfg.seed)
     report.update({"model": _model_section(loaded), "calibration": {**cal_info, **col_info},
                    "statistics": st, "scores": sc, "timings": timings})
+    from eavss import distributed as edist  # --- torchrun: rank 0 alone writes
+
+    if not edist.is_main():
+        return report
     with atomic_dir(cfg.out, cfg.overwrite) as tmp:
         write_outputs(tmp, report)
     return report
@@ -341,6 +359,10 @@ def run(cfg: RunConfig, save_pruned: bool = True) -> dict:
     stats, cal_info, col_info = collect(cfg, model, tok)
     timings["statistics"] = time.perf_counter() - t0
     st, sc = statistics_section(stats, cfg, layer_module_paths(model))
+    from eavss import distributed as edist  # --- torchrun: only the statistics are data-parallel;
+
+    if not edist.is_main():  # rank 0 alone prunes, evaluates and writes
+        return {"kind": "run", "rank": edist.rank(), "timings": timings}
     if cfg.prune.score not in sc:
         raise EavssError(f"prune.score {cfg.prune.score!r} is not available; choose one of {sorted(sc)}")
 

@@ -154,6 +154,62 @@ def _token_stats_kernel(
             tl.store(pool_base + rd, pool_acc, mask=dmask0)
 
 
+@triton.jit
+def _finish_kernel(
+    OUT, PSUM, ACC, G,
+    P, D, s_g,
+    HAS_G: tl.constexpr, POOLED: tl.constexpr, K: tl.constexpr, NF: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+    I_N: tl.constexpr, I_SEQ: tl.constexpr, I_PV: tl.constexpr, I_OK: tl.constexpr,
+):
+    """Sequence ``b``: merge the programs' partial sums in float64, finish the pooled variance
+    from ``PSUM[b]`` (the ``(D,)`` sum of its ok tokens), and add the ``NF`` fields into
+    ``ACC[G[b], :]`` (this layer's ``(groups, NF)`` accumulator)."""
+    b = tl.program_id(0)
+    rp = tl.arange(0, BLOCK_P)
+    rk = tl.arange(0, BLOCK_K)
+    base = b.to(tl.int64) * P
+    tot = tl.zeros([BLOCK_K], tl.float64)
+    for p0 in range(0, P, BLOCK_P):
+        pp = p0 + rp
+        tile = tl.load(OUT + (base + pp)[:, None] * K + rk[None, :], mask=(pp < P)[:, None] & (rk < K)[None, :],
+                       other=0.0)
+        tot += tl.sum(tile.to(tl.float64), axis=0)
+    n_tok = tl.sum(tl.where(rk == I_N, tot, 0.0), axis=0)
+    res = tl.where(rk == I_SEQ, tl.where(n_tok > 0, 1.0, 0.0), tot)
+    if POOLED:
+        cnt = tl.maximum(tl.sum(tl.where(rk == I_OK, tot, 0.0), axis=0), 1.0)
+        rd = tl.arange(0, BLOCK_D)
+        s1 = tl.zeros([BLOCK_D], tl.float64)
+        s2 = tl.zeros([BLOCK_D], tl.float64)
+        for d0 in range(0, D, BLOCK_D):
+            cd = d0 + rd
+            col = tl.load(PSUM + b.to(tl.int64) * D + cd, mask=cd < D, other=0.0).to(tl.float64)
+            mean = col / cnt  # the sequence's mean-pooled vector, this chunk of D
+            s1 += mean
+            s2 += mean * mean
+        t1 = tl.sum(s1, axis=0)
+        t2 = tl.sum(s2, axis=0)
+        pv = (t2 - t1 * t1 / D) / (D - 1)
+        res = tl.where(rk == I_PV, tl.where(n_tok > 0, pv, 0.0), res)
+    else:
+        res = tl.where(rk == I_PV, 0.0, res)
+    if HAS_G:
+        g = tl.load(G + b * s_g).to(tl.int64)
+    else:
+        g = 0
+    tl.atomic_add(ACC + g * NF + rk, res.to(ACC.dtype.element_ty), mask=rk < NF)
+
+
+def _on(device: torch.device):
+    """Context making ``device`` the current CUDA device (a no-op when it already is, or on CPU)."""
+    import contextlib
+
+    if device.type == "cuda" and device.index is not None and device.index != torch.cuda.current_device():
+        return torch.cuda.device(device)
+    return contextlib.nullcontext()
+
+
 _SM_COUNT: dict[int, int] = {}
 
 
@@ -176,7 +232,7 @@ def launch_config(B: int, T: int, D: int, device: torch.device) -> dict:
         block_d = 1024
     block_t = max(1, 4096 // block_d) if single else 4
     block_t = min(block_t, 16)
-    num_warps = max(4, min(16, block_t * block_d // 512))
+    num_warps = max(4, min(16, block_t * block_d // 1024))  # ~32 elements per thread per tensor
     env = os.environ.get("EAVSS_TRITON_CONFIG")
     if env:
         bt, bd, nw, pps = (int(v) for v in env.split(","))
@@ -192,8 +248,14 @@ def launch_config(B: int, T: int, D: int, device: torch.device) -> dict:
 
 
 def fused_reduce(act: torch.Tensor, mask: torch.Tensor, rule, layer_input: torch.Tensor | None,
-                 pooled: bool) -> torch.Tensor:
-    """``(B, NUM_FIELDS)`` float64 sums of ``act`` (see :func:`eavss.stats.reduce.reduce_activations`)."""
+                 pooled: bool, acc: torch.Tensor | None = None,
+                 groups: torch.Tensor | None = None) -> torch.Tensor | None:
+    """``(B, NUM_FIELDS)`` float64 sums of ``act`` (see :func:`eavss.stats.reduce.reduce_activations`).
+
+    With ``acc`` (a ``(G, NUM_FIELDS)`` float32/float64 CUDA tensor on ``act``'s device) the sums
+    are instead added into ``acc[groups[b]]`` (``groups``: ``(B,)`` ints, None = all 0) by a second
+    small kernel, and None is returned: two Triton launches and one torch sum per layer.
+    """
     B, T, D = act.shape
     dev = act.device
     a = act if act.stride(-1) == 1 else act.contiguous()
@@ -211,21 +273,37 @@ def fused_reduce(act: torch.Tensor, mask: torch.Tensor, rule, layer_input: torch
         pool = out  # never touched
     rel = rule.mode != "absolute"
     if B > 0 and T > 0:
-        _token_stats_kernel[(B, P)](
-            a, x if x is not None else a, m, out, pool,
-            T, D, cfg["TPP"],
-            a.stride(0), a.stride(1),
-            (x if x is not None else a).stride(0), (x if x is not None else a).stride(1),
-            m.stride(0), m.stride(1),
-            float(rule.tau if rel else rule.epsilon),
-            REL=rel, HAS_X=x is not None, POOLED=do_pool, SINGLE=cfg["SINGLE"],
-            BLOCK_T=cfg["BLOCK_T"], BLOCK_D=cfg["BLOCK_D"], K=_K, FLT_MAX=_FLT_MAX,
-            I_N=F["n_tokens"], I_M2=F["within_m2"], I_MU=F["sum_mean"], I_MU2=F["sum_mean_sq"],
-            I_NZ=F["near_zero"], I_BI=F["bi_sum"], I_NF=F["nonfinite"], I_OK=_I_OK,
-            num_warps=cfg["num_warps"],
-        )
+        with _on(dev):  # Triton launches on the current device: make it the tensors' device
+            _token_stats_kernel[(B, P)](
+                a, x if x is not None else a, m, out, pool,
+                T, D, cfg["TPP"],
+                a.stride(0), a.stride(1),
+                (x if x is not None else a).stride(0), (x if x is not None else a).stride(1),
+                m.stride(0), m.stride(1),
+                float(rule.tau if rel else rule.epsilon),
+                REL=rel, HAS_X=x is not None, POOLED=do_pool, SINGLE=cfg["SINGLE"],
+                BLOCK_T=cfg["BLOCK_T"], BLOCK_D=cfg["BLOCK_D"], K=_K, FLT_MAX=_FLT_MAX,
+                I_N=F["n_tokens"], I_M2=F["within_m2"], I_MU=F["sum_mean"], I_MU2=F["sum_mean_sq"],
+                I_NZ=F["near_zero"], I_BI=F["bi_sum"], I_NF=F["nonfinite"], I_OK=_I_OK,
+                num_warps=cfg["num_warps"],
+            )
     else:
         out.zero_()
+    if acc is not None:
+        if B == 0:
+            return None
+        g = groups if groups is not None else out  # dummy pointer when there are no groups
+        psum = pool.sum(dim=1) if do_pool else out  # (B, D) float32: the programs' pooled partial sums merged
+        block_d = min(triton.next_power_of_2(max(D, 16)), 2048)
+        with _on(dev):
+            _finish_kernel[(B,)](
+                out, psum, acc, g, P, D, g.stride(0) if groups is not None else 0,
+                HAS_G=groups is not None, POOLED=do_pool, K=_K, NF=NUM_FIELDS,
+                BLOCK_P=min(triton.next_power_of_2(P), 32), BLOCK_K=triton.next_power_of_2(_K), BLOCK_D=block_d,
+                I_N=F["n_tokens"], I_SEQ=F["n_seqs"], I_PV=F["pooled_var_sum"], I_OK=_I_OK,
+                num_warps=4,
+            )
+        return None
     tot = out.sum(dim=1, dtype=torch.float64)  # (B, K): merge programs in float64
     res = tot[:, :NUM_FIELDS].clone()
     n_tok = tot[:, F["n_tokens"]]

@@ -83,10 +83,7 @@ class ActivationStatsCollector:
         self._mask_on: dict = {}  # the current mask, per device (layers spread over devices)
         self._prev = None  # (weakref to the previous layer's output, its _version, its |a_t|^2)
         self._nf_pending = None  # (event, pinned host copy) of the last non-blocking finite check
-        try:
-            self._home = next(model.parameters()).device
-        except StopIteration:
-            self._home = torch.device("cpu")
+        self._home = input_device(model)
 
     # -- hooks -----------------------------------------------------------------------------
     def _make_hook(self, index: int):
@@ -106,29 +103,16 @@ class ActivationStatsCollector:
                 ref, version, sq = self._prev
                 if ref() is x_in and _version(x_in) == version:  # this layer's input is the last output
                     x_sq = sq
-            red, act_sq = reduce_activations_ext(act, mask, self.rule, layer_input=x_in, pooled=self.pooled,
-                                                 input_sq=x_sq)
+            if self._acc is None:
+                self._acc = torch.zeros(len(self.layers), len(self.group_names), NUM_FIELDS, device=act.device,
+                                        dtype=self.accum_dtype)
+            _, act_sq = reduce_activations_ext(act, mask, self.rule, layer_input=x_in, pooled=self.pooled,
+                                               input_sq=x_sq, acc=self._acc[index], groups=self._groups)
             self._prev = (weakref.ref(act), _version(act), act_sq) if (act_sq is not None and x_in is not None) else None
-            self._accumulate(index, red, act.shape[-1])
+            self.width[index] = act.shape[-1]
             return None
 
         return hook
-
-    def _accumulate(self, index: int, red: torch.Tensor, width: int) -> None:
-        if self._acc is None:
-            self._acc = torch.zeros(len(self.layers), len(self.group_names), NUM_FIELDS, device=red.device,
-                                    dtype=self.accum_dtype)
-        acc = self._acc
-        if red.device != acc.device:  # layers spread over devices (device_map="auto")
-            red = red.to(acc.device, non_blocking=True)
-        groups = self._groups
-        if groups is None:
-            acc[index, 0] += red.sum(0).to(acc.dtype)
-        else:
-            if groups.device != acc.device:
-                groups = groups.to(acc.device)
-            acc[index].index_add_(0, groups, red.to(acc.dtype))
-        self.width[index] = width
 
     def __enter__(self) -> "ActivationStatsCollector":
         self.attach()
@@ -258,6 +242,23 @@ class ActivationStatsCollector:
                                self.block_influence)
 
 
+def input_device(model: torch.nn.Module) -> torch.device:
+    """Where the model wants its input ids: the execution device of accelerate's hook on the input
+    embedding (``device_map``/offloaded models), else the first parameter not on the meta device."""
+    try:
+        emb = model.get_input_embeddings()
+    except (AttributeError, NotImplementedError):
+        emb = None
+    hook = getattr(emb, "_hf_hook", None)
+    dev = getattr(hook, "execution_device", None)
+    if dev is not None:
+        return torch.device(f"cuda:{dev}" if isinstance(dev, int) else dev)
+    for p in model.parameters():
+        if p.device.type != "meta":
+            return p.device
+    return torch.device("cpu")
+
+
 def _version(t: torch.Tensor) -> int | None:
     """In-place modification counter (None for inference-mode tensors, which keep none)."""
     return None if t.is_inference() else t._version
@@ -323,7 +324,7 @@ def collect_statistics(
     """
     from tqdm.auto import tqdm
 
-    device = next(model.parameters()).device
+    device = input_device(model)
     runner = forward_for_stats(model)
     col = ActivationStatsCollector(model, site=site, rule=rule, group_names=group_names, pooled=pooled,
                                    block_influence=block_influence, accum_dtype=accum_dtype)

@@ -143,19 +143,26 @@ def reduce_activations_ext(
     pooled: bool = True,
     input_sq: torch.Tensor | None = None,
     implementation: str | None = None,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """:func:`reduce_activations` plus a reusable by-product, for the collector's hooks.
+    acc: torch.Tensor | None = None,
+    groups: torch.Tensor | None = None,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """:func:`reduce_activations` plus a reusable by-product and in-place accumulation, for the
+    collector's hooks.
 
     Args:
         input_sq: optional ``(B, T)`` float32 ``|x_t|^2`` of ``layer_input``, typically the
             ``act_sq`` this function returned for the previous layer, whose output is this layer's
             input (saves one pass over ``layer_input`` in the eager implementation).
         implementation: ``auto`` | ``fused`` | ``eager`` (see :func:`reduce_backend`).
+        acc: optional contiguous ``(G, NUM_FIELDS)`` accumulator (float32/float64): add the sums of
+            sequence ``b`` into ``acc[groups[b]]`` instead of returning them (on CUDA, by a second
+            small kernel: no further launches).
+        groups: ``(B,)`` int64 group of each sequence (None: group 0), used with ``acc``.
 
     Returns:
-        ``(sums, act_sq)``: the ``(B, NUM_FIELDS)`` float64 sums, and the ``(B, T)`` float32
-        ``|a_t|^2`` of every position (eager implementation; None from the fused one, which reads
-        the layer input anyway and has no use for it).
+        ``(sums, act_sq)``: the ``(B, NUM_FIELDS)`` float64 sums (None when ``acc`` was given),
+        and the ``(B, T)`` float32 ``|a_t|^2`` of every position (eager implementation; None from
+        the fused one, which reads the layer input anyway and has no use for it).
     """
     if act.dim() != 3 or mask.shape != act.shape[:2]:
         raise ValueError(f"act must be (B, T, D) and mask (B, T); got {tuple(act.shape)} and {tuple(mask.shape)}")
@@ -166,16 +173,33 @@ def reduce_activations_ext(
             layer_input = layer_input.to(act.device, non_blocking=True)
             input_sq = None
     m = mask if (mask.dtype == torch.bool and mask.device == act.device) else mask.to(act.device, torch.bool)
+    if acc is not None:
+        if acc.dim() != 2 or acc.shape[1] != NUM_FIELDS or not acc.is_contiguous():
+            raise ValueError(f"acc must be a contiguous (groups, {NUM_FIELDS}) tensor, got {tuple(acc.shape)}")
+        if groups is not None and groups.device != act.device:
+            groups = groups.to(act.device, non_blocking=True)
     if reduce_backend(act.device, implementation) == "fused":
         from eavss.stats._triton import fused_reduce
 
-        return fused_reduce(act, m, rule, layer_input, pooled), None
-    return _eager_reduce(act, m, rule, layer_input, pooled, input_sq)
+        if acc is not None and acc.device == act.device:
+            fused_reduce(act, m, rule, layer_input, pooled, acc=acc, groups=groups)
+            return None, None
+        red, act_sq = fused_reduce(act, m, rule, layer_input, pooled), None
+    else:
+        red, act_sq = _eager_reduce(act, m, rule, layer_input, pooled, input_sq)
+    if acc is None:
+        return red, act_sq
+    red = red.to(acc.device, non_blocking=True)
+    if groups is None:
+        acc[0] += red.sum(0).to(acc.dtype)
+    else:
+        acc.index_add_(0, groups.to(acc.device), red.to(acc.dtype))
+    return None, act_sq
 
 
 def _row_sq(t: torch.Tensor) -> torch.Tensor:
-    """``(B, T)`` float32 sum of squares along the last dim (BLAS dot, no temporary)."""
-    return torch.linalg.vecdot(t, t)
+    """``(B, T)`` sum of squares along the last dim (one pass, no temporary)."""
+    return torch.linalg.vector_norm(t, dim=-1).square_()
 
 
 def _eager_reduce(act, m, rule, layer_input, pooled, input_sq):
@@ -196,7 +220,7 @@ def _eager_reduce(act, m, rule, layer_input, pooled, input_sq):
     mu = s64 / D
     m2 = (aa.to(f64) - s64 * mu).clamp_min(0.0)  # D * s2_t
 
-    # near-zero count: |a| < thr, counted in float (no bool tensor, no int64 cast)
+    # near-zero count: |a| < thr, counted in float in one scratch tensor (no bool tensor, no int64 cast)
     t = torch.abs(a)
     if rule.mode == "absolute":
         torch.lt(t, rule.epsilon, out=t)
@@ -204,7 +228,6 @@ def _eager_reduce(act, m, rule, layer_input, pooled, input_sq):
         thr = (rule.tau * torch.sqrt(aa / D)).to(t.dtype)
         torch.lt(t, thr.unsqueeze(-1), out=t)
     nz = t.sum(-1)
-    del t
 
     cols = {
         "within_m2": m2,
@@ -217,7 +240,7 @@ def _eager_reduce(act, m, rule, layer_input, pooled, input_sq):
         if x.stride(-1) != 1:
             x = x.contiguous()
         xx = input_sq if (input_sq is not None and input_sq.shape == (B, T)) else _row_sq(x)
-        dot = torch.linalg.vecdot(x, a).to(f64)
+        dot = torch.mul(x, a, out=t).sum(-1).to(f64)  # reuses the scratch tensor
         cos = dot / torch.sqrt(xx.to(f64) * aa.to(f64)).clamp_min(1e-30)
         cols["bi_sum"] = 1.0 - cos
     names = list(cols)

@@ -1,0 +1,208 @@
+"""GPU check of the fused Triton reduction: correctness against a float64 reference, then the
+kernel alone timed against the eager and the simple reductions (CUDA events, median).
+
+    PYTHONPATH=src python3 benchmarks/check_fused.py --out $OUT/fused.json
+
+Correctness: fresh random activations (bfloat16 and float32, residual-stream-like scale with a few
+large channels), a random token mask whose excluded positions hold NaN/Inf, one masked Inf token,
+both sparsity rules, register (D <= 8192) and chunked (D > 8192) kernel paths. Reference: the eager
+reduction on a float64 copy on the CPU (the same function computed in float64). Reported: max
+relative error per field. Then a tiny model on the GPU vs. on the CPU through the whole collector.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from baselines import simple_reduce  # noqa: E402
+
+from eavss.stats.accumulators import FIELDS  # noqa: E402
+from eavss.stats.reduce import SparsityRule, reduce_activations_ext  # noqa: E402
+
+
+def rel_err(got: torch.Tensor, ref: torch.Tensor) -> dict:
+    got, ref = got.double().cpu(), ref.double().cpu()
+    scale = ref.abs().amax(0).clamp_min(1e-12)  # per field
+    e = ((got - ref).abs().amax(0) / scale)
+    return {FIELDS[i]: float(e[i]) for i in range(len(FIELDS))}
+
+
+def make_inputs(B, T, D, dtype, device, seed):
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    x = torch.randn(B, T, D, generator=g) * 2.0
+    x[..., :3] *= 40.0  # a few massive channels, as in real residual streams
+    a = x + 0.5 * torch.randn(B, T, D, generator=g) + 0.05
+    m = torch.rand(B, T, generator=g) > 0.25
+    m[:, 0] = True
+    a[~m] = float("nan")
+    if T > 2:
+        a[0, 1, 5] = float("inf")
+        m[0, 1] = True  # a counted token holding Inf: excluded and counted as non-finite
+        a[-1, 2] = float("-inf")
+    return a.to(dtype).to(device), x.to(dtype).to(device), m.to(device)
+
+
+CASES = [(8, 512, 4096, torch.bfloat16), (8, 512, 4096, torch.float32), (3, 37, 576, torch.bfloat16),
+         (2, 100, 14336, torch.bfloat16), (4, 64, 896, torch.float16), (1, 1, 4096, torch.bfloat16)]
+
+
+def check_correctness(device, cases=CASES) -> list[dict]:
+    rows = []
+    for i, (B, T, D, dt) in enumerate(cases):
+        for rule in (SparsityRule(), SparsityRule(mode="absolute", epsilon=0.5)):
+            for with_x, pooled in ((True, True), (False, False)):
+                a, x, m = make_inputs(B, T, D, dt, device, seed=100 + i)
+                got, _ = reduce_activations_ext(a, m, rule, x if with_x else None, pooled, implementation="fused")
+                ref, _ = reduce_activations_ext(a.double().cpu(), m.cpu(), rule, x.double().cpu() if with_x else None,
+                                                pooled, implementation="eager")
+                err = rel_err(got, ref)
+                finite = bool(torch.isfinite(got).all())
+                rows.append({"B": B, "T": T, "D": D, "dtype": str(dt), "rule": rule.mode, "layer_input": with_x,
+                             "pooled": pooled, "finite": finite, "max_rel_err": max(err.values()), "per_field": err})
+                print(f"  {B}x{T}x{D} {dt} {rule.mode:8s} x={with_x!s:5s} pooled={pooled!s:5s} finite={finite} "
+                      f"max rel err {max(err.values()):.2e}", flush=True)
+    return rows
+
+
+def check_accumulate(device) -> dict:
+    """The collector's path (finish kernel adding into a grouped accumulator) vs. the returned sums."""
+    out = {}
+    for (B, T, D, dt) in [(8, 300, 4096, torch.bfloat16), (5, 33, 14336, torch.bfloat16), (6, 50, 576, torch.float32)]:
+        a, x, m = make_inputs(B, T, D, dt, device, seed=7)
+        rule = SparsityRule()
+        groups = torch.tensor([i % 3 for i in range(B)], device=device)
+        red, _ = reduce_activations_ext(a, m, rule, x, True, implementation="fused")
+        ref = torch.zeros(3, red.shape[1], dtype=torch.float64, device=device).index_add_(0, groups, red)
+        for acc_dtype in (torch.float64, torch.float32):
+            acc = torch.zeros(3, red.shape[1], dtype=acc_dtype, device=device)
+            r2, _ = reduce_activations_ext(a, m, rule, x, True, implementation="fused", acc=acc, groups=groups)
+            assert r2 is None
+            reduce_activations_ext(a, m, rule, x, True, implementation="fused", acc=acc, groups=groups)  # twice
+            err = ((acc.double() - 2 * ref).abs().amax(0) / (2 * ref).abs().amax(0).clamp_min(1e-12)).max()
+            out[f"{B}x{T}x{D} {dt} acc {acc_dtype}"] = float(err)
+            print(f"  accumulate {B}x{T}x{D} {dt} into {acc_dtype}: max rel err {float(err):.2e}", flush=True)
+    return out
+
+
+def check_collector(device) -> dict:
+    from eavss.data.calibration import make_batches
+    from eavss.stats import collect_statistics
+    from eavss.testing.tiny import tiny_model
+
+    import numpy as np
+
+    g = np.random.default_rng(0)
+    seqs = [g.integers(5, 500, size=int(g.integers(3, 40))).tolist() for _ in range(9)]
+    out = {}
+    for arch in ("llama", "gemma3", "gpt2"):
+        m = tiny_model(arch, seed=1)
+        cpu, _ = collect_statistics(m, make_batches(seqs, 4, 0), progress=False)
+        gpu, _ = collect_statistics(m.to(device), make_batches(seqs, 4, 0), progress=False)
+        rel = np.abs(gpu.sums - cpu.sums).max(axis=(0, 1)) / np.maximum(np.abs(cpu.sums).max(axis=(0, 1)), 1e-12)
+        out[arch] = {FIELDS[i]: float(rel[i]) for i in range(len(FIELDS))}
+        print(f"  collector tiny-{arch} GPU vs CPU: max rel diff {float(rel.max()):.2e}", flush=True)
+    return out
+
+
+def bench(fn, reps=50, warmup=5) -> float:
+    """Median milliseconds of ``fn`` over ``reps`` CUDA-event-timed calls."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(reps):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        fn()
+        e.record()
+        e.synchronize()
+        ts.append(s.elapsed_time(e))
+    return statistics.median(ts)
+
+
+def time_kernels(device, B=8, T=2048, D=4096) -> dict:
+    rule = SparsityRule()
+    sets = []
+    for k in range(3):  # rotate over inputs larger than L2
+        g = torch.Generator(device=device).manual_seed(k)
+        x = torch.randn(B, T, D, device=device, dtype=torch.bfloat16, generator=g)
+        a = (x.float() + 0.5 * torch.randn(B, T, D, device=device, generator=g)).to(torch.bfloat16)
+        sets.append((a, x))
+    m = torch.ones(B, T, dtype=torch.bool, device=device)
+    it = {"i": 0}
+
+    def nxt():
+        it["i"] = (it["i"] + 1) % len(sets)
+        return sets[it["i"]]
+
+    res = {"shape": [B, T, D], "dtype": "bfloat16",
+           "bytes_read_min": 2 * B * T * D * 2}
+    with torch.inference_mode():
+        res["fused_ms"] = bench(lambda: reduce_activations_ext(nxt()[0], m, rule, sets[0][1], True,
+                                                               implementation="fused"))
+        res["fused_no_x_ms"] = bench(lambda: reduce_activations_ext(nxt()[0], m, rule, None, True, implementation="fused"))
+        res["eager_ms"] = bench(lambda: reduce_activations_ext(nxt()[0], m, rule, sets[0][1], True,
+                                                               implementation="eager"), reps=20)
+        res["simple_ms"] = bench(lambda: simple_reduce(nxt()[0], m, rule, sets[0][1], True), reps=20)
+        res["copy_ms"] = bench(lambda: nxt()[0].clone())  # read + write of one activation: bandwidth yardstick
+        res["fused_GBps"] = res["bytes_read_min"] / res["fused_ms"] / 1e6
+        sweep = {}
+        for cfg in ("1,0,4,4", "1,0,8,4", "1,0,16,4", "2,0,16,4", "1,0,8,8", "1,0,8,2", "4,1024,8,4", "8,512,8,4"):
+            os.environ["EAVSS_TRITON_CONFIG"] = cfg
+            try:
+                sweep[cfg] = bench(lambda: reduce_activations_ext(nxt()[0], m, rule, sets[0][1], True,
+                                                                  implementation="fused"), reps=30)
+            except Exception as e:  # noqa: BLE001 - a config that does not compile
+                sweep[cfg] = repr(e)[:200]
+            finally:
+                os.environ.pop("EAVSS_TRITON_CONFIG", None)
+        res["config_sweep_ms"] = sweep
+    from eavss.stats._triton import launch_config
+
+    res["default_config"] = launch_config(B, T, D, torch.device(device))
+    return res
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--timing", action="store_true", help="also time whole calls with CUDA events "
+                    "(host-launch bound for one call; benchmarks/profile_fused.py gives kernel times)")
+    args = ap.parse_args()
+    res = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__}
+    try:
+        import triton
+
+        res["triton"] = triton.__version__
+    except ImportError:
+        res["triton"] = None
+    print("correctness (fused vs float64 reference):", flush=True)
+    res["correctness"] = check_correctness(args.device)
+    res["max_rel_err"] = max(r["max_rel_err"] for r in res["correctness"])
+    res["all_finite"] = all(r["finite"] for r in res["correctness"])
+    res["accumulate_vs_returned"] = check_accumulate(args.device)
+    res["collector_gpu_vs_cpu"] = check_collector(args.device)
+    if args.timing:
+        print("kernel timing (8 x 2048 x 4096 bf16, with layer input):", flush=True)
+        res["timing"] = time_kernels(args.device)
+        t = res["timing"]
+        print(f"  fused {t['fused_ms']:.3f} ms ({t['fused_GBps']:.0f} GB/s of the 2 tensors read), without x "
+              f"{t['fused_no_x_ms']:.3f} ms, eager {t['eager_ms']:.3f} ms, simple {t['simple_ms']:.3f} ms, "
+              f"clone {t['copy_ms']:.3f} ms; sweep {t['config_sweep_ms']}; default {t['default_config']}", flush=True)
+    print(f"max rel err {res['max_rel_err']:.2e}, all finite {res['all_finite']}")
+    if args.out:
+        Path(args.out).write_text(json.dumps(res, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
