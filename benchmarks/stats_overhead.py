@@ -334,6 +334,7 @@ def main(argv=None) -> int:
                     help="batches for the slow variants (official, bi_matrix): default all on CPU, 1 on GPU")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--memory", action="store_true", help="CPU: measure peak RSS per variant in subprocesses")
+    ap.add_argument("--memory-variants", default=None, help="CPU: only these variants' peak RSS (default: all)")
     ap.add_argument("--no-cross-check", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data-dir", default=None)
@@ -402,9 +403,12 @@ def main(argv=None) -> int:
     elif args.memory:
         del model
         gc.collect()
-        mem = peak_memory_cpu_subprocess(args, names)
+        mem_names = [n for n in names if args.memory_variants is None or n in args.memory_variants.split(",")]
+        if "plain" not in mem_names:
+            mem_names.insert(0, "plain")
+        mem = peak_memory_cpu_subprocess(args, mem_names)
         base = mem.get("plain", {}).get("peak_kib_3_passes")
-        for n in names:
+        for n in mem_names:
             res["variants"][n]["memory"] = mem[n]
             if base and "peak_kib_3_passes" in mem[n]:
                 res["variants"][n]["peak_ratio_to_plain"] = mem[n]["peak_kib_3_passes"] / base

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -30,9 +28,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _cli_args(tmp: Path) -> list[str]:
+    return ["score", "--model", str(tmp / "model"), "--calib", f"text:{tmp / 'cal.txt'}", "--num-samples", "16",
+            "--max-length", "24", "--calib-batch-size", "3", "--no-progress", "--threads", "1"]
+
+
 def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    """One rank, as torchrun starts it (the same environment variables)."""
     os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
-                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "TOKENIZERS_PARALLELISM": "false"})
     torch.set_num_threads(1)
     assert edist.init_from_env("cpu", timeout_s=60)
     try:
@@ -45,6 +49,10 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
                                              group_names=("all",))
             results[name] = {"sums": stats.sums.tolist(), "width": stats.width.tolist(), "info": info}
         Path(out_dir, f"rank{rank}.json").write_text(json.dumps(results))
+        # `eavss score` as under `torchrun --nproc_per_node=2 -m eavss.cli score ...`: rank 0 writes
+        from eavss.cli import main
+
+        assert main(_cli_args(Path(out_dir)) + ["--out", str(Path(out_dir) / "two")]) == 0
     finally:
         edist.shutdown()
 
@@ -59,7 +67,17 @@ def test_shard_is_round_robin_and_complete():
 
 
 def test_two_gloo_ranks_equal_single_process(tmp_path):
+    """2 CPU processes under gloo (torchrun's environment): ``collect_statistics(distributed=True)``
+    and ``eavss score`` give the single-process statistics; rank 0 alone writes."""
     import torch.multiprocessing as mp
+
+    from eavss.cli import main
+    from eavss.models.surgery import save_model
+    from eavss.testing.tiny import TINY_TEXT, tiny_loaded
+
+    lm = tiny_loaded("llama", seed=3)
+    save_model(lm.model, lm.tokenizer, tmp_path / "model")
+    (tmp_path / "cal.txt").write_text("\n".join(ln for ln in TINY_TEXT.splitlines() if ln.strip()))
 
     mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, start_method="spawn", join=True)
     model = tiny_model("llama", seed=1)
@@ -69,6 +87,7 @@ def test_two_gloo_ranks_equal_single_process(tmp_path):
     try:
         singles = {name: collect_statistics(model, make_batches(_seqs(n, seed=2), 2, 0), progress=False)
                    for name, n in (("seven", 13), ("one", 2))}
+        assert main(_cli_args(tmp_path) + ["--out", str(tmp_path / "one")]) == 0
     finally:
         torch.set_num_threads(threads)
     for name, (single, info1) in singles.items():
@@ -79,26 +98,6 @@ def test_two_gloo_ranks_equal_single_process(tmp_path):
             assert info["num_tokens"] == info1["num_tokens"] and info["num_sequences"] == info1["num_sequences"]
             assert info["num_batches"] == info1["num_batches"] and info["world_size"] == 2
 
-
-def test_torchrun_cli_score_equals_single_process(tmp_path):
-    """`torchrun --nproc_per_node=2 -m eavss.cli score` (gloo) writes the single-process statistics."""
-    from eavss.cli import main
-    from eavss.models.surgery import save_model
-    from eavss.testing.tiny import TINY_TEXT, tiny_loaded
-
-    lm = tiny_loaded("llama", seed=3)
-    save_model(lm.model, lm.tokenizer, tmp_path / "model")
-    cal = tmp_path / "cal.txt"
-    cal.write_text("\n".join(ln for ln in TINY_TEXT.splitlines() if ln.strip()))
-    common = ["score", "--model", str(tmp_path / "model"), "--calib", f"text:{cal}", "--num-samples", "16",
-              "--max-length", "24", "--calib-batch-size", "3", "--no-progress", "--threads", "1"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
-                str(_free_port()), "-m", "eavss.cli"]
-    proc = subprocess.run(torchrun + common + ["--out", str(tmp_path / "two")], env=env, capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert main(common + ["--out", str(tmp_path / "one")]) == 0
     two = json.loads((tmp_path / "two" / "report.json").read_text())
     one = json.loads((tmp_path / "one" / "report.json").read_text())
     np.testing.assert_allclose(np.asarray(two["statistics"]["sums"]["sums"]), np.asarray(one["statistics"]["sums"]["sums"]),

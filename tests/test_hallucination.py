@@ -418,7 +418,38 @@ def test_bad_config_is_one_line():
 
 
 # ---------------------------------------------------------------------------------------------
-# the CLI end to end on the real default model
+# the CLI end to end
+
+
+@pytest.mark.parametrize("extra", [["--no-probe"], ["--with-avss", "stats.first_answer_tokens=2", "--judge", "contains"]])
+def test_cli_end_to_end_on_a_tiny_model(tmp_path, capsys, extra):
+    """All code paths of the command on a tiny saved model (fast); the real model is tested below."""
+    from eavss.cli import main
+
+    model, tok = tiny_model("llama", seed=0, num_layers=3), tiny_tokenizer()
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    out = tmp_path / "h"
+    rc = main(["hallucination", "--model", str(tmp_path / "m"), "--sources", "truthfulqa,halueval,sciq", "--limit", "6",
+               "--out", str(out), "--no-progress", "--max-new-tokens", "4", "--top-k", "2", "scores.bootstrap=5",
+               "scores.permutations=5", "scores.min_per_class=2", "probe.folds=2", *extra])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    rep = json.loads((out / "report.json").read_text())
+    assert len(rep["eavss"]["top_k"]) == 2 and sorted(rep["eavss"]["ranking"]) == [0, 1, 2]
+    assert (rep["probe"] is None) == ("--no-probe" in extra)
+    assert rep["sources"]["sciq"]["kind"] == "generated"
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 6 * 2 * 2 + 6
+    if "stats.first_answer_tokens=2" in extra:
+        assert all(s["n_counted_tokens"] <= 2 for s in samples)
+        assert rep["config"]["scores"]["with_avss"] and rep["judge"]["match"] == "contains"
+    load_splits(out)
+    md = (out / "report.md").read_text()
+    assert "EAVSS ranking" in md and ("Probes were disabled" in md) == ("--no-probe" in extra)
+
+
+# the real default model
 
 
 @pytest.mark.slow

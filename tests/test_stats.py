@@ -164,3 +164,17 @@ def test_real_model_relative_sparsity_is_informative_where_absolute_is_not(defau
     np.testing.assert_allclose(rel.element_variance(), ab.element_variance(), rtol=1e-12)
     v = rel.element_variance()[0]
     assert v[-3] > 10 * v[0]
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_resid_delta_site_matches_reference(arch):
+    """resid_delta captures output - input of each decoder layer (the block's update)."""
+    model = tiny_model(arch, seed=21)
+    seqs = _seqs(n=5, seed=22)
+    stats, _ = _run(model, seqs, site="resid_delta")
+    outs, ins = reference_activations(model, seqs)
+    deltas = [[o - x for o, x in zip(ol, il)] for ol, il in zip(outs, ins)]
+    ref = reference_stats(deltas, ins, tau=0.01)
+    np.testing.assert_allclose(stats.element_variance()[0], ref["element_variance"], rtol=2e-4)
+    np.testing.assert_allclose(stats.sparsity()[0], ref["sparsity"], atol=2e-3)
+    assert np.all(np.isnan(stats.block_influence()))

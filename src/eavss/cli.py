@@ -105,7 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("score", help="per-layer activation statistics and AVSS",
                        description="Run the calibration set through the model with hooks on every decoder layer and "
-                                   "write per-layer variance, sparsity and AVSS (report.json, report.md, avss.png).")
+                                   "write per-layer variance, sparsity and AVSS (report.json, report.md, avss.png). "
+                                   "Several devices: `torchrun --nproc_per_node=N -m eavss.cli score --device cuda ...` "
+                                   "(or --device cpu: gloo) gives each process a shard of the calibration batches, "
+                                   "all-reduces the sums (results equal one process's) and rank 0 writes; the same "
+                                   "for `run`, whose pruning and evaluation then run on rank 0.")
     _base(p)
     _add(p, SCORE, TYPES)
 

@@ -19,7 +19,7 @@ import torch
 from eavss.errors import EavssError, NonFiniteActivationError
 from eavss.stats.accumulators import NUM_FIELDS, F, LayerStatistics
 from eavss.stats.reduce import SparsityRule, reduce_activations_ext
-from eavss.stats.sites import input_tensor, output_tensor, resolve_site
+from eavss.stats.sites import DELTA_SITES, input_tensor, output_tensor, resolve_site
 
 
 class ActivationStatsCollector:
@@ -70,6 +70,7 @@ class ActivationStatsCollector:
             raise EavssError(f"group names must be unique and non-empty, got {self.group_names}")
         self.pooled = pooled
         self.block_influence = block_influence and site == "resid_post"
+        self.delta = site in DELTA_SITES
         self.accum_dtype = accum_dtype
         self.layers_path, self.layers = layers if layers is not None else find_decoder_layers(model)
         resolver = resolve_site(site)
@@ -97,6 +98,12 @@ class ActivationStatsCollector:
             if act.shape[:2] != mask.shape:
                 raise EavssError(f"layer {index}: activation shape {tuple(act.shape)} does not match the token mask "
                                  f"{tuple(mask.shape)}; pass the batch's attention_mask to set_batch")
+            if self.delta:  # the block's update to the residual stream: output - input
+                x = input_tensor(args, kwargs)
+                if x is None or x.shape != act.shape:
+                    raise EavssError(f"site {self.site}: decoder layer {index} has no hidden-state input of the output's "
+                                     "shape; use stats.site=resid_post")
+                act = act - x
             x_in = input_tensor(args, kwargs) if self.block_influence else None
             x_sq = None
             if x_in is not None and self._prev is not None:
@@ -108,7 +115,8 @@ class ActivationStatsCollector:
                                         dtype=self.accum_dtype)
             _, act_sq = reduce_activations_ext(act, mask, self.rule, layer_input=x_in, pooled=self.pooled,
                                                input_sq=x_sq, acc=self._acc[index], groups=self._groups)
-            self._prev = (weakref.ref(act), _version(act), act_sq) if (act_sq is not None and x_in is not None) else None
+            keep = act_sq is not None and x_in is not None
+            self._prev = (weakref.ref(act), _version(act), act_sq) if keep else None
             self.width[index] = act.shape[-1]
             return None
 

@@ -5,6 +5,8 @@ site            tensor captured (per decoder layer ``l``)                       
 ==============  =====================================================================  ============
 ``resid_post``  the layer's output hidden state, i.e. the residual stream after block  hidden size
                 ``l`` (the tensor the official AVSS code hooks; default)
+``resid_delta`` the block's update to the residual stream, output minus input        hidden size
+                (what layer ``l`` adds: attention + MLP contributions)
 ``mlp_act``     the output of the MLP's activation function (for gated MLPs:           intermediate
                 ``act(gate_proj(x))``, before the multiplication by ``up_proj(x)``)     size
 ==============  =====================================================================  ============
@@ -41,6 +43,15 @@ def register_site(name: str, doc: str = ""):
 @register_site("resid_post", "decoder layer output: the residual stream after the block")
 def _resid_post(model: torch.nn.Module, index: int, layer: torch.nn.Module) -> torch.nn.Module:
     return layer
+
+
+@register_site("resid_delta", "decoder layer output minus its input: the block's update to the residual stream")
+def _resid_delta(model: torch.nn.Module, index: int, layer: torch.nn.Module) -> torch.nn.Module:
+    return layer
+
+
+DELTA_SITES = frozenset({"resid_delta"})
+"""Sites whose captured tensor is the hooked module's output minus its hidden-state input."""
 
 
 @register_site("mlp_act", "output of the MLP activation function inside the decoder layer")
