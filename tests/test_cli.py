@@ -126,3 +126,30 @@ def test_console_script_help():
     assert r.returncode == 0
     for flag in ("--fraction", "--calib", "--sparsity-mode", "--limit", "--config", "key=value"):
         assert flag in r.stdout
+
+
+def test_out_must_not_be_or_contain_the_input(tmp_path, capsys):
+    model_dir = tmp_path / "m"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text("{}")
+    err = _err(capsys, ["score", "--model", str(model_dir), "--out", str(model_dir), "--overwrite"])
+    assert "is or contains the input" in err
+    err = _err(capsys, ["score", "--model", str(model_dir), "--out", str(tmp_path), "--overwrite"])
+    assert "is or contains the input" in err
+    assert (model_dir / "config.json").exists()
+
+
+def test_small_floats_in_exponent_form_are_accepted(capsys):
+    assert main(["config", "stats.sparsity.epsilon=1e-5", "stats.sparsity.tau=2e-3"]) == 0
+    out = capsys.readouterr().out
+    assert "epsilon: 1.0e-05" in out and "tau: 0.002" in out
+
+
+def test_binary_calibration_file_is_a_clear_error(tmp_path):
+    from eavss.data.calibration import load_calibration_texts
+    from eavss.errors import EavssError
+
+    f = tmp_path / "bin.txt"
+    f.write_bytes(bytes(range(128, 256)) * 4)
+    with pytest.raises(EavssError, match="not UTF-8"):
+        load_calibration_texts(f"text:{f}")

@@ -421,7 +421,7 @@ def test_bad_config_is_one_line():
 # the CLI end to end
 
 
-@pytest.mark.parametrize("extra", [["--no-probe"], ["--with-avss", "stats.first_answer_tokens=2", "--judge", "contains"]])
+@pytest.mark.parametrize("extra", [["--no-probe"], ["--with-avss", "--judge", "contains", "stats.first_answer_tokens=2"]])
 def test_cli_end_to_end_on_a_tiny_model(tmp_path, capsys, extra):
     """All code paths of the command on a tiny saved model (fast); the real model is tested below."""
     from eavss.cli import main
@@ -431,8 +431,8 @@ def test_cli_end_to_end_on_a_tiny_model(tmp_path, capsys, extra):
     tok.save_pretrained(tmp_path / "m")
     out = tmp_path / "h"
     rc = main(["hallucination", "--model", str(tmp_path / "m"), "--sources", "truthfulqa,halueval,sciq", "--limit", "6",
-               "--out", str(out), "--no-progress", "--max-new-tokens", "4", "--top-k", "2", "scores.bootstrap=5",
-               "scores.permutations=5", "scores.min_per_class=2", "probe.folds=2", *extra])
+               "--out", str(out), "--no-progress", "--max-new-tokens", "4", "--top-k", "2", *extra, "scores.bootstrap=5",
+               "scores.permutations=5", "scores.min_per_class=2", "probe.folds=2"])
     err = capsys.readouterr().err
     assert rc == 0, err
     rep = json.loads((out / "report.json").read_text())

@@ -52,8 +52,8 @@ HELP = {
     "epsilon": "absolute near-zero threshold (default 1e-5, the official code's)",
     "variance": "element (all masked elements; default) | token | pooled (official-code mean-pool variance)",
     "normalisation": "across-layer normalisation: sum (default) | max | none",
-    "rule": "count (remove floor(fraction*L) layers; default) | mass (cumulative normalised score <= mass)",
-    "fraction": "share of layers to remove with rule=count (default 0.25)",
+    "rule": "count (remove floor(fraction * candidate layers); default) | mass (cumulative normalised score <= mass)",
+    "fraction": "share of the candidate (unprotected) layers to remove with rule=count: floor(fraction * candidates) (default 0.25)",
     "mass": "share of the normalised score to remove with rule=mass (default 0.25)",
     "score": "score to prune by: avss (default), variance, density, block_influence",
     "protect_first": "never remove the first N layers (default 0)",
@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add(p, PRUNE, TYPES)
     _add(p, EVAL, TYPES)
     p.add_argument("--tasks", help="comma-separated evaluation tasks (default ppl,wikitext2,squad,sst2)")
-    p.add_argument("--limit", type=int, help="cap every evaluation task at N items (default: per-task limits in the config)")
+    p.add_argument("--limit", type=int, help="cap every evaluation task at N items: articles, questions, sentences; for ppl N windows of eval.ppl_context_length tokens (default: per-task limits in the config)")
     p.add_argument("--no-save-model", action="store_true", help="do not write the pruned model folder")
 
     p = sub.add_parser("score", help="per-layer activation statistics and AVSS",
@@ -114,8 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add(p, SCORE, TYPES)
 
     p = sub.add_parser("prune", help="remove the least important layers; writes a HF model folder",
-                       description="Read the scores of an `eavss score`/`eavss run` folder, remove layers and save a "
-                                   "model that AutoModelForCausalLM.from_pretrained loads with no custom code.")
+                       description="Read the scores of an `eavss score`/`eavss run` folder, remove layers from the "
+                                   "model that was scored there (--model is ignored) and save a model that "
+                                   "AutoModelForCausalLM.from_pretrained loads with no custom code.")
     _base(p)
     p.add_argument("--from", dest="from_dir", required=True, help="output folder of `eavss score` or `eavss run`")
     _add(p, PRUNE, TYPES)
@@ -126,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     _base(p)
     _add(p, EVAL, TYPES)
     p.add_argument("--tasks", help="comma-separated tasks (default ppl,wikitext2,squad,sst2)")
-    p.add_argument("--limit", type=int, help="cap every task at N items")
+    p.add_argument("--limit", type=int, help="cap every task at N items (ppl: N windows of eval.ppl_context_length tokens)")
 
     p = sub.add_parser("config", help="print the resolved configuration (all keys, defaults and overrides)")
     _base(p)
@@ -173,8 +174,10 @@ def resolve(args: argparse.Namespace):
     if getattr(args, "no_progress", False):
         cfg.progress = False
     tasks = getattr(args, "tasks", None)
-    if tasks:
-        cfg.eval.tasks = [t.strip() for t in tasks.split(",") if t.strip()]
+    if tasks is not None:
+        cfg.eval.tasks = list(dict.fromkeys(t.strip() for t in tasks.split(",") if t.strip()))
+        if not cfg.eval.tasks:
+            raise EavssError("--tasks is empty; pass e.g. --tasks ppl,wikitext2,squad,sst2")
     limit = getattr(args, "limit", None)
     if limit is not None:
         if limit < 1:
@@ -191,6 +194,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import signal
+
+    def _term(signum, frame):  # SIGTERM unwinds like Ctrl-C, so atomic outputs are cleaned up
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _term)
     plugins = plugin_commands()
     if args.command in plugins:
         try:

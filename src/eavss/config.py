@@ -147,6 +147,11 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
             raise EavssError(f"config key {key} must be an integer, got {value!r}")
         return value
     if typ is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-05" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise EavssError(f"config key {key} must be a number, got {value!r}")
         return float(value)
@@ -221,10 +226,14 @@ def load_config(path: str | None = None, overrides: list[str] | None = None, bas
     cfg = base or RunConfig()
     if path:
         p = Path(path)
+        if p.is_dir():
+            raise EavssError(f"config path {p} is a folder; pass --config path/to/file.yaml")
         if not p.is_file():
             raise EavssError(f"config file {p} does not exist; pass --config path/to/file.yaml")
         try:
             data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError:
+            raise EavssError(f"config file {p} is not UTF-8 text; pass a YAML file") from None
         except yaml.YAMLError as e:
             raise EavssError(f"config file {p} is not valid YAML ({str(e).splitlines()[0]})") from None
         if not isinstance(data, dict):

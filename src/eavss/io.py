@@ -54,12 +54,42 @@ def check_out_dir(out: str | os.PathLike, overwrite: bool) -> Path:
     Raises:
         EavssError: ``out`` exists and is not empty and ``overwrite`` is false, or ``out`` is a file.
     """
-    out = Path(out)
+    if not str(out).strip():
+        raise EavssError("--out is empty; pass an output folder path")
+    out = Path(out).expanduser().resolve()
     if out.exists() and not out.is_dir():
         raise EavssError(f"--out {out} is a file; pass a folder path")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise EavssError(f"output folder {out} already exists and is not empty; pass --overwrite or choose another --out")
+    if out == Path.cwd().resolve() or out in Path.cwd().resolve().parents or out.parent == out:
+        raise EavssError(f"--out {out} is the current folder or one of its parents; choose a new sub-folder")
+    # fail now, not after the computation, when the parent cannot be written
+    parent = out.parent
+    while not parent.exists() and parent.parent != parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise EavssError(f"cannot write --out {out}: {parent} is not a writable folder; choose another --out")
     return out
+
+
+def check_not_inside(out: str | os.PathLike, *inputs: str | os.PathLike | None) -> None:
+    """Refuse an output folder that is, or contains, an input folder (``--model``, ``--from``): replacing
+    it with ``--overwrite`` would delete the input. An output *inside* an input folder is allowed
+    (``eavss prune --from runs/x --out runs/x/pruned``).
+
+    Raises:
+        EavssError: ``out`` overlaps an existing input folder (``--overwrite`` would delete it).
+    """
+    o = Path(out).expanduser().resolve()
+    for inp in inputs:
+        if not inp:
+            continue
+        i = Path(inp).expanduser()
+        if not i.exists():
+            continue
+        i = i.resolve()
+        if o == i or o in i.parents:
+            raise EavssError(f"--out {o} is or contains the input {i}; choose another output folder")
 
 
 @contextlib.contextmanager

@@ -50,13 +50,17 @@ def register_calibration(name: str):
 
 def _lines(path: Path, min_words: int = 8) -> list[str]:
     out = []
-    with open(path, encoding="utf-8-sig") as fh:
-        for line in fh:
-            line = line.strip()
-            if not line or (line.startswith("=") and line.endswith("=")):  # skip headings
-                continue
-            if len(line.split()) >= min_words:
-                out.append(line)
+    try:
+        with open(path, encoding="utf-8-sig") as fh:
+            lines = fh.readlines()
+    except UnicodeDecodeError:
+        raise EavssError(f"calibration file {path} is not UTF-8 text; pass a text file") from None
+    for line in lines:
+        line = line.strip()
+        if not line or (line.startswith("=") and line.endswith("=")):  # skip headings
+            continue
+        if len(line.split()) >= min_words:
+            out.append(line)
     return out
 
 
@@ -88,6 +92,8 @@ def load_calibration_texts(name: str, data_dir: str | None = None) -> list[str]:
     """
     if name.startswith("text:"):
         p = Path(name[5:]).expanduser()
+        if p.is_dir():
+            raise EavssError(f"calibration path {p} is a folder; pass calibration.dataset=text:/path/to/file.txt")
         if not p.is_file():
             raise EavssError(f"calibration file {p} does not exist; pass calibration.dataset=text:/path/to/file.txt")
         texts = _lines(p, min_words=1)
@@ -97,15 +103,19 @@ def load_calibration_texts(name: str, data_dir: str | None = None) -> list[str]:
         if not path or not field or not p.is_file():
             raise EavssError(f"bad calibration spec {name!r}; use jsonl:/path/to/file.jsonl:FIELD with an existing file")
         texts = []
-        with open(p, encoding="utf-8") as fh:
-            for n, line in enumerate(fh, 1):
-                if line.strip():
-                    try:
-                        v = json.loads(line).get(field)
-                    except (json.JSONDecodeError, AttributeError):
-                        raise EavssError(f"{p}:{n} is not a JSON object; each line must be one object with field {field!r}") from None
-                    if isinstance(v, str) and v.strip():
-                        texts.append(v.strip())
+        try:
+            with open(p, encoding="utf-8") as fh:
+                raw_lines = fh.readlines()
+        except UnicodeDecodeError:
+            raise EavssError(f"calibration file {p} is not UTF-8 text; pass a JSON Lines file") from None
+        for n, line in enumerate(raw_lines, 1):
+            if line.strip():
+                try:
+                    v = json.loads(line).get(field)
+                except (json.JSONDecodeError, AttributeError):
+                    raise EavssError(f"{p}:{n} is not a JSON object; each line must be one object with field {field!r}") from None
+                if isinstance(v, str) and v.strip():
+                    texts.append(v.strip())
     else:
         try:
             loader = CALIBRATION_SETS[name]

@@ -317,7 +317,8 @@ def plot_separability(report: dict, path: str | os.PathLike) -> None:
             label="EAVSS")
     ax2.set_ylabel("EAVSS (bars)")
     ax.set_xlabel("decoder layer (0-based)")
-    ax.legend(loc="lower right", fontsize=7, ncol=2)
+    if pr:
+        ax.legend(loc="lower right", fontsize=7, ncol=2)
     ax.set_zorder(ax2.get_zorder() + 1)
     ax.patch.set_visible(False)
     fig.tight_layout()

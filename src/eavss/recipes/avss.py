@@ -16,7 +16,7 @@ import torch
 
 from eavss.config import RunConfig, to_dict
 from eavss.errors import EavssError
-from eavss.io import atomic_dir, check_out_dir, write_json_atomic, write_text_atomic
+from eavss.io import atomic_dir, check_not_inside, check_out_dir, write_json_atomic, write_text_atomic
 from eavss.report.render import plot_avss, render_markdown
 from eavss.report.schema import check_report, jsonable, new_report
 from eavss.scores.registry import ScoreConfig, compute_scores
@@ -34,7 +34,7 @@ def seed_everything(seed: int) -> None:
 
 def setup_threads(threads: int | None) -> None:
     """Set torch's intra-op threads when asked (None keeps torch's default)."""
-    if threads:
+    if threads is not None:
         if threads < 1:
             raise EavssError(f"threads must be >= 1, got {threads}")
         torch.set_num_threads(threads)
@@ -101,7 +101,10 @@ def load(cfg: RunConfig, name: str | None = None):
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-    return load_model(name or cfg.model.name, dtype=cfg.model.dtype, device=cfg.model.device,
+    name = name or cfg.model.name
+    if Path(name).expanduser().exists():  # record local paths absolutely, so later steps find them
+        name = str(Path(name).expanduser().resolve())
+    return load_model(name, dtype=cfg.model.dtype, device=cfg.model.device,
                       cache_dir=cfg.model.cache_dir, trust_remote_code=cfg.model.trust_remote_code)
 
 
@@ -236,6 +239,7 @@ def score(cfg: RunConfig) -> dict:
     """``eavss score``: per-layer statistics and AVSS of ``cfg.model`` into ``cfg.out``."""
     validate(cfg, ("score",))
     check_out_dir(cfg.out, cfg.overwrite)
+    check_not_inside(cfg.out, cfg.model.name)
     seed_everything(cfg.seed)
     setup_threads(cfg.threads)
     timings = {}
@@ -271,7 +275,7 @@ def read_scores(from_dir: str | Path) -> dict:
         raise EavssError(f"{p} not found; --from must be the --out folder of `eavss score` or `eavss run`")
     try:
         d = json.loads(p.read_text(encoding="utf-8"))
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, UnicodeDecodeError):
         raise EavssError(f"{p} is not valid JSON; re-run `eavss score`") from None
     return check_report(d, kinds=("score", "run"))
 
@@ -282,15 +286,20 @@ def prune(cfg: RunConfig, from_dir: str) -> dict:
 
     validate(cfg, ("prune",))
     check_out_dir(cfg.out, cfg.overwrite)
+    check_not_inside(cfg.out, from_dir)
     src = read_scores(from_dir)
     score_name = cfg.prune.score
     if score_name not in src.get("scores", {}):
         raise EavssError(f"score {score_name!r} is not in {from_dir}/report.json (has {sorted(src.get('scores', {}))}); "
                          "set prune.score to one of those")
-    scores = src["scores"][score_name]["score"]
-    if any(s is None for s in scores):
-        raise EavssError(f"score {score_name!r} has missing (non-finite) values; choose another prune.score")
-    model_id = src["model"]["model_id"]
+    scores = src["scores"][score_name].get("score") if isinstance(src["scores"][score_name], dict) else None
+    if not isinstance(scores, list) or not scores or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in scores):
+        raise EavssError(f"score {score_name!r} in {from_dir}/report.json is missing, non-finite or not numeric; "
+                         "re-run `eavss score` or choose another prune.score")
+    model_id = (src.get("model") or {}).get("model_id")
+    if not isinstance(model_id, str) or not model_id:
+        raise EavssError(f"{from_dir}/report.json names no model (model.model_id); re-run `eavss score`")
+    cfg.model.name = model_id  # prune always loads the model that was scored
     seed_everything(cfg.seed)
     setup_threads(cfg.threads)
     loaded = load(cfg, model_id)
@@ -310,6 +319,7 @@ def evaluate_cmd(cfg: RunConfig) -> dict:
     """``eavss eval``: evaluate ``cfg.model.name`` on ``cfg.eval.tasks`` into ``cfg.out``."""
     validate(cfg, ("eval",))
     check_out_dir(cfg.out, cfg.overwrite)
+    check_not_inside(cfg.out, cfg.model.name)
     seed_everything(cfg.seed)
     setup_threads(cfg.threads)
     t0 = time.perf_counter()
@@ -345,6 +355,7 @@ def run(cfg: RunConfig, save_pruned: bool = True) -> dict:
 
     validate(cfg)
     check_out_dir(cfg.out, cfg.overwrite)
+    check_not_inside(cfg.out, cfg.model.name)
     seed_everything(cfg.seed)
     setup_threads(cfg.threads)
     timings: dict[str, float] = {}
