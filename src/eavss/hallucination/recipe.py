@@ -201,10 +201,12 @@ def run(cfg: HallucinationConfig) -> dict:
         EavssError: bad configuration, missing data or model, too few labelled answers, an
         existing output folder without ``overwrite``.
     """
-    from eavss.io import check_out_dir
+    from eavss.data.paths import resolve_data_dir
+    from eavss.io import check_not_inside, check_out_dir
 
     validate(cfg)
     check_out_dir(cfg.out, cfg.overwrite)
+    check_not_inside(cfg.out, cfg.model.name, cfg.model.cache_dir, resolve_data_dir(cfg.data_dir))
     _seed_everything(cfg.seed)
     threads = choose_threads(cfg.threads)
     try:
@@ -241,6 +243,10 @@ def _run(cfg: HallucinationConfig, threads: dict) -> dict:
     samples = build_samples(selected, cfg)
     if not samples:
         raise EavssError("no samples were built; check --sources and limits")
+    per_class_max = max(sum(s.source == src and s.label in (0, -1) for s in samples) for src in cfg.sources)
+    if per_class_max < cfg.scores.min_per_class:
+        raise EavssError(f"at most {per_class_max} answers per class and source, fewer than scores.min_per_class="
+                         f"{cfg.scores.min_per_class}; raise --limit or lower scores.min_per_class")
     timings["data"] = time.perf_counter() - t0
 
     # --- model -------------------------------------------------------------------------------
