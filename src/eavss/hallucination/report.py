@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 from eavss.hallucination.scores import METHOD_DOCS, EavssOptions
+from eavss.report.render import format_number
 
 
 def write_json(path: Path, obj) -> None:
@@ -68,17 +69,7 @@ def warnings(report: dict) -> list[str]:
 
 
 def _f(x, nd=3) -> str:
-    if x is None:
-        return "–"
-    if isinstance(x, bool):
-        return "yes" if x else ""
-    if isinstance(x, int):
-        return str(x)
-    if isinstance(x, float):
-        if x != 0 and (abs(x) < 1e-3 or abs(x) >= 1e5):
-            return f"{x:.2e}"
-        return f"{x:.{nd}f}"
-    return str(x)
+    return format_number(x, nd=nd, exp_digits=2)
 
 
 def source_table(report: dict) -> str:

@@ -7,7 +7,9 @@ import tempfile
 from pathlib import Path
 
 
-def _fmt(x, nd=4) -> str:
+def format_number(x, nd: int = 4, exp_digits: int = 3) -> str:
+    """Table cell for a value: "–" for None, yes/blank for bools, ints as is, floats with ``nd``
+    decimals or in exponent form (``exp_digits``) when very small or large."""
     if x is None:
         return "–"
     if isinstance(x, bool):
@@ -16,9 +18,12 @@ def _fmt(x, nd=4) -> str:
         return str(x)
     if isinstance(x, float):
         if x != 0 and (abs(x) < 1e-3 or abs(x) >= 1e5):
-            return f"{x:.3e}"
+            return f"{x:.{exp_digits}e}"
         return f"{x:.{nd}f}"
     return str(x)
+
+
+_fmt = format_number
 
 
 def layer_table(rows: list[dict], removed: set[int] | None = None) -> str:
