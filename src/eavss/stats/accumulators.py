@@ -9,8 +9,9 @@ Notation, for one capture site of width ``D`` (hidden size for the residual stre
 ``t`` whose activation vector is ``a_t in R^D``:
 
 * ``mu_t  = mean_d a_t[d]`` and ``s2_t = mean_d (a_t[d] - mu_t)^2`` (population variance across
-  the ``D`` elements of the token), computed per token in float32 by a single Welford reduction
-  (``torch.var_mean``), exact for that token;
+  the ``D`` elements of the token), computed per token with float32 accumulation (GPU: a fused
+  two-pass Triton kernel; CPU: float32 row sums ``sum a`` and ``sum a^2`` combined in float64 as
+  ``sum a^2 - (sum a)^2 / D``) -- see :mod:`eavss.stats.reduce`;
 * ``z_t   = #{d : |a_t[d]| < thr_t}``, the near-zero count (see :mod:`eavss.stats.sparsity`).
 
 Per (group, layer) we sum, over masked tokens only (``FIELDS``):
