@@ -93,6 +93,16 @@ def validate(cfg: RunConfig, steps: tuple[str, ...] = ("score", "prune", "eval")
             raise EavssError(f"eval.batch_size must be >= 1, got {cfg.eval.batch_size}")
 
 
+def start(cfg: RunConfig, steps: tuple[str, ...], *inputs: str | None) -> None:
+    """Common start of every command: check options and the output folder (which must not be or
+    contain an input folder) before any slow work, then seed and set threads."""
+    validate(cfg, steps)
+    check_out_dir(cfg.out, cfg.overwrite)
+    check_not_inside(cfg.out, *inputs)
+    seed_everything(cfg.seed)
+    setup_threads(cfg.threads)
+
+
 def load(cfg: RunConfig, name: str | None = None):
     """Load ``name`` (default ``cfg.model.name``) with the configured dtype/device/cache."""
     from eavss.models.loading import load_model
@@ -237,11 +247,7 @@ def write_outputs(out: Path, report: dict, plot: bool = True) -> None:
 
 def score(cfg: RunConfig) -> dict:
     """``eavss score``: per-layer statistics and AVSS of ``cfg.model`` into ``cfg.out``."""
-    validate(cfg, ("score",))
-    check_out_dir(cfg.out, cfg.overwrite)
-    check_not_inside(cfg.out, cfg.model.name)
-    seed_everything(cfg.seed)
-    setup_threads(cfg.threads)
+    start(cfg, ("score",), cfg.model.name)
     timings = {}
     t0 = time.perf_counter()
     loaded = load(cfg)
@@ -284,9 +290,7 @@ def prune(cfg: RunConfig, from_dir: str) -> dict:
     """``eavss prune``: remove layers by the scores in ``from_dir`` and save the smaller HF model to ``cfg.out``."""
     from eavss.models.surgery import save_model
 
-    validate(cfg, ("prune",))
-    check_out_dir(cfg.out, cfg.overwrite)
-    check_not_inside(cfg.out, from_dir)
+    start(cfg, ("prune",), from_dir)
     src = read_scores(from_dir)
     score_name = cfg.prune.score
     if score_name not in src.get("scores", {}):
@@ -300,9 +304,7 @@ def prune(cfg: RunConfig, from_dir: str) -> dict:
     if not isinstance(model_id, str) or not model_id:
         raise EavssError(f"{from_dir}/report.json names no model (model.model_id); re-run `eavss score`")
     cfg.model.name = model_id  # prune always loads the model that was scored
-    seed_everything(cfg.seed)
-    setup_threads(cfg.threads)
-    loaded = load(cfg, model_id)
+    loaded = load(cfg)
     if len(scores) != loaded.info["num_layers"]:
         raise EavssError(f"{from_dir} scores {len(scores)} layers but {model_id} has {loaded.info['num_layers']}; "
                          "score this model first")
@@ -317,11 +319,7 @@ def prune(cfg: RunConfig, from_dir: str) -> dict:
 
 def evaluate_cmd(cfg: RunConfig) -> dict:
     """``eavss eval``: evaluate ``cfg.model.name`` on ``cfg.eval.tasks`` into ``cfg.out``."""
-    validate(cfg, ("eval",))
-    check_out_dir(cfg.out, cfg.overwrite)
-    check_not_inside(cfg.out, cfg.model.name)
-    seed_everything(cfg.seed)
-    setup_threads(cfg.threads)
+    start(cfg, ("eval",), cfg.model.name)
     t0 = time.perf_counter()
     loaded = load(cfg)
     timings = {"load": time.perf_counter() - t0}
@@ -353,11 +351,7 @@ def run(cfg: RunConfig, save_pruned: bool = True) -> dict:
     from eavss.models.layers import layer_module_paths
     from eavss.models.surgery import save_model
 
-    validate(cfg)
-    check_out_dir(cfg.out, cfg.overwrite)
-    check_not_inside(cfg.out, cfg.model.name)
-    seed_everything(cfg.seed)
-    setup_threads(cfg.threads)
+    start(cfg, ("score", "prune", "eval"), cfg.model.name)
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
     t0 = time.perf_counter()
@@ -377,7 +371,6 @@ def run(cfg: RunConfig, save_pruned: bool = True) -> dict:
     if cfg.prune.score not in sc:
         raise EavssError(f"prune.score {cfg.prune.score!r} is not available; choose one of {sorted(sc)}")
 
-    t0 = time.perf_counter()
     original, secs = evaluate_model(model, tok, cfg)
     timings.update({f"eval_original.{k}": v for k, v in secs.items()})
 
