@@ -46,7 +46,7 @@ HELP = {
     "max_length": "tokens per calibration sequence (default 256)",
     "calib_batch_size": "calibration batch size (default 8)",
     "packing": "documents (one text per sequence, padded; default) | packed (EOS-joined chunks)",
-    "site": "capture site: resid_post (decoder layer output; default) | mlp_act (MLP activation output)",
+    "site": "capture site: resid_post (decoder layer output; default) | resid_delta (layer output minus input: the block update) | mlp_act (MLP activation output)",
     "sparsity_mode": "near-zero rule: relative (|a| < tau*RMS of the token; default) | absolute (|a| < epsilon)",
     "tau": "relative near-zero threshold (default 0.01)",
     "epsilon": "absolute near-zero threshold (default 1e-5, the official code's)",
