@@ -33,7 +33,7 @@ def main() -> int:
     from eavss.data.calibration import calibration_batches
     from eavss.models.loading import load_model
     from eavss.prune.selection import select_layers
-    from eavss.scores.registry import ScoreConfig, compute_scores
+    from eavss.scores.registry import ScoreOptions, compute_scores
     from eavss.stats import collect_statistics
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -57,7 +57,7 @@ def main() -> int:
         t0 = time.perf_counter()
         stats, cinfo = collect_statistics(lm.model, batches, progress=False)
         secs = time.perf_counter() - t0
-        sc = compute_scores(stats, ScoreConfig())
+        sc, _ = compute_scores(stats, ScoreOptions())
         scores[dt] = {"avss": np.asarray(sc["avss"]["avss"], float),
                       "variance": stats.element_variance()[0], "sparsity": stats.sparsity()[0],
                       "block_influence": stats.block_influence()[0],

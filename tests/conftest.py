@@ -15,6 +15,23 @@ from __future__ import annotations
 import pytest
 
 
+@pytest.fixture(autouse=True)
+def _one_thread_for_tiny_models(request):
+    """Tiny models run fastest on one thread (and multi-threaded tiny matmuls crawl on a busy CPU);
+    tests marked ``slow`` (the real model) keep torch's thread count."""
+    import torch
+
+    if request.node.get_closest_marker("slow"):
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
 @pytest.fixture
 def tiny():
     """Factory for tiny LoadedModels: ``tiny("gemma3", num_layers=5)``."""

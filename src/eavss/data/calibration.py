@@ -33,19 +33,16 @@ import torch
 
 from eavss.data.paths import data_file
 from eavss.errors import EavssError
+from eavss.registry import Registry
 
 Loader = Callable[[str | None], list[str]]
-CALIBRATION_SETS: dict[str, Loader] = {}
+CALIBRATION_SETS: Registry[Loader] = Registry("calibration set", key="calibration.dataset")
+"""Named calibration sets: ``fn(data_dir) -> list[str]`` (texts), with ``help``."""
 
 
-def register_calibration(name: str):
-    """Decorator: register ``fn(data_dir) -> list[str]`` as a calibration set."""
-
-    def deco(fn: Loader) -> Loader:
-        CALIBRATION_SETS[name] = fn
-        return fn
-
-    return deco
+def register_calibration(name: str, help: str = ""):
+    """Decorator: register ``fn(data_dir) -> list[str]`` as calibration set ``name``."""
+    return CALIBRATION_SETS.register(name, **({"help": help} if help else {}))
 
 
 def _lines(path: Path, min_words: int = 8) -> list[str]:
@@ -64,17 +61,17 @@ def _lines(path: Path, min_words: int = 8) -> list[str]:
     return out
 
 
-@register_calibration("wikitext2")
+@register_calibration("wikitext2", "WikiText-2 validation paragraphs (raw; never the test split)")
 def _wikitext2(data_dir: str | None) -> list[str]:
     return _lines(data_file(data_dir, "wikitext2/github_pytorch-examples/valid.txt"))
 
 
-@register_calibration("ptb")
+@register_calibration("ptb", "Penn Treebank validation sentences")
 def _ptb(data_dir: str | None) -> list[str]:
     return _lines(data_file(data_dir, "ptb/github_wojzaremba-lstm/ptb.valid.txt"), min_words=5)
 
 
-@register_calibration("sst2")
+@register_calibration("sst2", "SST-2 validation sentences")
 def _sst2(data_dir: str | None) -> list[str]:
     import pyarrow.ipc as ipc
 
@@ -117,11 +114,10 @@ def load_calibration_texts(name: str, data_dir: str | None = None) -> list[str]:
                 if isinstance(v, str) and v.strip():
                     texts.append(v.strip())
     else:
-        try:
-            loader = CALIBRATION_SETS[name]
-        except KeyError:
-            raise EavssError(f"unknown calibration set {name!r}; choose one of {sorted(CALIBRATION_SETS)}, "
-                             "or text:PATH / jsonl:PATH:FIELD") from None
+        if name not in CALIBRATION_SETS:
+            raise EavssError(f"unknown calibration set {name!r}; choose one of {CALIBRATION_SETS.names()}, "
+                             "or text:PATH / jsonl:PATH:FIELD")
+        loader = CALIBRATION_SETS[name]
         texts = loader(data_dir)
     if not texts:
         raise EavssError(f"calibration set {name!r} is empty (no usable text); give a file with text in it")

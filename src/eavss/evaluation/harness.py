@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from eavss.errors import EavssError
+from eavss.registry import Registry
 
 HIGHER_IS_BETTER: dict[str, bool] = {
     "word_perplexity": False,
@@ -67,8 +68,8 @@ class TaskSpec:
     required_files: tuple[str, ...] = ()
 
 
-TASKS: dict[str, TaskSpec] = {}
-"""Registry of task name -> :class:`TaskSpec`."""
+TASKS: Registry[TaskSpec] = Registry("evaluation task", key="eval.tasks")
+"""Registry of task name -> :class:`TaskSpec` (metadata: ``help``, ``primary_metric``, ``direction``)."""
 
 
 def register_task(
@@ -84,10 +85,10 @@ def register_task(
     """Decorator registering ``run(ctx, limit) -> dict`` as task ``name``.
 
     ``higher_is_better`` is merged into :data:`HIGHER_IS_BETTER`; it must cover the primary and
-    secondary metrics. Registering an existing name replaces it.
+    secondary metrics.
 
     Raises:
-        ValueError: a primary/secondary metric has no direction.
+        ValueError: a primary/secondary metric has no direction, or ``name`` is already registered.
     """
 
     def decorator(fn: Callable[["RunContext", int | None], dict[str, Any]]):
@@ -95,15 +96,18 @@ def register_task(
             if metric not in higher_is_better and metric not in HIGHER_IS_BETTER:
                 raise ValueError(f"task {name}: metric {metric} needs a higher_is_better entry")
         HIGHER_IS_BETTER.update(higher_is_better)
-        TASKS[name] = TaskSpec(
+        higher = {**HIGHER_IS_BETTER, **higher_is_better}[primary_metric]
+        desc = dict(description or {})
+        TASKS.register(name, TaskSpec(
             name=name,
             run=fn,
             primary_metric=primary_metric,
             secondary_metrics=tuple(secondary_metrics),
-            description=dict(description or {}),
+            description=desc,
             lm_eval_task=lm_eval_task,
             required_files=tuple(required_files),
-        )
+        ), help=desc.get("data", "").split(" (")[0], primary_metric=primary_metric,
+            direction="higher is better" if higher else "lower is better")
         return fn
 
     return decorator

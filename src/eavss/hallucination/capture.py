@@ -30,7 +30,7 @@ from typing import Iterable, Sequence
 import torch
 
 from eavss.errors import EavssError
-from eavss.stats.sites import output_tensor
+from eavss.stats.collector import input_device
 
 
 # ---------------------------------------------------------------------------------------------
@@ -78,7 +78,7 @@ class PrefixCache:
             raise EavssError("the prompt prefix is empty; set generation.prefix_cache=false for prompts without a prefix")
         self.ids = list(prefix_ids)
         self.length = len(self.ids)
-        device = next(model.parameters()).device
+        device = input_device(model)
         ids = torch.tensor([self.ids], device=device)
         with torch.inference_mode():
             _, cache = _call(forward_for_stats(model), ids, torch.ones_like(ids), torch.arange(self.length, device=device)[None], None)
@@ -99,56 +99,52 @@ class PrefixCache:
 
 
 class PooledFeatures:
-    """Forward hooks that mean-pool each decoder layer's output over a sample's counted tokens.
+    """Forward hooks that mean-pool each decoder layer's capture-site tensor over a sample's
+    counted tokens (the probe features).
 
-    Usage: ``feats = PooledFeatures(model, N)``; ``feats.attach()``; per forward:
+    Usage: ``feats = PooledFeatures(model, N, site)``; ``feats.attach()``; per forward:
     ``feats.set_batch(mask (B, T), rows (B,))``; after all passes ``feats.result()``.
 
     Args:
-        model: transformers causal LM; hooks go on :func:`eavss.models.layers.find_decoder_layers`.
+        model: transformers causal LM; hooks go on the site of every decoder layer
+            (:class:`eavss.stats.sites.SiteHooks`, shared with the statistics collector).
         num_samples: ``N``, the number of samples (rows index ``0..N-1``).
+        site: capture site (``resid_post`` default, ``resid_delta``, ``mlp_act``).
 
-    Memory: ``L * N * D`` float32 (30 x 2000 x 576 -> 138 MB).
+    Memory: ``L * N * D`` float32 (30 x 2000 x 576 -> 138 MB at resid_post).
     """
 
-    def __init__(self, model: torch.nn.Module, num_samples: int):
-        from eavss.models.layers import find_decoder_layers
+    def __init__(self, model: torch.nn.Module, num_samples: int, site: str = "resid_post"):
+        from eavss.stats.sites import SiteHooks
 
-        _, self.layers = find_decoder_layers(model)
+        self._hooks = SiteHooks(model, site, self._on_activation)
+        self.site = site
+        self.num_layers = len(self._hooks.modules)
         self.num_samples = int(num_samples)
         self._sums: torch.Tensor | None = None
         self.counts = torch.zeros(self.num_samples, dtype=torch.float64)
         self._mask: torch.Tensor | None = None
         self._rows: torch.Tensor | None = None
-        self._handles: list = []
 
-    def _hook(self, index: int):
-        def hook(module, args, output):
-            if self._mask is None:
-                return None
-            act = output_tensor(output)
-            mask = self._mask.to(act.device)
-            if act.shape[:2] != mask.shape:
-                raise EavssError(f"layer {index}: activation shape {tuple(act.shape)} does not match mask {tuple(mask.shape)}")
-            if self._sums is None:
-                self._sums = torch.zeros(len(self.layers), self.num_samples, act.shape[-1], dtype=torch.float32,
-                                         device=act.device)
-            pooled = (act.float() * mask.unsqueeze(-1)).sum(1)  # (B, D)
-            self._sums[index].index_add_(0, self._rows.to(act.device), pooled)
-            return None
-
-        return hook
+    def _on_activation(self, index: int, act: torch.Tensor, args: tuple, kwargs: dict) -> None:
+        if self._mask is None:
+            return
+        mask = self._mask.to(act.device)
+        if act.shape[:2] != mask.shape:
+            raise EavssError(f"layer {index}: activation shape {tuple(act.shape)} does not match mask {tuple(mask.shape)}")
+        if self._sums is None:
+            self._sums = torch.zeros(self.num_layers, self.num_samples, act.shape[-1], dtype=torch.float32,
+                                     device=act.device)
+        pooled = (act.float() * mask.unsqueeze(-1)).sum(1)  # (B, D)
+        self._sums[index].index_add_(0, self._rows.to(self._sums.device), pooled.to(self._sums.device))
 
     def attach(self) -> None:
         """Register the hooks (idempotent)."""
-        if not self._handles:
-            self._handles = [layer.register_forward_hook(self._hook(i)) for i, layer in enumerate(self.layers)]
+        self._hooks.attach()
 
     def detach(self) -> None:
         """Remove the hooks."""
-        for h in self._handles:
-            h.remove()
-        self._handles = []
+        self._hooks.detach()
 
     def set_batch(self, mask: torch.Tensor, rows: torch.Tensor) -> None:
         """Counted tokens ``mask`` ``(B, T)`` and sample index ``rows`` ``(B,)`` of the next forward."""
@@ -231,7 +227,7 @@ def teacher_forced_pass(model: torch.nn.Module, rows: Sequence[tuple[list[int], 
     from eavss.stats.collector import forward_for_stats
 
     runner = forward_for_stats(model)
-    device = next(model.parameters()).device
+    device = input_device(model)
     P = prefix.length if prefix is not None else 0
     order = sorted(range(len(rows)), key=lambda i: -(len(rows[i][0]) + len(rows[i][1])))
     n_fwd = n_ans = 0
@@ -335,7 +331,7 @@ def greedy_generate(model: torch.nn.Module, suffixes: Sequence[list[int]], prefi
         raise EavssError("greedy_generate: capture needs one sample index per prompt")
     if any(len(s) == 0 for s in suffixes):
         raise EavssError("greedy_generate: a prompt has no tokens")
-    device = next(model.parameters()).device
+    device = input_device(model)
     stop_nl = torch.tensor(sorted(set(newline_ids)), dtype=torch.long, device=device)
     stop_eos = torch.tensor(sorted(set(eos_ids)) or [-1], dtype=torch.long, device=device)
     P = prefix.length if prefix is not None else 0

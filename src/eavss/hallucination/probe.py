@@ -9,8 +9,7 @@ The AUROC of the out-of-fold decision values is reported overall and per source;
 ``auroc`` of a layer is the mean of the per-source AUROCs (``within-source``), because the pooled
 AUROC also rewards telling sources apart (sources differ in hallucination rate).
 
-Agreement with EAVSS: Spearman rank correlation over layers between EAVSS and the probe AUROC
-(scipy), the top-k overlap, and its chance level ``k^2 / L``.
+Agreement with EAVSS is :func:`eavss.scores.agreement.rank_agreement`.
 """
 
 from __future__ import annotations
@@ -21,9 +20,6 @@ import warnings
 import numpy as np
 
 from eavss.errors import EavssError
-
-AGREEMENT_LEVELS = ((0.5, "agrees"), (0.3, "weak agreement"), (0.0, "little or no agreement"))
-
 
 def _folds(y: np.ndarray, groups: np.ndarray, strata: np.ndarray, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     from sklearn.model_selection import StratifiedGroupKFold
@@ -59,11 +55,13 @@ def _fit_all(X: np.ndarray, y: np.ndarray, splits, oof: np.ndarray, C: float, ma
 
 
 def probe_layers(features: np.ndarray, y: np.ndarray, groups: np.ndarray, strata: np.ndarray, folds: int = 5,
-                 C: float = 0.05, max_iter: int = 500, seed: int = 0, progress: bool = False) -> dict:
+                 C: float = 0.05, max_iter: int = 500, seed: int = 0, progress: bool = False,
+                 site: str = "resid_post") -> dict:
     """Cross-validated logistic-regression probe per layer.
 
     Args:
         features: ``(N, L, D)`` float mean-pooled answer-token hidden states.
+        site: the capture site the features come from (recorded in the protocol text).
         y: ``(N,)`` labels, 1 = hallucinated, 0 = truthful.
         groups: ``(N,)`` question ids (fold grouping). strata: ``(N,)`` source names.
         folds: number of CV folds. C: inverse L2 strength of sklearn's LogisticRegression.
@@ -107,39 +105,6 @@ def probe_layers(features: np.ndarray, y: np.ndarray, groups: np.ndarray, strata
             "sources_used": list(by_source), "n": int(N), "n_hallucinated": int((y == 1).sum()),
             "folds": len(splits), "C": C, "seconds": time.perf_counter() - t0,
             "protocol": f"{len(splits)}-fold CV inside the score split, grouped by question, stratified by label x source; "
-                        "StandardScaler + LogisticRegression(L2, C) per layer on mean-pooled answer-token resid_post; "
+                        "StandardScaler + LogisticRegression(L2, C) per layer on mean-pooled answer-token "
+                        f"{site}; "
                         "AUROC of out-of-fold decision values; headline = mean of per-source AUROCs"}
-
-
-def agreement(eavss: np.ndarray, auroc: np.ndarray, top_k: int) -> dict:
-    """How well the EAVSS ranking agrees with probe separability.
-
-    Returns:
-        ``{"spearman", "p_value", "top_k_overlap", "top_k_chance" (= k^2/L), "top_k_eavss",
-        "top_k_probe", "verdict", "warning"}``; ``warning`` is a sentence when the correlation is
-        below 0.3 (or not positive), else None.
-    """
-    from scipy.stats import spearmanr
-
-    e = np.asarray(eavss, dtype=np.float64)
-    a = np.asarray(auroc, dtype=np.float64)
-    L = len(e)
-    k = min(top_k, L)
-    if np.ptp(e) == 0 or np.ptp(a) == 0:
-        rho, p = float("nan"), float("nan")
-    else:
-        res = spearmanr(e, a)
-        rho, p = float(res.statistic), float(res.pvalue)
-    te = [int(i) for i in np.argsort(-e, kind="stable")[:k]]
-    ta = [int(i) for i in np.argsort(-a, kind="stable")[:k]]
-    overlap = len(set(te) & set(ta))
-    verdict = "undefined (constant scores)"
-    if np.isfinite(rho):
-        verdict = "disagrees (negative correlation)" if rho < 0 else next(
-            (name for thr, name in AGREEMENT_LEVELS if rho >= thr), "little or no agreement")
-    warning = None
-    if not np.isfinite(rho) or rho < 0.3:
-        warning = (f"EAVSS does NOT track probe separability: Spearman rho = {rho:.2f} (p = {p:.2g}) over {L} layers; "
-                   f"top-{k} overlap {overlap} (chance {k * k / L:.1f}). Treat the EAVSS ranking as unvalidated.")
-    return {"spearman": rho, "p_value": p, "top_k_overlap": overlap, "top_k_chance": k * k / L,
-            "top_k_eavss": te, "top_k_probe": ta, "verdict": verdict, "warning": warning}

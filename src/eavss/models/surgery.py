@@ -183,12 +183,20 @@ def save_model(model: nn.Module, tokenizer: Any, out: str | os.PathLike, overwri
     Raises:
         EavssError: ``out`` exists and is not empty and ``overwrite`` is false, or ``out`` is a file.
     """
-    strip_quantization(model)
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        model.save_pretrained(tmp)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
+        save_model_files(model, tokenizer, tmp)
     return Path(out)
+
+
+def save_model_files(model: nn.Module, tokenizer: Any, folder: str | os.PathLike) -> None:
+    """Write ``model`` (safetensors) and ``tokenizer`` into ``folder`` (created if missing), not
+    atomically: for use inside an :func:`eavss.io.atomic_dir` that holds other outputs too.
+    :func:`save_model` is the atomic form."""
+    strip_quantization(model)
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
 
 
 def strip_quantization(model: nn.Module) -> None:

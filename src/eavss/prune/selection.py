@@ -22,8 +22,11 @@ from typing import Sequence
 import numpy as np
 
 from eavss.errors import EavssError
+from eavss.registry import choices
 
-RULES = ("count", "mass")
+RULES = choices(("count", "remove floor(fraction * L) lowest-scoring layers"),
+                ("mass", "remove lowest-scoring layers while their normalised scores sum to <= mass"),
+                kind="prune rule", key="prune.rule")
 
 
 def _candidates(num_layers: int, protect_first: int, protect_last: int) -> list[int]:

@@ -1,0 +1,101 @@
+"""The runnable commands: one recipe per command, all registered here.
+
+A recipe is a config class (the root dataclass of :mod:`eavss.config` declarations) and a
+function ``run(cfg) -> report`` in a module of this package. The CLI (:mod:`eavss.cli`) builds
+every sub-command, its flags and its ``--help`` from :data:`RECIPES`; ``eavss config <command>``
+prints any command's resolved config. Adding a command = one config dataclass + one recipe
+module + one :func:`register_recipe` line below (+ library code under ``eavss/``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from eavss.registry import Registry, lookup
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One command.
+
+    Attributes:
+        name: the sub-command (``eavss NAME``).
+        config: ``"module:Class"`` of the root config dataclass.
+        run: ``"module:function"``, ``run(cfg) -> report dict``.
+        help: one line for ``eavss --help``.
+        description: the paragraph of ``eavss NAME --help``.
+        torchrun: whether ``torchrun --nproc_per_node=N -m eavss.cli NAME`` is supported (data
+            parallel statistics; rank 0 writes).
+        summary: ``"module:function"``, ``summary(report, cfg) -> list[str]`` printed after a run.
+        epilog: extra help text (examples).
+    """
+
+    name: str
+    config: str
+    run: str
+    help: str
+    description: str
+    summary: str
+    torchrun: bool = False
+    epilog: str = ""
+
+    def config_class(self) -> type:
+        """The root config class."""
+        return lookup(self.config)
+
+    def runner(self) -> Callable[[Any], dict]:
+        """The run function (imported on first use)."""
+        return lookup(self.run)
+
+    def summarise(self, report: dict, cfg: Any) -> list[str]:
+        """Lines to print after a run."""
+        return lookup(self.summary)(report, cfg)
+
+
+RECIPES: Registry[Recipe] = Registry("command")
+"""Every ``eavss`` command."""
+
+
+def register_recipe(recipe: Recipe) -> None:
+    """Register a command (help = its one-line help, torchrun = whether it supports torchrun)."""
+    RECIPES.register(recipe.name, recipe, help=recipe.help, torchrun=recipe.torchrun)
+
+
+_AVSS = "eavss.recipes.avss"
+register_recipe(Recipe(
+    "run", f"{_AVSS}:RunConfig", f"{_AVSS}:run", summary=f"{_AVSS}:summary", torchrun=True,
+    help="score -> prune -> evaluate original and pruned -> report (the main job)",
+    description="The main job: per-layer statistics and AVSS, remove the least important layers, evaluate the "
+                "original and the pruned model, write report.json/report.md/avss.png and the pruned HF model "
+                "(pruned/) into --out. Several devices: see `eavss score --help`."))
+register_recipe(Recipe(
+    "score", f"{_AVSS}:ScoreConfig", f"{_AVSS}:score", summary=f"{_AVSS}:summary", torchrun=True,
+    help="per-layer activation statistics and AVSS",
+    description="Run the calibration set through the model with hooks on every decoder layer and write per-layer "
+                "variance, sparsity and AVSS (report.json, report.md, avss.png). Several devices: `torchrun "
+                "--nproc_per_node=N -m eavss.cli score --device cuda ...` (or --device cpu: gloo) gives each process "
+                "a shard of the calibration batches, all-reduces the sums (results equal one process's) and rank 0 "
+                "writes; the same for `run`, whose pruning and evaluation then run on rank 0."))
+register_recipe(Recipe(
+    "prune", f"{_AVSS}:PruneConfig", f"{_AVSS}:prune", summary=f"{_AVSS}:prune_summary",
+    help="remove the least important layers; writes a HF model folder",
+    description="Read the scores of an `eavss score`/`eavss run` folder, remove layers from the model that was "
+                "scored there (--model is not taken: the model is the one recorded in the scores) and save a model "
+                "that AutoModelForCausalLM.from_pretrained loads with no custom code."))
+register_recipe(Recipe(
+    "eval", f"{_AVSS}:EvalConfig", f"{_AVSS}:evaluate", summary=f"{_AVSS}:summary",
+    help="evaluate a model on the retention tasks",
+    description="Evaluate a model (e.g. a pruned folder) on ppl (token-level WikiText-2 perplexity), wikitext2 "
+                "(lm-eval word perplexity), squad (EM/F1), sst2 (accuracy)."))
+_HAL = "eavss.recipes.hallucination"
+register_recipe(Recipe(
+    "hallucination", f"{_HAL}:HallucinationConfig", f"{_HAL}:run", summary=f"{_HAL}:summary",
+    help="find the layers where hallucination lives (HSAV, HSS, EAVSS + probe check)",
+    description="Label answers as hallucinated or truthful (teacher-forced TruthfulQA/HaluEval pairs; the model's "
+                "own greedy answers to NQ-open, TriviaQA, SciQ, judged against gold answers), collect per-layer "
+                "activation variance and sparsity of the answer tokens per class, score each layer (HSAV, HSS, "
+                "EAVSS), check the ranking against per-layer linear-probe AUROC, and write report.json, report.md, "
+                "eavss.png, separability.png, splits.json and samples.jsonl into --out.",
+    epilog="Definitions: docs/hallucination.md. Example: eavss hallucination --sources truthfulqa,nq_open --limit 50 "
+           "--out runs/h scores.combine=product"))

@@ -1,165 +1,218 @@
-"""The AVSS recipes: score -> prune -> evaluate -> report.
+"""The AVSS commands: ``score``, ``prune``, ``eval`` and ``run`` (score -> prune -> evaluate -> report).
 
-Each step is a function over explicit inputs (a loaded model, a config, a statistics object), so
-the one-call :func:`run` and the CLI's sub-commands share one code path.
+Each command is a config class (its sections declared with :func:`eavss.config.option`) and a
+``run(cfg) -> report`` function made of named steps over library calls (:func:`collect`,
+:func:`statistics_section`, :func:`prune_model`, :func:`evaluate_model`), so the commands share
+one code path. ``docs/method.md`` explains every option and default.
 """
 
 from __future__ import annotations
 
-import json
-import random
-import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from eavss.config import RunConfig, to_dict
+from eavss.config import ModelSection, RunOptions, SparsitySection, option, section, to_dict, validate
 from eavss.errors import EavssError
-from eavss.io import atomic_dir, check_not_inside, check_out_dir, write_json_atomic, write_text_atomic
-from eavss.report.render import plot_avss, render_markdown
-from eavss.report.schema import check_report, jsonable, new_report
-from eavss.scores.registry import ScoreConfig, compute_scores
-from eavss.stats import LayerStatistics, SparsityRule, collect_statistics
+from eavss.io import atomic_dir, write_json_atomic, write_text_atomic
+from eavss.recipes.common import absolute_if_path, load, model_section, start, timed
+from eavss.report.schema import jsonable, new_report, read_report
 
-ACCUM_DTYPES = {"float64": torch.float64, "float32": torch.float32}
+_SITES = "eavss.stats.sites:SITES"
+_TASKS = "eavss.evaluation.harness:TASKS"
 
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, numpy and torch."""
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
+# ---------------------------------------------------------------------------------------------
+# config
 
 
-def setup_threads(threads: int | None) -> None:
-    """Set torch's intra-op threads when asked (None keeps torch's default)."""
-    if threads is not None:
-        if threads < 1:
-            raise EavssError(f"threads must be >= 1, got {threads}")
-        torch.set_num_threads(threads)
+@dataclass
+class CalibrationSection:
+    """Calibration set for activation statistics (:mod:`eavss.data.calibration`)."""
+
+    dataset: str = option("wikitext2", "calibration set: wikitext2, ptb, sst2, text:PATH, jsonl:PATH:FIELD",
+                          flag="--calib")
+    num_samples: int = option(256, "calibration sequences (a seeded random sample of the set)", flag="--num-samples",
+                              min=1)
+    max_length: int = option(256, "tokens per calibration sequence", flag="--max-length", min=2)
+    batch_size: int = option(8, "calibration batch size", flag="--calib-batch-size", min=1)
+    packing: str = option("documents", "documents (one text per sequence, padded) | packed (EOS-joined chunks)",
+                          flag="--packing", choices=("documents", "packed"))
+
+    def check(self) -> None:
+        from eavss.data.calibration import CALIBRATION_SETS
+
+        if not self.dataset.startswith(("text:", "jsonl:")) and self.dataset not in CALIBRATION_SETS:
+            raise EavssError(f"calibration.dataset={self.dataset!r} is not valid; choose one of "
+                             f"{CALIBRATION_SETS.names()}, or text:PATH / jsonl:PATH:FIELD")
 
 
-def validate(cfg: RunConfig, steps: tuple[str, ...] = ("score", "prune", "eval")) -> None:
-    """Check every option before any slow work (model loading), so a typo fails in a second.
+@dataclass
+class StatsSection:
+    """How activations become per-layer statistics (:mod:`eavss.stats`)."""
 
-    Raises:
-        EavssError: the first invalid option, naming the key and the valid choices.
-    """
-    from eavss.prune.selection import RULES
-    from eavss.scores.avss import GUARDS, NORMALISATIONS
-    from eavss.scores.registry import SCORES
-    from eavss.stats.accumulators import VARIANCE_DEFINITIONS
-    from eavss.stats.sites import SITES
-
-    def choice(key: str, value, options) -> None:
-        if value not in options:
-            raise EavssError(f"{key}={value!r} is not valid; choose one of {sorted(options)}")
-
-    if "score" in steps:
-        sparsity_rule(cfg)  # validates mode, tau, epsilon
-        choice("stats.site", cfg.stats.site, SITES)
-        choice("stats.accum_dtype", cfg.stats.accum_dtype, ACCUM_DTYPES)
-        choice("scores.variance", cfg.scores.variance, VARIANCE_DEFINITIONS)
-        choice("scores.normalisation", cfg.scores.normalisation, NORMALISATIONS)
-        choice("scores.sparsity_guard", cfg.scores.sparsity_guard, GUARDS)
-        choice("calibration.packing", cfg.calibration.packing, ("documents", "packed"))
-        for key in ("num_samples", "batch_size"):
-            if getattr(cfg.calibration, key) < 1:
-                raise EavssError(f"calibration.{key} must be >= 1, got {getattr(cfg.calibration, key)}")
-        if cfg.calibration.max_length < 2:
-            raise EavssError(f"calibration.max_length must be >= 2, got {cfg.calibration.max_length}")
-    if "prune" in steps:
-        p = cfg.prune
-        choice("prune.rule", p.rule, RULES)
-        choice("prune.score", p.score, SCORES)
-        if not 0 < p.fraction < 1:
-            raise EavssError(f"prune fraction must be in (0, 1), got {p.fraction}; e.g. --fraction 0.25")
-        if not 0 < p.mass < 1:
-            raise EavssError(f"prune mass must be in (0, 1), got {p.mass}; e.g. --mass 0.25")
-        if p.protect_first < 0 or p.protect_last < 0:
-            raise EavssError("prune.protect_first and prune.protect_last must be >= 0")
-    if "eval" in steps:
-        from eavss.evaluation.harness import TASKS
-
-        for t in cfg.eval.tasks:
-            choice("eval.tasks", t, TASKS)
-        if not cfg.eval.tasks:
-            raise EavssError(f"eval.tasks is empty; choose from {sorted(TASKS)}")
-        for t, lim in cfg.eval.limits.items():
-            if lim is not None and lim < 1:
-                raise EavssError(f"eval.limits.{t} must be >= 1 or null (the full set), got {lim}")
-        if cfg.eval.batch_size < 1:
-            raise EavssError(f"eval.batch_size must be >= 1, got {cfg.eval.batch_size}")
+    site: str = option("resid_post", "capture site: resid_post (decoder layer output) | resid_delta (output minus "
+                       "input: the block update) | mlp_act (MLP activation output)", flag="--site", choices=_SITES)
+    variance: str = option("element", "variance definition: element (all masked elements) | token | pooled "
+                           "(official-code mean-pool variance)", flag="--variance",
+                           choices="eavss.stats.accumulators:VARIANCE_DEFINITIONS")
+    sparsity: SparsitySection = section(SparsitySection)
+    accum_dtype: str = option("float64", "accumulator dtype of the streaming sums", choices=("float64", "float32"))
+    block_influence: bool = option(True, "also collect ShortGPT block influence (resid_post only)")
 
 
-def start(cfg: RunConfig, steps: tuple[str, ...], *inputs: str | None) -> None:
-    """Common start of every command: check options and the output folder (which must not be or
-    contain an input folder) before any slow work, then seed and set threads."""
-    validate(cfg, steps)
-    check_out_dir(cfg.out, cfg.overwrite)
-    check_not_inside(cfg.out, *inputs)
-    seed_everything(cfg.seed)
-    setup_threads(cfg.threads)
+@dataclass
+class ScoresSection:
+    """How statistics become AVSS (:mod:`eavss.scores.avss`)."""
+
+    normalisation: str = option("sum", "across-layer normalisation: sum | max | none", flag="--normalisation",
+                                choices="eavss.scores.avss:NORMALISATIONS")
+    sparsity_guard: str = option("half_count", "floor for zero sparsity: half_count (0.5/elements) | none",
+                                 choices="eavss.scores.avss:GUARDS")
 
 
-def load(cfg: RunConfig, name: str | None = None):
-    """Load ``name`` (default ``cfg.model.name``) with the configured dtype/device/cache."""
-    from eavss.models.loading import load_model
+@dataclass
+class PruneSection:
+    """Layer selection (:mod:`eavss.prune.selection`)."""
 
-    if not cfg.progress:
-        from transformers.utils import logging as hf_logging
+    score: str = option("avss", "score to prune by: avss, variance, density, block_influence", flag="--score",
+                        choices="eavss.scores.registry:SCORES")
+    rule: str = option("count", "count (remove floor(fraction * candidate layers)) | mass (cumulative normalised "
+                       "score <= mass)", flag="--rule", choices="eavss.prune.selection:RULES")
+    fraction: float = option(0.25, "share of the candidate (unprotected) layers to remove with rule=count",
+                             flag="--fraction")
+    mass: float = option(0.25, "share of the normalised score to remove with rule=mass", flag="--mass")
+    protect_first: int = option(0, "never remove the first N layers", flag="--protect-first", min=0)
+    protect_last: int = option(0, "never remove the last N layers", flag="--protect-last", min=0)
 
-        hf_logging.disable_progress_bar()
-    name = name or cfg.model.name
-    if Path(name).expanduser().exists():  # record local paths absolutely, so later steps find them
-        name = str(Path(name).expanduser().resolve())
-    return load_model(name, dtype=cfg.model.dtype, device=cfg.model.device,
-                      cache_dir=cfg.model.cache_dir, trust_remote_code=cfg.model.trust_remote_code)
-
-
-def sparsity_rule(cfg: RunConfig) -> SparsityRule:
-    """The :class:`SparsityRule` of a config."""
-    s = cfg.stats.sparsity
-    return SparsityRule(mode=s.mode, epsilon=s.epsilon, tau=s.tau)
-
-
-def score_config(cfg: RunConfig) -> ScoreConfig:
-    """The :class:`ScoreConfig` of a config."""
-    return ScoreConfig(variance=cfg.scores.variance, normalisation=cfg.scores.normalisation,
-                       sparsity_guard=cfg.scores.sparsity_guard)
+    def check(self) -> None:
+        if not 0 < self.fraction < 1:
+            raise EavssError(f"prune fraction must be in (0, 1), got {self.fraction}; e.g. --fraction 0.25")
+        if not 0 < self.mass < 1:
+            raise EavssError(f"prune mass must be in (0, 1), got {self.mass}; e.g. --mass 0.25")
 
 
-def collect(cfg: RunConfig, model, tokenizer) -> tuple[LayerStatistics, dict, dict]:
+@dataclass
+class EvalSection:
+    """Retention evaluation (:mod:`eavss.evaluation.harness`). ``limits`` caps items per task (null =
+    the whole set): wikitext2 articles, squad questions, sst2 sentences; ``ppl`` is capped by
+    ``ppl_max_tokens`` instead."""
+
+    tasks: list[str] = option(help="evaluation tasks: ppl, wikitext2, squad, sst2", flag="--tasks", choices=_TASKS,
+                              factory=lambda: ["ppl", "wikitext2", "squad", "sst2"])
+    limits: dict[str, int | None] = option(
+        help="items per task (null = the whole set); --limit N sets every task in eval.tasks", flag="--limit",
+        broadcast="eval.tasks", keys=_TASKS, min=1,
+        factory=lambda: {"ppl": None, "wikitext2": 2, "squad": 40, "sst2": 200})
+    batch_size: int = option(8, "evaluation batch size", flag="--batch-size", min=1)
+    max_length: int | None = option(2048, "lm-eval context window (rolling-window size for wikitext2)", min=1)
+    ppl_context_length: int = option(1024, "ppl: tokens per window", min=2)
+    ppl_max_tokens: int | None = option(8192, "ppl: first N test tokens (null = all)", min=2)
+    max_gen_toks: int = option(32, "squad: generation budget in tokens", min=1)
+
+    def check(self) -> None:
+        if not self.tasks:
+            raise EavssError("eval.tasks is empty; pass e.g. --tasks ppl,wikitext2,squad,sst2")
+
+
+@dataclass
+class ScoreConfig(RunOptions):
+    """``eavss score``: per-layer statistics and AVSS."""
+
+    out: str = option("runs/score", "output folder (refused if it exists and is not empty, unless --overwrite)",
+                      flag="--out")
+    model: ModelSection = section(ModelSection)
+    calibration: CalibrationSection = section(CalibrationSection)
+    stats: StatsSection = section(StatsSection)
+    scores: ScoresSection = section(ScoresSection)
+
+
+@dataclass
+class PruneModelSection(ModelSection):
+    """How to load the model that was scored (its name comes from the scores)."""
+
+    name: str | None = option(None, "must name the model that was scored (default: the one recorded in --from)",
+                              flag="--model")
+
+
+@dataclass
+class PruneConfig(RunOptions):
+    """``eavss prune``: remove layers by the scores of an ``eavss score``/``run`` folder."""
+
+    out: str = option("runs/pruned", "output folder: the pruned HF model (refused if it exists and is not empty, "
+                      "unless --overwrite)", flag="--out")
+    source: str | None = option(None, "output folder of `eavss score` or `eavss run`", flag="--from", required=True)
+    model: PruneModelSection = section(PruneModelSection)
+    prune: PruneSection = section(PruneSection)
+
+
+@dataclass
+class EvalConfig(RunOptions):
+    """``eavss eval``: evaluate a model on the retention tasks."""
+
+    out: str = option("runs/eval", "output folder (refused if it exists and is not empty, unless --overwrite)",
+                      flag="--out")
+    model: ModelSection = section(ModelSection)
+    eval: EvalSection = section(EvalSection)
+
+
+@dataclass
+class RunConfig(RunOptions):
+    """``eavss run``: score -> prune -> evaluate original and pruned -> report (the main job)."""
+
+    out: str = option("runs/avss", "output folder (refused if it exists and is not empty, unless --overwrite)",
+                      flag="--out")
+    model: ModelSection = section(ModelSection)
+    calibration: CalibrationSection = section(CalibrationSection)
+    stats: StatsSection = section(StatsSection)
+    scores: ScoresSection = section(ScoresSection)
+    prune: PruneSection = section(PruneSection)
+    eval: EvalSection = section(EvalSection)
+    save_model: bool = option(True, "write the pruned model folder (pruned/)", flag="--no-save-model",
+                              action="store_false")
+
+
+# ---------------------------------------------------------------------------------------------
+# steps
+
+
+def score_options(scores: ScoresSection, stats: StatsSection):
+    """The library's :class:`eavss.scores.registry.ScoreOptions` of the config sections."""
+    from eavss.scores.registry import ScoreOptions
+
+    return ScoreOptions(variance=stats.variance, normalisation=scores.normalisation,
+                        sparsity_guard=scores.sparsity_guard)
+
+
+def collect(cfg: ScoreConfig | RunConfig, model, tokenizer):
     """Calibration batches -> statistics. Returns ``(stats, calibration_info, collection_info)``."""
+    import torch
+
+    from eavss import distributed as edist
     from eavss.data.calibration import calibration_batches
+    from eavss.stats import collect_statistics
 
     c = cfg.calibration
-    if cfg.stats.accum_dtype not in ACCUM_DTYPES:
-        raise EavssError(f"unknown stats.accum_dtype {cfg.stats.accum_dtype!r}; choose float64 or float32")
-    rule = sparsity_rule(cfg)
     batches, cal_info = calibration_batches(tokenizer, c.dataset, c.num_samples, c.max_length, c.batch_size,
                                             c.packing, cfg.seed, cfg.data_dir)
     # --- torchrun (eavss.distributed): each rank runs every world-th batch; the sums are
     # all-reduced inside collect_statistics, so every rank returns the whole set's statistics.
-    from eavss import distributed as edist
-
     dist_on = edist.is_distributed()
     if dist_on:
         batches = edist.shard(batches)
-    # --- end torchrun
-    stats, info = collect_statistics(model, batches, site=cfg.stats.site, rule=rule,
-                                     pooled=True, block_influence=cfg.stats.block_influence,
-                                     accum_dtype=ACCUM_DTYPES[cfg.stats.accum_dtype],
+    accum = {"float64": torch.float64, "float32": torch.float32}[cfg.stats.accum_dtype]
+    stats, info = collect_statistics(model, batches, site=cfg.stats.site, rule=cfg.stats.sparsity.rule(),
+                                     pooled=True, block_influence=cfg.stats.block_influence, accum_dtype=accum,
                                      progress=cfg.progress and edist.is_main(), total=len(batches),
                                      distributed=dist_on)
     return stats, cal_info, info
 
 
-def statistics_section(stats: LayerStatistics, cfg: RunConfig, layer_paths: list[str]) -> tuple[dict, dict]:
+def statistics_section(stats, options, layer_paths: list[str]) -> tuple[dict, dict]:
     """Per-layer table + all registered scores. Returns ``(statistics_section, scores_section)``."""
-    scfg = score_config(cfg)
-    scores = compute_scores(stats, scfg)
+    from eavss.scores.registry import compute_scores
+
+    scores, skipped = compute_scores(stats, options)
     a = scores["avss"]
     s = stats if stats.num_groups == 1 else stats.pooled()
     bi = s.block_influence()[0]
@@ -175,24 +228,23 @@ def statistics_section(stats: LayerStatistics, cfg: RunConfig, layer_paths: list
             "importance_rank": int(a["importance_rank"][i]), "guard_hit": bool(a["guard_hit"][i]),
             "block_influence": bi[i],
         })
-    section = {
-        "site": stats.site, "variance_definition": scfg.variance, "normalisation": scfg.normalisation,
-        "sparsity_guard": scfg.sparsity_guard, "sparsity_rule": stats.sparsity_rule,
+    section_ = {
+        "site": stats.site, "variance_definition": options.variance, "normalisation": options.normalisation,
+        "sparsity_guard": options.sparsity_guard, "sparsity_rule": stats.sparsity_rule,
         "guard_hit_layers": [int(i) for i in np.flatnonzero(a["guard_hit"])],
         "ranking_most_to_least_important": [int(i) for i in np.argsort(a["importance_rank"])],
-        "per_layer": rows, "sums": stats.to_dict(),
+        "per_layer": rows, "sums": stats.to_dict(), "scores_not_available": skipped,
     }
     score_sec = {name: {"score": v["score"]} for name, v in scores.items()}
-    return jsonable(section), jsonable(score_sec)
+    return jsonable(section_), jsonable(score_sec)
 
 
-def prune_model(model, scores: list[float], cfg: RunConfig) -> dict:
-    """Select layers by ``cfg.prune`` from per-layer ``scores`` (higher = keep) and remove them in place."""
+def prune_model(model, scores: list[float], p: PruneSection) -> dict:
+    """Select layers by the prune section from per-layer ``scores`` (higher = keep) and remove them in place."""
     from eavss.models.layers import layer_module_paths
     from eavss.models.surgery import remove_layers
     from eavss.prune.selection import select_layers
 
-    p = cfg.prune
     chosen = select_layers(scores, p.rule, p.fraction, p.mass, p.protect_first, p.protect_last)
     paths = layer_module_paths(model)
     n_before = sum(t.numel() for t in model.parameters())
@@ -206,35 +258,25 @@ def prune_model(model, scores: list[float], cfg: RunConfig) -> dict:
             "num_layers_after": info["num_layers_after"], "params_before": n_before, "params_after": n_after}
 
 
-def evaluate_model(model, tokenizer, cfg: RunConfig, tasks: list[str] | None = None,
-                   limits: dict | None = None) -> tuple[dict, dict]:
+def evaluate_model(model, tokenizer, e: EvalSection, data_dir: str | None, seed: int) -> tuple[dict, dict]:
     """Run each evaluation task with its own limit. Returns ``(results_by_task, seconds_by_task)``."""
     from eavss.evaluation.harness import evaluate
 
-    e = cfg.eval
     results, secs = {}, {}
-    limits = e.limits if limits is None else limits
-    for task in tasks or e.tasks:
-        t0 = time.perf_counter()
-        opts = {}
-        if task == "ppl":
-            opts = {"ppl": {"context_length": e.ppl_context_length, "max_tokens": e.ppl_max_tokens}}
-        res = evaluate(model, tokenizer, [task], limit=limits.get(task), data_dir=cfg.data_dir,
-                       batch_size=e.batch_size, seed=cfg.seed, max_gen_toks=e.max_gen_toks, max_length=e.max_length,
-                       task_options=opts)
+    for task in e.tasks:
+        opts = {"ppl": {"context_length": e.ppl_context_length, "max_tokens": e.ppl_max_tokens}} if task == "ppl" else {}
+        with timed(secs, task):
+            res = evaluate(model, tokenizer, [task], limit=e.limits.get(task), data_dir=data_dir,
+                           batch_size=e.batch_size, seed=seed, max_gen_toks=e.max_gen_toks, max_length=e.max_length,
+                           task_options=opts)
         results[task] = res[task]
-        secs[task] = time.perf_counter() - t0
     return jsonable(results), secs
-
-
-def _model_section(loaded) -> dict:
-    info = dict(loaded.info)
-    info["num_parameters"] = sum(t.numel() for t in loaded.model.parameters())
-    return jsonable(info)
 
 
 def write_outputs(out: Path, report: dict, plot: bool = True) -> None:
     """report.json, report.md and (for reports with statistics) avss.png into ``out``."""
+    from eavss.report.avss import plot_avss, render_markdown
+
     write_json_atomic(out / "report.json", jsonable(report))
     write_text_atomic(out / "report.md", render_markdown(report))
     st = report.get("statistics")
@@ -245,158 +287,167 @@ def write_outputs(out: Path, report: dict, plot: bool = True) -> None:
                   title=f"AVSS per layer: {m.get('model_id')} ({st['site']}, {st['sparsity_rule'].get('rule')})")
 
 
-def score(cfg: RunConfig) -> dict:
+# ---------------------------------------------------------------------------------------------
+# commands
+
+
+def score(cfg: ScoreConfig) -> dict:
     """``eavss score``: per-layer statistics and AVSS of ``cfg.model`` into ``cfg.out``."""
-    start(cfg, ("score",), cfg.model.name)
-    timings = {}
-    t0 = time.perf_counter()
-    loaded = load(cfg)
-    timings["load"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    stats, cal_info, col_info = collect(cfg, loaded.model, loaded.tokenizer)
-    timings["statistics"] = time.perf_counter() - t0
+    from eavss import distributed as edist
     from eavss.models.layers import layer_module_paths
 
-    st, sc = statistics_section(stats, cfg, layer_module_paths(loaded.model))
-    report = new_report("score", to_dict(cfg), cfg.seed)
-    report.update({"model": _model_section(loaded), "calibration": {**cal_info, **col_info},
-                   "statistics": st, "scores": sc, "timings": timings})
-    from eavss import distributed as edist  # --- torchrun: rank 0 alone writes
-
-    if not edist.is_main():
+    validate(cfg)
+    threads = start(cfg, cfg.model.name)
+    timings: dict[str, float] = {}
+    with timed(timings, "load"):
+        loaded = load(cfg.model, cfg.progress)
+    with timed(timings, "statistics"):
+        stats, cal_info, col_info = collect(cfg, loaded.model, loaded.tokenizer)
+    st, sc = statistics_section(stats, score_options(cfg.scores, cfg.stats), layer_module_paths(loaded.model))
+    report = new_report("score", to_dict(cfg), cfg.seed, loaded.tokenizer)
+    report.update({"model": model_section(loaded), "calibration": {**cal_info, **col_info},
+                   "statistics": st, "scores": sc, "timings": timings, "threads": threads})
+    if not edist.is_main():  # --- torchrun: rank 0 alone writes
         return report
     with atomic_dir(cfg.out, cfg.overwrite) as tmp:
         write_outputs(tmp, report)
     return report
 
 
-def read_scores(from_dir: str | Path) -> dict:
-    """Load and check ``report.json`` of a score or run output folder.
-
-    Raises:
-        EavssError: folder or report missing, or not a score/run report.
-    """
-    p = Path(from_dir) / "report.json"
-    if not p.is_file():
-        raise EavssError(f"{p} not found; --from must be the --out folder of `eavss score` or `eavss run`")
-    try:
-        d = json.loads(p.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise EavssError(f"{p} is not valid JSON; re-run `eavss score`") from None
-    return check_report(d, kinds=("score", "run"))
-
-
-def prune(cfg: RunConfig, from_dir: str) -> dict:
-    """``eavss prune``: remove layers by the scores in ``from_dir`` and save the smaller HF model to ``cfg.out``."""
-    from eavss.models.surgery import save_model
-
-    start(cfg, ("prune",), from_dir)
-    src = read_scores(from_dir)
-    score_name = cfg.prune.score
-    if score_name not in src.get("scores", {}):
-        raise EavssError(f"score {score_name!r} is not in {from_dir}/report.json (has {sorted(src.get('scores', {}))}); "
+def _scores_from(src: dict, name: str, where: str) -> list[float]:
+    if name not in src.get("scores", {}):
+        raise EavssError(f"score {name!r} is not in {where} (has {sorted(src.get('scores', {}))}); "
                          "set prune.score to one of those")
-    scores = src["scores"][score_name].get("score") if isinstance(src["scores"][score_name], dict) else None
+    scores = src["scores"][name].get("score") if isinstance(src["scores"][name], dict) else None
     if not isinstance(scores, list) or not scores or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in scores):
-        raise EavssError(f"score {score_name!r} in {from_dir}/report.json is missing, non-finite or not numeric; "
+        raise EavssError(f"score {name!r} in {where} is missing, non-finite or not numeric; "
                          "re-run `eavss score` or choose another prune.score")
+    return scores
+
+
+def prune(cfg: PruneConfig) -> dict:
+    """``eavss prune``: remove layers by the scores in ``cfg.source`` and save the smaller HF model to ``cfg.out``."""
+    from eavss.models.surgery import save_model_files
+
+    validate(cfg)
+    where = str(Path(cfg.source) / "report.json")
+    src = read_report(cfg.source, kinds=("score", "run"))
+    scores = _scores_from(src, cfg.prune.score, where)
     model_id = (src.get("model") or {}).get("model_id")
     if not isinstance(model_id, str) or not model_id:
-        raise EavssError(f"{from_dir}/report.json names no model (model.model_id); re-run `eavss score`")
-    cfg.model.name = model_id  # prune always loads the model that was scored
-    loaded = load(cfg)
+        raise EavssError(f"{where} names no model (model.model_id); re-run `eavss score`")
+    if cfg.model.name is not None and absolute_if_path(cfg.model.name) != model_id:
+        raise EavssError(f"--model {cfg.model.name} is not the model that was scored in {cfg.source} ({model_id}); "
+                         "leave --model out (prune loads the scored model) or score this model first")
+    threads = start(cfg, cfg.source, model_id)
+    loaded = load(cfg.model, cfg.progress, name=model_id)  # prune always loads the model that was scored
+    want, got = src["model"].get("file_sha256"), loaded.info.get("file_sha256")
+    if want and got and want != got:
+        raise EavssError(f"the model file of {model_id} changed since it was scored (sha256 {got[:16]}… now, "
+                         f"{want[:16]}… in {where}); score it again")
     if len(scores) != loaded.info["num_layers"]:
-        raise EavssError(f"{from_dir} scores {len(scores)} layers but {model_id} has {loaded.info['num_layers']}; "
+        raise EavssError(f"{cfg.source} scores {len(scores)} layers but {model_id} has {loaded.info['num_layers']}; "
                          "score this model first")
-    pr = prune_model(loaded.model, scores, cfg)
+    pr = prune_model(loaded.model, scores, cfg.prune)
     loaded.model.config.eavss_source_model = model_id
-    save_model(loaded.model, loaded.tokenizer, cfg.out, overwrite=cfg.overwrite)
-    report = new_report("prune", to_dict(cfg), cfg.seed)
-    report.update({"model": src["model"], "source_report": str(Path(from_dir) / "report.json"), "pruning": pr})
-    write_json_atomic(Path(cfg.out) / "eavss_pruning.json", jsonable(report))
-    return report
-
-
-def evaluate_cmd(cfg: RunConfig) -> dict:
-    """``eavss eval``: evaluate ``cfg.model.name`` on ``cfg.eval.tasks`` into ``cfg.out``."""
-    start(cfg, ("eval",), cfg.model.name)
-    t0 = time.perf_counter()
-    loaded = load(cfg)
-    timings = {"load": time.perf_counter() - t0}
-    res, secs = evaluate_model(loaded.model, loaded.tokenizer, cfg)
-    timings.update({f"eval.{k}": v for k, v in secs.items()})
-    report = new_report("eval", to_dict(cfg), cfg.seed)
-    report.update({"model": _model_section(loaded), "evaluation": {"original": res, "limits": cfg.eval.limits},
-                   "timings": timings})
+    report = new_report("prune", to_dict(cfg), cfg.seed, loaded.tokenizer)
+    report.update({"model": src["model"], "source_report": where, "pruning": pr, "threads": threads})
     with atomic_dir(cfg.out, cfg.overwrite) as tmp:
-        write_json_atomic(tmp / "report.json", jsonable(report))
-        write_text_atomic(tmp / "report.md", render_markdown(report) + _eval_only_md(res))
+        save_model_files(loaded.model, loaded.tokenizer, tmp)
+        write_json_atomic(tmp / "eavss_pruning.json", jsonable(report))
     return report
 
 
-def _eval_only_md(res: dict) -> str:
-    lines = ["## Evaluation\n", "| task | metric | value |", "|---|---|---|"]
-    for task, r in res.items():
-        for k, v in (r.get("metrics") or {}).items():
-            lines.append(f"| {task} | {k} | {v} |")
-    return "\n".join(lines) + "\n"
+def evaluate(cfg: EvalConfig) -> dict:
+    """``eavss eval``: evaluate ``cfg.model`` on ``cfg.eval.tasks`` into ``cfg.out``."""
+    validate(cfg)
+    threads = start(cfg, cfg.model.name)
+    timings: dict[str, float] = {}
+    with timed(timings, "load"):
+        loaded = load(cfg.model, cfg.progress)
+    res, secs = evaluate_model(loaded.model, loaded.tokenizer, cfg.eval, cfg.data_dir, cfg.seed)
+    timings.update({f"eval.{k}": v for k, v in secs.items()})
+    report = new_report("eval", to_dict(cfg), cfg.seed, loaded.tokenizer)
+    report.update({"model": model_section(loaded), "evaluation": {"original": res, "limits": cfg.eval.limits},
+                   "timings": timings, "threads": threads})
+    with atomic_dir(cfg.out, cfg.overwrite) as tmp:
+        write_outputs(tmp, report, plot=False)
+    return report
 
 
-def run(cfg: RunConfig, save_pruned: bool = True) -> dict:
+def run(cfg: RunConfig) -> dict:
     """``eavss run``: score -> prune -> evaluate original and pruned -> report, all in ``cfg.out``.
 
     The output folder is built atomically: it appears complete or not at all.
     """
+    import time
+
+    from eavss import distributed as edist
     from eavss.evaluation.harness import retention
     from eavss.models.layers import layer_module_paths
-    from eavss.models.surgery import save_model
+    from eavss.models.surgery import save_model_files
 
-    start(cfg, ("score", "prune", "eval"), cfg.model.name)
+    validate(cfg)
+    threads = start(cfg, cfg.model.name)
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
-    t0 = time.perf_counter()
-    loaded = load(cfg)
-    timings["load"] = time.perf_counter() - t0
+    with timed(timings, "load"):
+        loaded = load(cfg.model, cfg.progress)
     model, tok = loaded.model, loaded.tokenizer
-    model_sec = _model_section(loaded)
+    model_sec = model_section(loaded)
 
-    t0 = time.perf_counter()
-    stats, cal_info, col_info = collect(cfg, model, tok)
-    timings["statistics"] = time.perf_counter() - t0
-    st, sc = statistics_section(stats, cfg, layer_module_paths(model))
-    from eavss import distributed as edist  # --- torchrun: only the statistics are data-parallel;
-
-    if not edist.is_main():  # rank 0 alone prunes, evaluates and writes
+    with timed(timings, "statistics"):
+        stats, cal_info, col_info = collect(cfg, model, tok)
+    st, sc = statistics_section(stats, score_options(cfg.scores, cfg.stats), layer_module_paths(model))
+    if not edist.is_main():  # --- torchrun: only the statistics are data-parallel; rank 0 alone continues
         return {"kind": "run", "rank": edist.rank(), "timings": timings}
     if cfg.prune.score not in sc:
-        raise EavssError(f"prune.score {cfg.prune.score!r} is not available; choose one of {sorted(sc)}")
+        raise EavssError(f"prune.score {cfg.prune.score!r} is not available: "
+                         f"{st['scores_not_available'].get(cfg.prune.score, 'not computed')}; choose one of {sorted(sc)}")
 
-    original, secs = evaluate_model(model, tok, cfg)
+    original, secs = evaluate_model(model, tok, cfg.eval, cfg.data_dir, cfg.seed)
     timings.update({f"eval_original.{k}": v for k, v in secs.items()})
-
-    t0 = time.perf_counter()
-    pr = prune_model(model, sc[cfg.prune.score]["score"], cfg)
-    timings["pruning"] = time.perf_counter() - t0
-
-    pruned, secs = evaluate_model(model, tok, cfg)
+    with timed(timings, "pruning"):
+        pr = prune_model(model, sc[cfg.prune.score]["score"], cfg.prune)
+    pruned, secs = evaluate_model(model, tok, cfg.eval, cfg.data_dir, cfg.seed)
     timings.update({f"eval_pruned.{k}": v for k, v in secs.items()})
     ret = retention(original, pruned)
     vals = [r["retention_pct"] for r in ret.values() if r.get("retention_pct") is not None]
 
-    report = new_report("run", to_dict(cfg), cfg.seed)
+    report = new_report("run", to_dict(cfg), cfg.seed, tok)
     report.update({
         "model": model_sec, "calibration": {**cal_info, **col_info}, "statistics": st, "scores": sc,
         "pruning": pr,
         "evaluation": {"original": original, "pruned": pruned, "retention": ret, "limits": cfg.eval.limits,
                        "mean_retention_pct": float(np.mean(vals)) if vals else None},
-        "timings": timings,
+        "timings": timings, "threads": threads,
     })
     with atomic_dir(cfg.out, cfg.overwrite) as tmp:
-        if save_pruned:
-            t0 = time.perf_counter()
+        if cfg.save_model:
             model.config.eavss_source_model = cfg.model.name
-            save_model(model, tok, tmp / "pruned")
-            timings["save_pruned"] = time.perf_counter() - t0
+            with timed(timings, "save_pruned"):
+                save_model_files(model, tok, tmp / "pruned")
         timings["total"] = time.perf_counter() - t_all
         write_outputs(tmp, report)
     return report
+
+
+# ---------------------------------------------------------------------------------------------
+# what the terminal shows
+
+
+def summary(report: dict, cfg) -> list[str]:
+    """report.md, then where the outputs are."""
+    from eavss.report.avss import render_markdown
+
+    files = ["report.json", "report.md"] + (["avss.png"] if report.get("statistics") else [])
+    if report.get("kind") == "run" and getattr(cfg, "save_model", False):
+        files.append("pruned/")
+    return [render_markdown(report), "outputs: " + ", ".join(f"{cfg.out}/{f}" for f in files)]
+
+
+def prune_summary(report: dict, cfg) -> list[str]:
+    """One line: what was removed and where the model is."""
+    pr = report["pruning"]
+    return [f"removed layers {pr['removed']} ({pr['num_layers_before']} -> {pr['num_layers_after']}); "
+            f"model saved to {cfg.out}"]

@@ -11,9 +11,13 @@ from __future__ import annotations
 import numpy as np
 
 from eavss.errors import EavssError
+from eavss.registry import choices
 
-NORMALISATIONS = ("sum", "max", "none")
-GUARDS = ("half_count", "none")
+NORMALISATIONS = choices(("sum", "x / sum over layers (official code; keeps the ranking)"),
+                         ("max", "x / max over layers"), ("none", "unchanged"),
+                         kind="normalisation", key="scores.normalisation")
+GUARDS = choices(("half_count", "floor sparsity at 0.5 / elements counted, only active at sparsity 0"),
+                 ("none", "no floor; a zero sparsity raises"), kind="sparsity guard", key="scores.sparsity_guard")
 
 
 def normalise(x: np.ndarray, method: str = "sum") -> np.ndarray:

@@ -1,9 +1,11 @@
-"""Registry of per-layer importance scores.
+"""Registry of per-layer importance scores computed from the statistics pass.
 
-A score is a function ``fn(stats: LayerStatistics, cfg: ScoreConfig) -> dict[str, np.ndarray]``
-returning at least ``"score"``: an ``(L,)`` array where higher means more important. New scores
-plug in with ``@register_score("name")`` without touching the pipeline; ``eavss score`` computes
-every registered score for the report and prunes by the one named in ``prune.score``.
+A score is a function ``fn(stats: LayerStatistics, options: ScoreOptions) -> dict[str, np.ndarray]``
+returning at least ``"score"``: an ``(L,)`` array where higher means more important. Its registry
+entry carries ``help``, ``direction`` and ``requires`` -- a predicate ``requires(stats) -> str |
+None`` that names what the statistics lack for this score (e.g. block influence is collected only
+at ``resid_post``). :func:`compute_scores` skips a score only when its requirement is unmet (and
+says why); a score that raises is an error, never silently dropped.
 """
 
 from __future__ import annotations
@@ -14,13 +16,14 @@ from typing import Callable
 import numpy as np
 
 from eavss.errors import EavssError
+from eavss.registry import Registry
 from eavss.scores.avss import avss_scores
 from eavss.stats.accumulators import LayerStatistics
 
 
 @dataclass(frozen=True)
-class ScoreConfig:
-    """Choices left open by the paper (see docs/method.md).
+class ScoreOptions:
+    """Definition choices left open by the paper (see docs/method.md).
 
     Attributes:
         variance: ``element`` (default) | ``token`` | ``pooled`` (official-code reproduction).
@@ -33,73 +36,75 @@ class ScoreConfig:
     sparsity_guard: str = "half_count"
 
 
-ScoreFn = Callable[[LayerStatistics, ScoreConfig], dict]
-SCORES: dict[str, ScoreFn] = {}
-SCORE_DOCS: dict[str, str] = {}
+ScoreFn = Callable[[LayerStatistics, ScoreOptions], dict]
+SCORES: Registry[ScoreFn] = Registry("score", key="prune.score")
+"""Per-layer scores from the statistics pass (metadata: ``help``, ``direction``, ``requires``)."""
 
 
-def register_score(name: str, doc: str = ""):
-    """Decorator: register a per-layer score under ``name``."""
+def register_score(name: str, help: str, direction: str = "higher = more important",
+                   requires: Callable[[LayerStatistics], str | None] | None = None):
+    """Decorator: register ``fn(stats, options) -> {"score": (L,), ...}`` as score ``name``.
 
-    def deco(fn: ScoreFn) -> ScoreFn:
-        if name in SCORES:
-            raise ValueError(f"score {name!r} is already registered")
-        SCORES[name] = fn
-        SCORE_DOCS[name] = doc
-        return fn
-
-    return deco
-
-
-def get_score(name: str) -> ScoreFn:
-    """Look up a registered score. Raises EavssError naming the known ones."""
-    try:
-        return SCORES[name]
-    except KeyError:
-        raise EavssError(f"unknown score {name!r}; choose one of {sorted(SCORES)}") from None
+    Raises:
+        ValueError: ``name`` is already registered.
+    """
+    return SCORES.register(name, help=help, direction=direction, requires=requires)
 
 
 def _single(stats: LayerStatistics) -> LayerStatistics:
     return stats if stats.num_groups == 1 else stats.pooled()
 
 
-@register_score("avss", "var_norm / sparsity_norm (Song et al. 2024, AVSS); higher = more important")
-def _avss(stats: LayerStatistics, cfg: ScoreConfig) -> dict:
+@register_score("avss", "var_norm / sparsity_norm (Song et al. 2024, AVSS, arXiv 2411.02117)")
+def _avss(stats: LayerStatistics, options: ScoreOptions) -> dict:
     s = _single(stats)
-    out = avss_scores(s.variance(cfg.variance)[0], s.sparsity()[0], s.n_elements()[0],
-                      normalisation=cfg.normalisation, guard=cfg.sparsity_guard)
+    out = avss_scores(s.variance(options.variance)[0], s.sparsity()[0], s.n_elements()[0],
+                      normalisation=options.normalisation, guard=options.sparsity_guard)
     out["score"] = out["avss"]
     return out
 
 
-@register_score("variance", "activation variance alone; higher = more important")
-def _variance(stats: LayerStatistics, cfg: ScoreConfig) -> dict:
-    v = _single(stats).variance(cfg.variance)[0]
-    return {"score": v}
+@register_score("variance", "activation variance alone")
+def _variance(stats: LayerStatistics, options: ScoreOptions) -> dict:
+    return {"score": _single(stats).variance(options.variance)[0]}
 
 
-@register_score("density", "1 - sparsity (fraction of elements not near zero); higher = more important")
-def _density(stats: LayerStatistics, cfg: ScoreConfig) -> dict:
+@register_score("density", "1 - sparsity (fraction of elements not near zero)")
+def _density(stats: LayerStatistics, options: ScoreOptions) -> dict:
     return {"score": 1.0 - _single(stats).sparsity()[0]}
 
 
-@register_score("block_influence", "ShortGPT block influence 1 - cos(input, output); higher = more important")
-def _bi(stats: LayerStatistics, cfg: ScoreConfig) -> dict:
-    bi = _single(stats).block_influence()[0]
-    if not np.all(np.isfinite(bi)):
-        raise EavssError("block influence is only collected at site resid_post with stats.block_influence=true")
-    return {"score": bi}
+def _needs_block_influence(stats: LayerStatistics) -> str | None:
+    if stats.has_block_influence and np.all(np.isfinite(_single(stats).block_influence()[0])):
+        return None
+    return "block influence is collected only at site resid_post with stats.block_influence=true"
 
 
-def compute_scores(stats: LayerStatistics, cfg: ScoreConfig, names: list[str] | None = None,
-                   skip_unavailable: bool = True) -> dict[str, dict]:
-    """Compute several registered scores; unavailable ones (e.g. block influence at another site)
-    are skipped when ``skip_unavailable``."""
-    out = {}
-    for name in names or list(SCORES):
-        try:
-            out[name] = get_score(name)(stats, cfg)
-        except EavssError:
-            if not skip_unavailable or name == "avss":
-                raise
-    return out
+@register_score("block_influence", "ShortGPT block influence 1 - cos(input, output), token-weighted "
+                                   "(Men et al. 2024, arXiv 2403.03853)", requires=_needs_block_influence)
+def _bi(stats: LayerStatistics, options: ScoreOptions) -> dict:
+    return {"score": _single(stats).block_influence()[0]}
+
+
+def compute_scores(stats: LayerStatistics, options: ScoreOptions, names: list[str] | None = None) -> tuple[dict, dict]:
+    """Compute registered scores (all of them when ``names`` is None).
+
+    Returns:
+        ``(scores, skipped)``: ``scores[name]`` is the score function's dict (``"score"``: ``(L,)``);
+        ``skipped[name]`` is the sentence saying which requirement the statistics do not meet.
+
+    Raises:
+        EavssError: an unknown name, a score named in ``names`` whose requirement is unmet, or any
+            error a score function raises (never swallowed).
+    """
+    out, skipped = {}, {}
+    for name in names or SCORES.names():
+        entry = SCORES.entry(name)
+        reason = entry.meta["requires"](stats) if entry.meta.get("requires") else None
+        if reason:
+            if names:
+                raise EavssError(f"score {name!r} is not available: {reason}")
+            skipped[name] = reason
+            continue
+        out[name] = entry.obj(stats, options)
+    return out, skipped

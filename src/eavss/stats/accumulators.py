@@ -212,11 +212,15 @@ class LayerStatistics:
                    list(d["group_names"]), dict(d.get("sparsity_rule", {})), bool(d.get("has_block_influence", True)))
 
 
-VARIANCE_DEFINITIONS = {
-    "element": LayerStatistics.element_variance,
-    "token": LayerStatistics.token_variance,
-    "pooled": LayerStatistics.pooled_variance,
-}
+from eavss.registry import Registry  # noqa: E402  (the registry is filled from the class above)
+
+VARIANCE_DEFINITIONS: Registry = Registry("variance definition", key="stats.variance")
+VARIANCE_DEFINITIONS.register("element", LayerStatistics.element_variance,
+                              help="variance over every masked element (tokens x width)")
+VARIANCE_DEFINITIONS.register("token", LayerStatistics.token_variance,
+                              help="mean per-token variance across the width")
+VARIANCE_DEFINITIONS.register("pooled", LayerStatistics.pooled_variance,
+                              help="official AVSS code: mean-pool each sequence, then variance")
 """Named variance definitions. ``element`` (default): variance over every masked element of the
 layer's activations (tokens x width). ``token``: mean per-token variance across the width.
 ``pooled``: the official AVSS code's mean-pool-then-variance, padding-aware."""

@@ -19,7 +19,7 @@ import torch
 from eavss.errors import EavssError, NonFiniteActivationError
 from eavss.stats.accumulators import NUM_FIELDS, F, LayerStatistics
 from eavss.stats.reduce import SparsityRule, reduce_activations_ext
-from eavss.stats.sites import DELTA_SITES, input_tensor, output_tensor, resolve_site
+from eavss.stats.sites import SiteHooks, input_tensor
 
 
 class ActivationStatsCollector:
@@ -70,16 +70,14 @@ class ActivationStatsCollector:
             raise EavssError(f"group names must be unique and non-empty, got {self.group_names}")
         self.pooled = pooled
         self.block_influence = block_influence and site == "resid_post"
-        self.delta = site in DELTA_SITES
         self.accum_dtype = accum_dtype
         self.layers_path, self.layers = layers if layers is not None else find_decoder_layers(model)
-        resolver = resolve_site(site)
-        self.modules = [resolver(model, i, layer) for i, layer in enumerate(self.layers)]
+        self._hooks = SiteHooks(model, site, self._on_activation, self.layers)
+        self.modules = self._hooks.modules
         self.width = np.zeros(len(self.layers), dtype=np.int64)
         self._acc: torch.Tensor | None = None
         self._mask: torch.Tensor | None = None
         self._groups: torch.Tensor | None = None
-        self._handles: list = []
         self.num_batches = 0
         self._mask_on: dict = {}  # the current mask, per device (layers spread over devices)
         self._prev = None  # (weakref to the previous layer's output, its _version, its |a_t|^2)
@@ -87,40 +85,30 @@ class ActivationStatsCollector:
         self._home = input_device(model)
 
     # -- hooks -----------------------------------------------------------------------------
-    def _make_hook(self, index: int):
-        def hook(module, args, kwargs, output):
-            if self._mask is None:
-                return None
-            act = output_tensor(output)
-            mask = self._mask_on.get(act.device)
-            if mask is None:
-                mask = self._mask_on[act.device] = self._mask.to(act.device, non_blocking=True)
-            if act.shape[:2] != mask.shape:
-                raise EavssError(f"layer {index}: activation shape {tuple(act.shape)} does not match the token mask "
-                                 f"{tuple(mask.shape)}; pass the batch's attention_mask to set_batch")
-            if self.delta:  # the block's update to the residual stream: output - input
-                x = input_tensor(args, kwargs)
-                if x is None or x.shape != act.shape:
-                    raise EavssError(f"site {self.site}: decoder layer {index} has no hidden-state input of the output's "
-                                     "shape; use stats.site=resid_post")
-                act = act - x
-            x_in = input_tensor(args, kwargs) if self.block_influence else None
-            x_sq = None
-            if x_in is not None and self._prev is not None:
-                ref, version, sq = self._prev
-                if ref() is x_in and _version(x_in) == version:  # this layer's input is the last output
-                    x_sq = sq
-            if self._acc is None:
-                self._acc = torch.zeros(len(self.layers), len(self.group_names), NUM_FIELDS, device=act.device,
-                                        dtype=self.accum_dtype)
-            _, act_sq = reduce_activations_ext(act, mask, self.rule, layer_input=x_in, pooled=self.pooled,
-                                               input_sq=x_sq, acc=self._acc[index], groups=self._groups)
-            keep = act_sq is not None and x_in is not None
-            self._prev = (weakref.ref(act), _version(act), act_sq) if keep else None
-            self.width[index] = act.shape[-1]
-            return None
-
-        return hook
+    def _on_activation(self, index: int, act: torch.Tensor, args: tuple, kwargs: dict) -> None:
+        """Reduce one layer's site activation ``(B, T, D)`` into the accumulator."""
+        if self._mask is None:
+            return
+        mask = self._mask_on.get(act.device)
+        if mask is None:
+            mask = self._mask_on[act.device] = self._mask.to(act.device, non_blocking=True)
+        if act.shape[:2] != mask.shape:
+            raise EavssError(f"layer {index}: activation shape {tuple(act.shape)} does not match the token mask "
+                             f"{tuple(mask.shape)}; pass the batch's attention_mask to set_batch")
+        x_in = input_tensor(args, kwargs) if self.block_influence else None
+        x_sq = None
+        if x_in is not None and self._prev is not None:
+            ref, version, sq = self._prev
+            if ref() is x_in and _version(x_in) == version:  # this layer's input is the last output
+                x_sq = sq
+        if self._acc is None:
+            self._acc = torch.zeros(len(self.layers), len(self.group_names), NUM_FIELDS, device=act.device,
+                                    dtype=self.accum_dtype)
+        _, act_sq = reduce_activations_ext(act, mask, self.rule, layer_input=x_in, pooled=self.pooled,
+                                           input_sq=x_sq, acc=self._acc[index], groups=self._groups)
+        keep = act_sq is not None and x_in is not None
+        self._prev = (weakref.ref(act), _version(act), act_sq) if keep else None
+        self.width[index] = act.shape[-1]
 
     def __enter__(self) -> "ActivationStatsCollector":
         self.attach()
@@ -131,16 +119,11 @@ class ActivationStatsCollector:
 
     def attach(self) -> None:
         """Register the forward hooks (idempotent)."""
-        if self._handles:
-            return
-        for i, mod in enumerate(self.modules):
-            self._handles.append(mod.register_forward_hook(self._make_hook(i), with_kwargs=True))
+        self._hooks.attach()
 
     def detach(self) -> None:
         """Remove the forward hooks."""
-        for h in self._handles:
-            h.remove()
-        self._handles = []
+        self._hooks.detach()
         self._prev = None
         self._mask_on = {}
 

@@ -23,21 +23,16 @@ from typing import Callable
 import torch
 
 from eavss.errors import EavssError
+from eavss.registry import Registry
 
 SiteResolver = Callable[[torch.nn.Module, int, torch.nn.Module], torch.nn.Module]
-SITES: dict[str, SiteResolver] = {}
-SITE_DOCS: dict[str, str] = {}
+SITES: Registry[SiteResolver] = Registry("capture site", key="stats.site")
+"""Capture sites: ``fn(model, layer_index, layer_module) -> module_to_hook``, with ``help``."""
 
 
 def register_site(name: str, doc: str = ""):
-    """Decorator registering ``fn(model, layer_index, layer_module) -> module_to_hook``."""
-
-    def deco(fn: SiteResolver) -> SiteResolver:
-        SITES[name] = fn
-        SITE_DOCS[name] = doc or (fn.__doc__ or "").strip().splitlines()[0]
-        return fn
-
-    return deco
+    """Decorator registering ``fn(model, layer_index, layer_module) -> module_to_hook`` as site ``name``."""
+    return SITES.register(name, help=doc)
 
 
 @register_site("resid_post", "decoder layer output: the residual stream after the block")
@@ -71,10 +66,7 @@ def resolve_site(name: str) -> SiteResolver:
     Raises:
         EavssError: unknown site name.
     """
-    try:
-        return SITES[name]
-    except KeyError:
-        raise EavssError(f"unknown capture site {name!r}; choose one of {sorted(SITES)}") from None
+    return SITES[name]
 
 
 def output_tensor(output) -> torch.Tensor:
@@ -97,3 +89,77 @@ def input_tensor(args: tuple, kwargs: dict) -> torch.Tensor | None:
         return args[0]
     t = kwargs.get("hidden_states")
     return t if isinstance(t, torch.Tensor) else None
+
+
+class SiteHooks:
+    """Forward hooks on one capture site of every decoder layer: the one place hooks are attached
+    and removed (the statistics collector and the probe features both use it).
+
+    For each decoder layer ``l`` the hook calls ``fn(l, act, args, kwargs)`` where ``act`` is the
+    site's tensor ``(B, T, D)`` -- for ``resid_delta`` already the layer's output minus its input
+    -- and ``args``/``kwargs`` are the hooked module's call arguments (for the layer input).
+    ``fn`` returns nothing; the model's output is never changed.
+
+    Args:
+        model: a transformers causal LM (or base model).
+        site: a name in :data:`SITES`.
+        fn: the callback above.
+        layers: the decoder ``ModuleList`` (found with
+            :func:`eavss.models.layers.find_decoder_layers` when None).
+
+    Raises:
+        EavssError: unknown site, no decoder layers, a site module missing in a layer; at run
+            time, a ``resid_delta`` layer without a hidden-state input of the output's shape.
+
+    Usage: ``with SiteHooks(model, "resid_post", fn): model(**batch)``; or ``attach()`` /
+    ``detach()`` (both idempotent).
+    """
+
+    def __init__(self, model: torch.nn.Module, site: str, fn: Callable, layers: torch.nn.ModuleList | None = None):
+        if layers is None:
+            from eavss.models.layers import find_decoder_layers
+
+            _, layers = find_decoder_layers(model)
+        self.site = site
+        self.delta = site in DELTA_SITES
+        resolver = resolve_site(site)
+        self.modules = [resolver(model, i, layer) for i, layer in enumerate(layers)]
+        self._fn = fn
+        self._handles: list = []
+
+    def _hook(self, index: int):
+        def hook(module, args, kwargs, output):
+            act = output_tensor(output)
+            if self.delta:  # the block's update to the residual stream: output - input
+                x = input_tensor(args, kwargs)
+                if x is None or x.shape != act.shape:
+                    raise EavssError(f"site {self.site}: decoder layer {index} has no hidden-state input of the output's "
+                                     "shape; use stats.site=resid_post")
+                act = act - x
+            self._fn(index, act, args, kwargs)
+            return None
+
+        return hook
+
+    @property
+    def attached(self) -> bool:
+        """Whether the hooks are registered."""
+        return bool(self._handles)
+
+    def attach(self) -> None:
+        """Register the hooks (idempotent)."""
+        if not self._handles:
+            self._handles = [m.register_forward_hook(self._hook(i), with_kwargs=True) for i, m in enumerate(self.modules)]
+
+    def detach(self) -> None:
+        """Remove the hooks (idempotent)."""
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def __enter__(self) -> "SiteHooks":
+        self.attach()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.detach()

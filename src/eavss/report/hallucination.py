@@ -1,21 +1,59 @@
-"""Human-readable outputs of ``eavss hallucination``: ``report.md``, ``eavss.png``, ``separability.png``."""
+"""Human-readable outputs of ``eavss hallucination``: ``report.md``, ``eavss.png``, ``separability.png``,
+and the typed sections of its report."""
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
-from pathlib import Path
+from typing import TypedDict
 
-from eavss.hallucination.scores import METHOD_DOCS, EavssOptions
-from eavss.report.render import format_number
+from eavss.scores.hallucination import HSAV_METHODS, HSS_METHODS, EavssOptions
+from eavss.report.common import format_number, header_lines, pyplot, save_figure, timings_table
 
 
-def write_json(path: Path, obj) -> None:
-    """Indented JSON, NaN refused (callers pass :func:`eavss.report.schema.jsonable` output)."""
-    from eavss.io import write_json_atomic
+class SourceSummary(TypedDict, total=False):
+    """``report["sources"][name]``: the labelled answers of one source."""
 
-    write_json_atomic(path, obj)
+    kind: str
+    questions: int
+    samples: int
+    truthful: int
+    hallucinated: int
+    excluded: int
+    hallucination_rate: float | None
+    mean_answer_tokens: dict
+    judge_details: dict
+    stop_reasons: dict
+
+
+class EavssSection(TypedDict):
+    """``report["eavss"]``: definitions, ranking, per-layer table, per-source effects, resampling."""
+
+    definitions: dict
+    options: dict
+    ranking: list[int]
+    top_k: list[int]
+    k: int
+    per_layer: list[dict]
+    per_source: dict
+    degenerate: dict
+    bootstrap: dict
+    permutation: dict
+    variants: dict
+
+
+class AgreementSection(TypedDict, total=False):
+    """``report["agreement"]``: EAVSS against the probe AUROC (:func:`eavss.scores.agreement.rank_agreement`
+    plus the reader's warning and the agreement with the pooled AUROC)."""
+
+    spearman: float | None
+    p_value: float | None
+    top_k_overlap: int
+    top_k_chance: float
+    top_k_score: list[int]
+    top_k_reference: list[int]
+    verdict: str
+    warning: str | None
+    pooled_auroc: dict
 
 
 def definitions(opts: EavssOptions) -> dict:
@@ -27,8 +65,8 @@ def definitions(opts: EavssOptions) -> dict:
             "geometric": "EAVSS = sqrt(HSAV_norm * HSS_norm)", "hsav_only": "EAVSS = HSAV_norm",
             "hss_only": "EAVSS = HSS_norm"}[opts.combine]
     return {
-        "hsav": f"{opts.hsav}: {METHOD_DOCS['hsav.' + opts.hsav]}",
-        "hss": f"{opts.hss}: {METHOD_DOCS['hss.' + opts.hss]}",
+        "hsav": f"{opts.hsav}: {HSAV_METHODS.entry(opts.hsav).help}",
+        "hss": f"{opts.hss}: {HSS_METHODS.entry(opts.hss).help}",
         "pooling": f"{opts.pooling}: {pool} (same for HSS)",
         "normalisation": f"{opts.normalisation}: x / {'sum' if opts.normalisation == 'sum' else 'max'} over layers",
         "eavss": comb + (" * AVSS_norm" if opts.with_avss else "") + f", renormalised ({opts.normalisation})",
@@ -111,13 +149,11 @@ def layer_table(report: dict) -> str:
 
 def render_markdown(report: dict) -> str:
     """The ``report.md`` text."""
-    m = report.get("model", {})
     ev = report["eavss"]
     cfg = report["config"]
     smp = report["samples"]
     out = ["# eavss hallucination report\n"]
-    out.append(f"- model: `{m.get('model_id')}` ({m.get('architecture')}, {m.get('num_layers')} decoder layers, "
-               f"dtype {m.get('dtype')}, sha256 `{str(m.get('file_sha256'))[:16]}…`)")
+    out += header_lines(report)
     out.append(f"- sources: {', '.join(report['sources'])}; {smp['labelled']} labelled answers "
                f"({smp['truthful']} truthful, {smp['hallucinated']} hallucinated) of {smp['total']} samples; seed {report['seed']}")
     st = report["statistics"]
@@ -153,7 +189,7 @@ def render_markdown(report: dict) -> str:
         out.append(f"Spearman rank correlation over layers between EAVSS and the probe AUROC (mean within-source): "
                    f"**rho = {_f(ag['spearman'], 2)}** (p = {_f(ag['p_value'], 3)}) -- **{ag['verdict']}**. "
                    f"Top-{ev['k']} overlap: {ag['top_k_overlap']} (chance {ag['top_k_chance']:.1f}); probe top-{ev['k']}: "
-                   f"{ag['top_k_probe']}.")
+                   f"{ag['top_k_reference']}.")
         pa = ag.get("pooled_auroc") or {}
         out.append(f"Against the pooled AUROC (all sources together): rho = {_f(pa.get('spearman'), 2)} "
                    f"(p = {_f(pa.get('p_value'), 3)}).\n")
@@ -216,9 +252,7 @@ def render_markdown(report: dict) -> str:
         out.append(f"| {src} | {c['score']} | {c['train']} | {c['eval']} | {c['used_here']} |")
     out.append("")
     out.append("## Timings (seconds)\n")
-    out.append("| phase | seconds |\n|---|---|")
-    for k, v in report["timings"].items():
-        out.append(f"| {k} | {v:.1f} |")
+    out.append(timings_table(report["timings"]))
     out.append(f"\nConfiguration: `eavss hallucination --config` with the `config` section of report.json reproduces "
                f"this run (limits {cfg['limits']}).")
     return "\n".join(out) + "\n"
@@ -240,28 +274,9 @@ def summary(report: dict) -> list[str]:
     return lines
 
 
-def _save(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110, format="png")
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def plot_eavss(report: dict, path: str | os.PathLike) -> None:
     """Three stacked bar charts per layer: HSAV_norm, HSS_norm and EAVSS (top-k in red, bootstrap CI whiskers)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     rows = report["eavss"]["per_layer"]
     layers = [r["layer"] for r in rows]
     colours = ["tab:red" if r.get("top_k") else "tab:blue" for r in rows]
@@ -279,16 +294,12 @@ def plot_eavss(report: dict, path: str | os.PathLike) -> None:
     fig.suptitle(f"EAVSS per layer: {m.get('model_id')} ({report['eavss']['options']['hsav']}, "
                  f"{report['eavss']['options']['hss']}, {report['eavss']['options']['combine']})")
     fig.tight_layout()
-    _save(fig, Path(path))
+    save_figure(fig, path)
 
 
 def plot_separability(report: dict, path: str | os.PathLike) -> None:
     """Probe AUROC per layer (within-source mean, pooled, per source) with EAVSS on a second axis."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(6, 0.3 * len(report["eavss"]["per_layer"]) + 2), 4.5))
     pr = report.get("probe")
     layers = [r["layer"] for r in report["eavss"]["per_layer"]]
@@ -313,12 +324,4 @@ def plot_separability(report: dict, path: str | os.PathLike) -> None:
     ax.set_zorder(ax2.get_zorder() + 1)
     ax.patch.set_visible(False)
     fig.tight_layout()
-    _save(fig, Path(path))
-
-
-def load_report(path: str | os.PathLike) -> dict:
-    """Read a hallucination ``report.json`` (folder or file)."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / "report.json"
-    return json.loads(p.read_text(encoding="utf-8"))
+    save_figure(fig, path)

@@ -1,29 +1,79 @@
-"""Human-readable outputs: ``report.md`` and ``avss.png``."""
+"""Human-readable outputs of the AVSS commands (score, prune, eval, run): ``report.md`` and ``avss.png``,
+and the typed sections those reports hold."""
 
 from __future__ import annotations
 
 import os
-import tempfile
-from pathlib import Path
+from typing import TypedDict
 
-
-def format_number(x, nd: int = 4, exp_digits: int = 3) -> str:
-    """Table cell for a value: "–" for None, yes/blank for bools, ints as is, floats with ``nd``
-    decimals or in exponent form (``exp_digits``) when very small or large."""
-    if x is None:
-        return "–"
-    if isinstance(x, bool):
-        return "yes" if x else ""
-    if isinstance(x, int):
-        return str(x)
-    if isinstance(x, float):
-        if x != 0 and (abs(x) < 1e-3 or abs(x) >= 1e5):
-            return f"{x:.{exp_digits}e}"
-        return f"{x:.{nd}f}"
-    return str(x)
-
+from eavss.report.common import format_number, header_lines, pyplot, save_figure, timings_table
 
 _fmt = format_number
+
+
+class PerLayerRow(TypedDict, total=False):
+    """One row of ``statistics.per_layer``."""
+
+    layer: int
+    module: str | None
+    n_tokens: int
+    width: int
+    variance: float
+    variance_element: float
+    variance_token: float
+    variance_pooled: float
+    mean: float
+    sparsity: float
+    var_norm: float
+    sparsity_norm: float
+    avss: float
+    avss_norm: float
+    importance_rank: int
+    guard_hit: bool
+    block_influence: float | None
+
+
+class StatisticsSection(TypedDict):
+    """``report["statistics"]`` of score/run reports."""
+
+    site: str
+    variance_definition: str
+    normalisation: str
+    sparsity_guard: str
+    sparsity_rule: dict
+    guard_hit_layers: list[int]
+    ranking_most_to_least_important: list[int]
+    per_layer: list[PerLayerRow]
+    sums: dict
+
+
+class PruningSection(TypedDict):
+    """``report["pruning"]`` of prune/run reports."""
+
+    score: str
+    rule: str
+    criterion: str
+    fraction: float
+    mass: float
+    protect_first: int
+    protect_last: int
+    removed: list[int]
+    removed_paths: list[str]
+    kept: list[int]
+    num_layers_before: int
+    num_layers_after: int
+    params_before: int
+    params_after: int
+
+
+class EvaluationSection(TypedDict, total=False):
+    """``report["evaluation"]``: per-task results of the original (and pruned) model, retention."""
+
+    original: dict
+    pruned: dict
+    retention: dict
+    limits: dict
+    mean_retention_pct: float | None
 
 
 def layer_table(rows: list[dict], removed: set[int] | None = None) -> str:
@@ -59,12 +109,19 @@ def eval_table(evaluation: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def results_table(results: dict) -> str:
+    """Markdown table of every metric of one model's evaluation results."""
+    lines = ["| task | metric | value |", "|---|---|---|"]
+    for task, r in results.items():
+        for k, v in (r.get("metrics") or {}).items():
+            lines.append(f"| {task} | {k} | {_fmt(v)} |")
+    return "\n".join(lines) + "\n"
+
+
 def render_markdown(report: dict) -> str:
-    """The ``report.md`` text of a score/run report."""
-    m = report.get("model", {})
+    """The ``report.md`` text of a score, prune, eval or run report."""
     out = [f"# eavss {report['kind']} report\n"]
-    out.append(f"- model: `{m.get('model_id')}` ({m.get('architecture')}, {m.get('num_layers')} decoder layers, "
-               f"dtype {m.get('dtype')}, sha256 `{str(m.get('file_sha256'))[:16]}…`)")
+    out += header_lines(report)
     cal = report.get("calibration")
     if cal:
         out.append(f"- calibration: {cal.get('dataset')} ({cal.get('packing')}), {cal.get('num_samples')} sequences, "
@@ -96,24 +153,24 @@ def render_markdown(report: dict) -> str:
         mean = ev.get("mean_retention_pct")
         if mean is not None:
             out.append(f"Mean retention over tasks: **{mean:.1f}%** (paper claims > 90%).\n")
+    elif ev and ev.get("original"):
+        out.append("## Evaluation\n")
+        out.append(results_table(ev["original"]))
+    if ev:
         lim = ev.get("limits")
         if lim:
             out.append(f"Limits (items per task; null = full set): `{lim}`\n")
     t = report.get("timings")
     if t:
         out.append("## Timings (seconds)\n")
-        out.append("| phase | seconds |\n|---|---|\n" + "".join(f"| {k} | {v:.1f} |\n" for k, v in t.items()))
+        out.append(timings_table(t))
     return "\n".join(out) + "\n"
 
 
 def plot_avss(per_layer: list[dict], removed: list[int], path: str | os.PathLike, title: str = "") -> None:
     """Three stacked bar charts (variance, sparsity, AVSS per layer), removed layers in red.
     Written atomically as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     layers = [r["layer"] for r in per_layer]
     colours = ["tab:red" if i in set(removed) else "tab:blue" for i in layers]
     fig, axes = plt.subplots(3, 1, figsize=(max(6, 0.3 * len(layers) + 2), 7), sharex=True)
@@ -126,13 +183,4 @@ def plot_avss(per_layer: list[dict], removed: list[int], path: str | os.PathLike
     axes[-1].set_xlabel("decoder layer (0-based); red = removed")
     fig.suptitle(title or "per-layer AVSS")
     fig.tight_layout()
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=".avss.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110, format="png")
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    save_figure(fig, path)

@@ -293,7 +293,7 @@ def test_register_task_plugs_in(model, tok, tmp_path):
         assert res["const"]["metrics"] == {"score": 3.0} and res["const"]["higher_is_better"] == {"score": True}
         assert harness.retention(res, {"const": {"score": 1.5}})["const"]["retention_pct"] == pytest.approx(50.0)
     finally:
-        harness.TASKS.pop("const", None)
+        harness.TASKS.unregister("const")
 
 
 def test_unknown_task_error(model, tok):

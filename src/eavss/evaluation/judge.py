@@ -27,9 +27,13 @@ import unicodedata
 from typing import Sequence
 
 from eavss.errors import EavssError
+from eavss.registry import choices
 
-MATCH_MODES = ("exact", "contains")
-SCIQ_MODES = ("options", "open")
+MATCH_MODES = choices(("exact", "normalised prediction equals a normalised alias (the field's rule)"),
+                      ("contains", "a normalised alias occurs as a whole-word span, no negation before it"),
+                      kind="judge match", key="judge.match")
+SCIQ_MODES = choices(("options", "the four options are listed; the answer must equal the correct option"),
+                     ("open", "no options shown; exact match to the correct option"), kind="SciQ judge", key="judge.sciq")
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _SEPARATORS = re.compile(r"[-\u2010-\u2015/]")

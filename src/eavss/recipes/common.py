@@ -1,0 +1,113 @@
+"""What every recipe does the same way: check options and the output folder before any slow work,
+seed, choose threads, load the model, time phases.
+
+Recipe-layer code: it reads the shared config sections (:class:`eavss.config.RunOptions`,
+:class:`eavss.config.ModelSection`) and calls the library with plain arguments.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import time
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from eavss.config import ModelSection, RunOptions
+from eavss.io import check_not_inside, check_out_dir
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch."""
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def choose_threads(requested: int | None) -> dict:
+    """Set torch's CPU threads and say why (the one meaning of ``threads`` for every command).
+
+    ``requested`` wins. ``None`` (auto) uses the idle cores: ``cpu_count - round(1-min load
+    average)``, at least 1, at most torch's default. On a shared 2-core machine multi-threaded
+    small matmuls wait on descheduled threads; one thread was 2-4x faster there under load.
+
+    Returns:
+        ``{"threads", "rule", "cpu_count", "load_average_1min", "previous"}``.
+    """
+    import torch
+
+    prev = torch.get_num_threads()
+    cpu = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except (OSError, AttributeError):
+        load = 0.0
+    if requested:
+        n, rule = int(requested), "configured"
+    else:
+        n, rule = max(1, min(prev, int(round(cpu - load)))), "auto: idle cores = cpu_count - round(load average), >= 1"
+    torch.set_num_threads(n)
+    return {"threads": n, "rule": rule, "cpu_count": cpu, "load_average_1min": round(load, 2), "previous": prev}
+
+
+def start(opts: RunOptions, *inputs: str | os.PathLike | None) -> dict:
+    """The common start of every command, before any slow work: the output folder is checked
+    (exists/overwrite, writable, not overlapping an input), then seeds and threads are set.
+
+    Returns:
+        The thread choice (:func:`choose_threads`), for the report.
+
+    Raises:
+        EavssError: an unusable output folder.
+    """
+    check_out_dir(opts.out, opts.overwrite)
+    check_not_inside(opts.out, *inputs)
+    seed_everything(opts.seed)
+    return choose_threads(opts.threads)
+
+
+def absolute_if_path(name: str) -> str:
+    """``name`` as an absolute path when it names an existing file or folder (so a report records
+    where it was), else unchanged (an alias or hub id)."""
+    p = Path(name).expanduser()
+    return str(p.resolve()) if p.exists() else name
+
+
+def load(model: ModelSection, progress: bool = True, name: str | None = None):
+    """Load ``name`` (default ``model.name``) with the section's dtype/device/cache settings.
+
+    Returns:
+        :class:`eavss.models.loading.LoadedModel`.
+    """
+    from eavss.models.loading import load_model
+
+    if not progress:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    return load_model(absolute_if_path(name or model.name), dtype=model.dtype, device=model.device,
+                      cache_dir=model.cache_dir, trust_remote_code=model.trust_remote_code)
+
+
+def model_section(loaded) -> dict:
+    """The report's ``model`` section: the loader's info plus the parameter count."""
+    from eavss.report.schema import jsonable
+
+    info = dict(loaded.info)
+    info["num_parameters"] = sum(t.numel() for t in loaded.model.parameters())
+    return jsonable(info)
+
+
+@contextlib.contextmanager
+def timed(timings: dict[str, float], phase: str) -> Iterator[None]:
+    """Add the seconds spent in the ``with`` block to ``timings[phase]``."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[phase] = timings.get(phase, 0.0) + time.perf_counter() - t0

@@ -1,0 +1,628 @@
+"""``eavss hallucination``: labelled answers -> per-class statistics -> HSAV/HSS/EAVSS -> probes -> report.
+
+The command is :func:`run`, a sequence of named steps over library code:
+
+1. :func:`prepare` -- read the sources, split them (score/train/eval), build the samples;
+2. :func:`tokenise` -- prompt, answer, newline and EOS token ids;
+3. :func:`capture_answers` -- teacher-forced passes and greedy generation, with answer-token
+   statistics (:mod:`eavss.stats`) and probe features captured in the same forward passes;
+4. :func:`judge_samples` -- label the generated answers (:mod:`eavss.evaluation.judge`);
+5. :func:`score_layers` -- HSAV/HSS/EAVSS, bootstrap, permutations, variants
+   (:mod:`eavss.scores.hallucination`);
+6. :func:`probe_check` -- per-layer linear probes and their rank agreement with EAVSS;
+7. :func:`build_report` and :func:`write_outputs` -- ``report.json`` (kind ``hallucination``),
+   ``report.md``, ``eavss.png``, ``separability.png``, ``splits.json`` (every question id by part,
+   and those used here) and ``samples.jsonl`` (every labelled answer with its judge record),
+   written atomically.
+
+Its config, :class:`HallucinationConfig`, declares every option; ``docs/hallucination.md``
+explains each default.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from eavss.config import ModelSection, RunOptions, SparsitySection, option, section, to_dict, validate
+from eavss.data.qa import QA_SOURCES, TEACHER_FORCED, QAItem, load_source
+from eavss.errors import EavssError
+from eavss.hallucination.prompts import ANSWER_TEMPLATE, PREFIXES, Prompt, describe_prompts, options_prompt, qa_prompt
+from eavss.hallucination.splits import build_splits, split_source, unit_hash
+from eavss.recipes.common import load, model_section, start, timed
+
+_SOURCES = "eavss.data.qa:QA_SOURCES"
+_SCORES = "eavss.scores.hallucination"
+
+# ---------------------------------------------------------------------------------------------
+# config
+
+
+@dataclass
+class SplitSection:
+    """Fractions of each source's questions in the score / train / eval parts (must sum to 1).
+    A question's part depends only on (seed, source, question id), see :mod:`eavss.hallucination.splits`."""
+
+    score: float = option(0.5, "share of each source's questions in the score part (used here)", min=0, max=1)
+    train: float = option(0.25, "share in the train part (for later training; never scored here)", min=0, max=1)
+    eval: float = option(0.25, "share in the eval part (for later evaluation; never scored here)", min=0, max=1)
+
+    def check(self) -> None:
+        fr = (self.score, self.train, self.eval)
+        if abs(sum(fr) - 1.0) > 1e-9 or self.score <= 0:
+            raise EavssError(f"split fractions score/train/eval must be >= 0, score > 0, and sum to 1; got {fr}")
+
+
+@dataclass
+class GenerationSection:
+    """Greedy generation of the model's own answers. "." and "," are deliberately *not* stop
+    characters (they would cut "Washington, D.C.")."""
+
+    batch_size: int = option(32, "generation batch size (left padding)", flag="--batch-size", min=1)
+    max_new_tokens: int = option(16, "answer length cap in tokens", flag="--max-new-tokens", min=1)
+    stop: str = option("newline", "stop rule: newline (first token whose text contains a newline, or EOS)",
+                       choices=("newline",))
+    prefix_cache: bool = option(True, "compute the shared few-shot prefix once and reuse its KV cache (same tokens, "
+                                "~3x fewer through the model); false = full prompts every batch")
+
+
+@dataclass
+class JudgeSection:
+    """How a generated answer is judged against the gold answers (:mod:`eavss.evaluation.judge`)."""
+
+    match: str = option("exact", "answer judge: exact (normalised prediction equals an alias; the field's rule) | "
+                        "contains (alias inside the answer, negation-guarded)", flag="--judge",
+                        choices="eavss.evaluation.judge:MATCH_MODES")
+    number_words: bool = option(True, "map number words to digits before comparing (two -> 2)")
+    sciq: str = option("options", "SciQ: options (the four options are listed; answer must equal the correct one) | "
+                       "open (no options shown)", choices="eavss.evaluation.judge:SCIQ_MODES")
+
+
+@dataclass
+class TeacherForcedSection:
+    """Teacher-forced pair sources (TruthfulQA, HaluEval)."""
+
+    pairs_per_question: int = option(1, "(truthful, hallucinated) reference pairs per question", min=1)
+    max_answer_tokens: int = option(48, "longer reference answers are cut to this many tokens", min=1)
+    halueval_file: str = option("one-turn", "HaluEval QA file: one-turn | multi-turn", choices=("one-turn", "multi-turn"))
+
+
+@dataclass
+class HStatsSection:
+    """Answer-token statistics (the streaming engine of :mod:`eavss.stats`)."""
+
+    site: str = option("resid_post", "capture site for HSAV/HSS and the probe features: resid_post | resid_delta | "
+                       "mlp_act", flag="--site", choices="eavss.stats.sites:SITES")
+    variance: str = option("element", "variance definition: element | token (pooled needs whole sequences per "
+                           "forward pass; generated answers are captured token by token)", choices=("element", "token"))
+    sparsity: SparsitySection = section(SparsitySection)
+    batch_size: int = option(32, "teacher-forced rows per forward pass", min=1)
+    first_answer_tokens: int | None = option(None, "count only the first N answer tokens of every answer (a length "
+                                             "control; null = all)", min=1)
+
+
+@dataclass
+class EavssScoresSection:
+    """HSAV / HSS / EAVSS definitions (:mod:`eavss.scores.hallucination`)."""
+
+    hsav: str = option("log_ratio", "HSAV definition: log_ratio | rel_diff | cohens_d", flag="--hsav",
+                       choices=f"{_SCORES}:HSAV_METHODS")
+    hss: str = option("log_odds_ratio", "HSS definition: log_odds_ratio | diff | cohens_d", flag="--hss",
+                      choices=f"{_SCORES}:HSS_METHODS")
+    pooling: str = option("stratified", "across sources: stratified | stratified_abs | pooled", flag="--pooling",
+                          choices=f"{_SCORES}:POOLINGS")
+    normalisation: str = option("sum", "across layers: sum | max", choices=("sum", "max"))
+    combine: str = option("mean", "EAVSS combination: mean | product | geometric | hsav_only | hss_only",
+                          flag="--combine", choices=f"{_SCORES}:COMBINATIONS")
+    with_avss: bool = option(False, "multiply EAVSS by the layer's normalised AVSS", flag="--with-avss",
+                             action="store_true")
+    top_k: int = option(5, "number of hallucination-prone layers listed", flag="--top-k", min=1)
+    bootstrap: int = option(200, "question-level bootstrap resamples for CIs (0 = off)", min=0)
+    permutations: int = option(200, "label permutations for p-values (0 = off)", min=0)
+    min_per_class: int = option(5, "a source needs this many answers in each class to count", min=2)
+
+
+@dataclass
+class ProbeSection:
+    """Linear probe per layer on mean-pooled answer-token features (:mod:`eavss.hallucination.probe`)."""
+
+    enabled: bool = option(True, "fit the probes (the agreement check)", flag="--no-probe", action="store_false")
+    folds: int = option(5, "cross-validation folds, grouped by question", min=2)
+    C: float = option(0.05, "inverse L2 strength of the logistic regression", min=1e-12)
+    max_iter: int = option(500, "solver iterations", min=1)
+
+
+@dataclass
+class HallucinationConfig(RunOptions):
+    """``eavss hallucination``. ``limits``: questions per source taken from its score split (null = the
+    whole score split). The defaults give ~3,000 labelled answers and run in ~10 minutes on 2 CPU cores."""
+
+    out: str = option("runs/hallucination", "output folder (refused if it exists and is not empty, unless "
+                      "--overwrite)", flag="--out")
+    model: ModelSection = section(ModelSection)
+    sources: list[str] = option(help="QA sources: truthfulqa, halueval, nq_open, triviaqa, sciq", flag="--sources",
+                                choices=_SOURCES, factory=lambda: list(QA_SOURCES.names()))
+    limits: dict[str, int | None] = option(
+        help="questions per source from its score part (null = all); --limit N sets every source in sources",
+        flag="--limit", broadcast="sources", keys=_SOURCES, min=1,
+        factory=lambda: {"truthfulqa": 300, "halueval": None, "nq_open": 800, "triviaqa": 800, "sciq": None})
+    split: SplitSection = section(SplitSection)
+    generation: GenerationSection = section(GenerationSection)
+    judge: JudgeSection = section(JudgeSection)
+    teacher_forced: TeacherForcedSection = section(TeacherForcedSection)
+    stats: HStatsSection = section(HStatsSection)
+    scores: EavssScoresSection = section(EavssScoresSection)
+    probe: ProbeSection = section(ProbeSection)
+
+    def check(self) -> None:
+        if not self.sources:
+            raise EavssError(f"sources is empty; choose from {','.join(QA_SOURCES.names())}")
+        if len(set(self.sources)) != len(self.sources):
+            raise EavssError(f"sources listed twice: {self.sources}; name each source once")
+
+
+# ---------------------------------------------------------------------------------------------
+# samples
+
+
+LABEL_NAMES = {0: "truthful", 1: "hallucinated", -1: "excluded"}
+
+
+@dataclass
+class Sample:
+    """One labelled (or to-be-judged) answer.
+
+    ``kind``: ``teacher_forced`` | ``generated``; ``label``: 0 truthful, 1 hallucinated, -1
+    excluded/not yet judged; ``reference``: which reference answer a teacher-forced sample is.
+    """
+
+    index: int
+    source: str
+    qid: str
+    kind: str
+    question: str
+    prompt: Prompt
+    golds: list[str]
+    answer: str | None = None
+    label: int = -1
+    reference: str | None = None
+    options: list[str] = field(default_factory=list)
+    correct: str | None = None
+    judge: dict | None = None
+    stop: str | None = None
+    answer_ids: list[int] = field(default_factory=list)
+    n_counted: int = 0
+
+    def record(self) -> dict:
+        """JSON-able row of ``samples.jsonl``."""
+        return {
+            "index": self.index, "source": self.source, "qid": self.qid, "split": "score", "kind": self.kind,
+            "question": self.question, "prompt_suffix": self.prompt.suffix, "prefix": self.prompt.prefix,
+            "answer": self.answer, "label": self.label if self.label >= 0 else None,
+            "label_name": LABEL_NAMES[self.label], "reference": self.reference,
+            "golds": self.golds[:20], "options": self.options or None, "correct_option": self.correct,
+            "judge": self.judge, "stop": self.stop, "n_answer_tokens": len(self.answer_ids),
+            "n_counted_tokens": self.n_counted,
+        }
+
+
+def select_questions(items: list[QAItem], source: str, seed: int, fractions, limit: int | None) -> list[QAItem]:
+    """The questions used here: the first ``limit`` of the source's score part, in split-hash order."""
+    parts = split_source(source, [it.qid for it in items], seed, fractions)
+    by_id = {it.qid: it for it in items}
+    ids = parts["score"][:limit] if limit else parts["score"]
+    return [by_id[q] for q in ids]
+
+
+def _strip_period(text: str) -> str:
+    t = " ".join(text.split())
+    return t[:-1].rstrip() if t.endswith(".") and not t.endswith("..") else t
+
+
+def build_samples(selected: dict[str, list[QAItem]], cfg: HallucinationConfig) -> list[Sample]:
+    """Samples for the selected questions (teacher-forced pairs first, then generated answers).
+
+    Teacher-forced: per question, ``pairs_per_question`` truthful references (TruthfulQA: the best
+    answer first, then the other correct answers; HaluEval: the right answer) and as many
+    hallucinated ones (the incorrect answers in file order; HaluEval: the hallucinated answer). A
+    single trailing period is stripped from every reference answer (HaluEval's hallucinated
+    answers end in "." and its right answers do not -- a cue unrelated to hallucination).
+    Generated: one sample per question; SciQ options are shuffled by a per-question seeded RNG.
+    """
+    samples: list[Sample] = []
+    p = cfg.teacher_forced.pairs_per_question
+    for src in cfg.sources:
+        for it in selected.get(src, []):
+            if src in TEACHER_FORCED:
+                pr = qa_prompt(it.question)
+                pairs = list(zip(it.golds[:p], it.incorrect[:p]))
+                for j, (good, bad) in enumerate(pairs):
+                    for label, ans, ref in ((0, good, "best_answer" if j == 0 and src == "truthfulqa" else "correct_answer"),
+                                            (1, bad, "incorrect_answer" if src == "truthfulqa" else "hallucinated_answer")):
+                        samples.append(Sample(len(samples), src, it.qid, "teacher_forced", it.question, pr, list(it.golds),
+                                              answer=_strip_period(ans), label=label, reference=ref))
+            else:
+                if src == "sciq" and cfg.judge.sciq == "options":
+                    opts = list(it.options)
+                    random.Random(int(unit_hash(cfg.seed, "sciq-options", it.qid) * 2**53)).shuffle(opts)
+                    pr = options_prompt(it.question, opts)
+                else:
+                    opts = list(it.options)
+                    pr = qa_prompt(it.question)
+                samples.append(Sample(len(samples), src, it.qid, "generated", it.question, pr, list(it.golds),
+                                      options=opts, correct=it.correct))
+    return samples
+
+
+def judge_samples(samples: list[Sample], cfg: HallucinationConfig) -> None:
+    """Label every generated sample in place (see :mod:`eavss.evaluation.judge`)."""
+    from eavss.evaluation.judge import judge_options, match_answer
+
+    j = cfg.judge
+    for s in samples:
+        if s.kind != "generated":
+            continue
+        if s.source == "sciq" and j.sciq == "options":
+            r = judge_options(s.answer or "", s.options, s.correct or "", j.number_words)
+        else:
+            r = match_answer(s.answer or "", s.golds, j.match, j.number_words)
+        s.judge = r
+        if r["detail"] == "empty" or not s.answer_ids:
+            s.label = -1
+        else:
+            s.label = 0 if r["correct"] else 1
+
+
+def _source_summary(samples: list[Sample]) -> dict:
+    out = {}
+    for src in dict.fromkeys(s.source for s in samples):
+        ss = [s for s in samples if s.source == src]
+        n_t = sum(s.label == 0 for s in ss)
+        n_h = sum(s.label == 1 for s in ss)
+        n_x = sum(s.label == -1 for s in ss)
+        kind = ss[0].kind
+        d = {"kind": kind, "questions": len({s.qid for s in ss}), "samples": len(ss), "truthful": n_t,
+             "hallucinated": n_h, "excluded": n_x,
+             "hallucination_rate": (n_h / (n_t + n_h)) if kind == "generated" and (n_t + n_h) else None,
+             "mean_answer_tokens": {LABEL_NAMES[c]: float(np.mean([len(s.answer_ids) for s in ss if s.label == c]))
+                                    for c in (0, 1) if any(s.label == c for s in ss)}}
+        if kind == "generated":
+            det: dict = {}
+            stops: dict = {}
+            for s in ss:
+                det[s.judge["detail"]] = det.get(s.judge["detail"], 0) + 1
+                stops[s.stop] = stops.get(s.stop, 0) + 1
+            d["judge_details"] = det
+            d["stop_reasons"] = stops
+        out[src] = d
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# steps
+
+
+def prepare(cfg: HallucinationConfig) -> tuple[dict, list[Sample]]:
+    """Read the sources, split them, select the questions scored here and build their samples.
+
+    Returns:
+        ``(splits, samples)``.
+
+    Raises:
+        EavssError: a missing data file, no samples, too few answers per class.
+    """
+    fractions = (cfg.split.score, cfg.split.train, cfg.split.eval)
+    items = {src: load_source(src, cfg.data_dir, halueval_file=cfg.teacher_forced.halueval_file) for src in cfg.sources}
+    selected = {src: select_questions(items[src], src, cfg.seed, fractions, cfg.limits.get(src)) for src in cfg.sources}
+    splits = build_splits(items, cfg.seed, fractions, {s: [it.qid for it in v] for s, v in selected.items()})
+    samples = build_samples(selected, cfg)
+    if not samples:
+        raise EavssError("no samples were built; check --sources and limits")
+    per_class_max = max(sum(s.source == src and s.label in (0, -1) for s in samples) for src in cfg.sources)
+    if per_class_max < cfg.scores.min_per_class:
+        raise EavssError(f"at most {per_class_max} answers per class and source, fewer than scores.min_per_class="
+                         f"{cfg.scores.min_per_class}; raise --limit or lower scores.min_per_class")
+    return splits, samples
+
+
+@dataclass
+class Tokens:
+    """Token ids of the prompts: ``prefix[name]``, ``suffix[sample index]`` (the prefix included
+    when the prefix cache is off), newline and EOS ids, the pad id."""
+
+    prefix: dict
+    suffix: dict
+    newline: list[int]
+    eos: list[int]
+    pad: int
+
+
+def tokenise(samples: list[Sample], model, tok, prefix_cache: bool, max_answer_tokens: int) -> Tokens:
+    """Tokenise prompts and teacher-forced answers (sets ``answer_ids`` of teacher-forced samples)."""
+    from eavss.hallucination.capture import eos_token_ids, newline_token_ids
+
+    prefix_ids = {name: tok(text, add_special_tokens=True)["input_ids"] for name, text in PREFIXES.items()}
+    suffix_ids = {}
+    for s in samples:
+        suf = tok(s.prompt.suffix, add_special_tokens=False)["input_ids"]
+        suffix_ids[s.index] = suf if prefix_cache else prefix_ids[s.prompt.prefix] + suf
+        if s.kind == "teacher_forced":
+            s.answer_ids = tok(ANSWER_TEMPLATE.format(answer=s.answer), add_special_tokens=False)["input_ids"][
+                :max_answer_tokens]
+    return Tokens(prefix_ids, suffix_ids, newline_token_ids(tok), eos_token_ids(model, tok),
+                  tok.pad_token_id if tok.pad_token_id is not None else 0)
+
+
+def capture_answers(model, tok, samples: list[Sample], ids: Tokens, cfg: HallucinationConfig,
+                    timings: dict) -> tuple[object, object, dict]:
+    """Teacher-forced passes, then greedy generation, counting only answer tokens; sets each
+    generated sample's answer.
+
+    Returns:
+        ``(statistics (one group per sample), probe features or None, pass info)``.
+    """
+    from eavss.hallucination.capture import Capture, PooledFeatures, PrefixCache, answer_text, greedy_generate, teacher_forced_pass
+    from eavss.stats import ActivationStatsCollector
+
+    N = len(samples)
+    used_prefixes = sorted({s.prompt.prefix for s in samples})
+    caches = {p: PrefixCache(model, ids.prefix[p]) for p in used_prefixes} if cfg.generation.prefix_cache else {}
+    collector = ActivationStatsCollector(model, site=cfg.stats.site, rule=cfg.stats.sparsity.rule(),
+                                         group_names=[str(i) for i in range(N)], pooled=False, block_influence=False)
+    features = PooledFeatures(model, N, cfg.stats.site) if cfg.probe.enabled else None
+    capture = Capture(collector, features)
+    passes: dict[str, dict] = {}
+    try:
+        with timed(timings, "teacher_forced"):
+            tf = [s for s in samples if s.kind == "teacher_forced"]
+            for p in used_prefixes:
+                rows = [(ids.suffix[s.index], s.answer_ids, s.index) for s in tf if s.prompt.prefix == p]
+                if rows:
+                    passes[f"teacher_forced:{p}"] = teacher_forced_pass(
+                        model, rows, caches.get(p), cfg.stats.batch_size, capture, ids.pad, progress=cfg.progress,
+                        max_counted=cfg.stats.first_answer_tokens)
+        with timed(timings, "generation"):
+            gen = [s for s in samples if s.kind == "generated"]
+            for p in used_prefixes:
+                group = [s for s in gen if s.prompt.prefix == p]
+                if not group:
+                    continue
+                info: dict = {}
+                outs = greedy_generate(model, [ids.suffix[s.index] for s in group], caches.get(p),
+                                       max_new_tokens=cfg.generation.max_new_tokens, newline_ids=ids.newline,
+                                       eos_ids=ids.eos, pad_id=ids.pad, batch_size=cfg.generation.batch_size,
+                                       capture=capture, sample_indices=[s.index for s in group], progress=cfg.progress,
+                                       stats=info, max_counted=cfg.stats.first_answer_tokens)
+                passes[f"generation:{p}"] = info
+                for s, g in zip(group, outs):
+                    s.answer_ids = g.answer_tokens
+                    s.stop = g.stop
+                    s.answer = answer_text(tok, g)
+    finally:
+        capture.off()
+    return collector.result(), features, passes
+
+
+def score_layers(samples: list[Sample], stats, cfg: HallucinationConfig) -> dict:
+    """HSAV/HSS/EAVSS, bootstrap CIs, permutation p-values and the variant table.
+
+    Returns:
+        ``{"ss": SampleStatistics, "opts": EavssOptions, "result", "boot", "perm", "variants"}``.
+    """
+    from threadpoolctl import threadpool_limits
+
+    from eavss.scores.hallucination import (EavssOptions, SampleStatistics, bootstrap_eavss, compute_eavss,
+                                            permutation_test, variant_table)
+
+    n_tok = stats.n_tokens()[:, 0]
+    for s in samples:  # an answer whose tokens were all cut (should not happen) cannot be scored
+        s.n_counted = int(n_tok[s.index])
+        if s.label >= 0 and n_tok[s.index] == 0:
+            s.label = -1
+    ss = SampleStatistics(stats, np.array([s.label for s in samples]), np.array([s.source for s in samples], dtype=object),
+                          np.array([f"{s.source}:{s.qid}" for s in samples], dtype=object))
+    sc = cfg.scores
+    opts = EavssOptions(hsav=sc.hsav, hss=sc.hss, pooling=sc.pooling, normalisation=sc.normalisation, combine=sc.combine,
+                        with_avss=sc.with_avss, variance=cfg.stats.variance, min_per_class=sc.min_per_class, top_k=sc.top_k)
+    with threadpool_limits(1):  # small numpy products: one BLAS thread is fastest (and much faster on a busy CPU)
+        return {"ss": ss, "opts": opts, "result": compute_eavss(ss, opts),
+                "boot": bootstrap_eavss(ss, opts, sc.bootstrap, cfg.seed),
+                "perm": permutation_test(ss, opts, sc.permutations, cfg.seed), "variants": variant_table(ss, opts)}
+
+
+def agreement_with_probe(score: np.ndarray, auroc: np.ndarray, k: int) -> dict:
+    """Rank agreement of a per-layer score with the probe AUROC, with the warning a reader must see
+    when they disagree (Spearman < 0.3 or undefined)."""
+    from eavss.scores.agreement import rank_agreement
+
+    a = rank_agreement(score, auroc, k)
+    rho, p, L = a["spearman"], a["p_value"], len(auroc)
+    kk = min(k, L)
+    a["warning"] = None
+    if not np.isfinite(rho) or rho < 0.3:
+        a["warning"] = (f"EAVSS does NOT track probe separability: Spearman rho = {rho:.2f} (p = {p:.2g}) over {L} "
+                        f"layers; top-{kk} overlap {a['top_k_overlap']} (chance {kk * kk / L:.1f}). Treat the EAVSS "
+                        "ranking as unvalidated.")
+    return a
+
+
+def probe_check(features, scored: dict, cfg: HallucinationConfig) -> tuple[dict | None, dict | None, dict]:
+    """Per-layer linear probes, their agreement with EAVSS, and the agreement of every variant.
+
+    Returns:
+        ``(probe, agreement, variant_agreement)``; the first two are None when probes are off.
+    """
+    from eavss.hallucination.probe import probe_layers
+    from eavss.scores.agreement import rank_agreement
+
+    if not cfg.probe.enabled:
+        return None, None, {}
+    ss, result, k = scored["ss"], scored["result"], cfg.scores.top_k
+    feats, counts = features.result()
+    use = ss.used() & (counts.numpy() > 0)
+    probe = probe_layers(feats.numpy()[use], ss.labels[use], ss.clusters[use], ss.strata[use], folds=cfg.probe.folds,
+                         C=cfg.probe.C, max_iter=cfg.probe.max_iter, seed=cfg.seed, progress=cfg.progress,
+                         site=cfg.stats.site)
+    agree = agreement_with_probe(result["eavss"], probe["auroc"], k)
+    agree["pooled_auroc"] = {kk: v for kk, v in rank_agreement(result["eavss"], probe["auroc_pooled"], k).items()
+                             if kk in ("spearman", "p_value", "top_k_overlap", "verdict")}
+    variant_agreement = {}
+    candidates = [(name, v["eavss"]) for name, v in scored["variants"].items() if "eavss" in v]
+    candidates += [("HSAV alone", result["hsav"]), ("HSS alone", result["hss"]), ("AVSS (importance)", result["avss_norm"])]
+    for name, values in candidates:
+        a = rank_agreement(values, probe["auroc"], k)
+        variant_agreement[name] = {"spearman": a["spearman"], "p_value": a["p_value"],
+                                   "top_k_overlap": a["top_k_overlap"], "top_k": a["top_k_score"]}
+    return probe, agree, variant_agreement
+
+
+def per_layer_rows(scored: dict, probe: dict | None, layer_paths: list[str]) -> list[dict]:
+    """The report's per-layer table."""
+    result, boot, perm = scored["result"], scored["boot"], scored["perm"]
+    rows = []
+    for i in range(len(result["eavss"])):
+        row = {"layer": i, "module": layer_paths[i] if i < len(layer_paths) else None}
+        for key in ("variance_truthful", "variance_hallucinated", "sparsity_truthful", "sparsity_hallucinated",
+                    "n_tokens_truthful", "n_tokens_hallucinated", "hsav_signed", "hsav", "hsav_norm", "hss_signed",
+                    "hss", "hss_norm", "avss_norm", "eavss"):
+            row[key] = result[key][i]
+        row["rank"] = int(result["rank"][i])
+        row["top_k"] = i in result["top_k"]
+        for key in ("eavss_lo", "eavss_hi", "rank_lo", "rank_hi", "p_top_k"):
+            if key in boot:
+                row[key] = boot[key][i]
+        for key in ("p_hsav", "p_hss"):
+            if key in perm:
+                row[key] = perm[key][i]
+        if probe:
+            row["probe_auroc"] = probe["auroc"][i]
+            row["probe_auroc_pooled"] = probe["auroc_pooled"][i]
+            for s, v in probe["auroc_by_source"].items():
+                row[f"probe_auroc_{s}"] = v[i]
+        rows.append(row)
+    return rows
+
+
+def build_report(cfg: HallucinationConfig, loaded, samples: list[Sample], splits: dict, stats, ids: Tokens,
+                 passes: dict, scored: dict, probe, agree, variant_agreement, timings: dict, threads: dict) -> dict:
+    """The ``hallucination`` report (see :mod:`eavss.report.hallucination` for its sections)."""
+    from eavss.evaluation.judge import judge_rule
+    from eavss.models.layers import layer_module_paths
+    from eavss.report import hallucination as rep
+    from eavss.report.schema import jsonable, new_report
+
+    ss, result, opts = scored["ss"], scored["result"], scored["opts"]
+    boot, perm, variants = scored["boot"], scored["perm"], scored["variants"]
+    sc = cfg.scores
+    L = stats.num_layers
+    class_stats = ss.class_statistics()
+    report = new_report("hallucination", to_dict(cfg), cfg.seed, loaded.tokenizer)
+    report.update({
+        "model": model_section(loaded),
+        "prompts": {**describe_prompts(), "stop_rule": "greedy; stop at the first generated token whose text contains "
+                    "a newline, or at EOS " + str(ids.eos) + f", or after max_new_tokens={cfg.generation.max_new_tokens}; "
+                    "'.' and ',' do not stop (they would cut 'Washington, D.C.'); the answer text is the generated "
+                    "text before the newline, stripped; the stop token is not an answer token",
+                    "generation": {"batch_size": cfg.generation.batch_size, "padding": "left",
+                                   "prefix_cache": cfg.generation.prefix_cache, "newline_token_count": len(ids.newline)}},
+        "judge": judge_rule(cfg.judge.match, cfg.judge.number_words, cfg.judge.sciq),
+        "sources": _source_summary(samples),
+        "splits": {"file": "splits.json", "seed": splits["seed"], "fractions": splits["fractions"], "rule": splits["rule"],
+                   "counts": {s: {**d["counts"], "used_here": d["n_used_here"]} for s, d in splits["sources"].items()}},
+        "samples": {"file": "samples.jsonl", "counted_tokens_by_class": {
+                        "truthful": int(class_stats.n_tokens()[0, 0]),
+                        "hallucinated": int(class_stats.n_tokens()[1, 0])}, "total": len(samples),
+                    "labelled": int(ss.used().sum()), "truthful": int(((ss.labels == 0) & ss.used()).sum()),
+                    "hallucinated": int(((ss.labels == 1) & ss.used()).sum())},
+        "statistics": {"site": stats.site, "variance_definition": cfg.stats.variance, "sparsity_rule": stats.sparsity_rule,
+                       "answer_tokens_counted": "all" if cfg.stats.first_answer_tokens is None
+                       else f"first {cfg.stats.first_answer_tokens}",
+                       "passes": passes, "class_sums": class_stats.to_dict()},
+        "eavss": {"definitions": rep.definitions(opts), "options": to_dict(sc),
+                  "ranking": result["ranking"], "top_k": result["top_k"], "k": min(sc.top_k, L),
+                  "per_layer": per_layer_rows(scored, probe, layer_module_paths(loaded.model)),
+                  "per_source": result["per_source"], "degenerate": result["degenerate"],
+                  "bootstrap": {k: v for k, v in boot.items() if k in ("resamples", "failed")},
+                  "permutation": {k: v for k, v in perm.items() if k in ("permutations", "p_max_hsav", "p_max_hss")},
+                  "variants": variants},
+        "probe": None if probe is None else {
+            k: probe[k] for k in ("protocol", "n", "n_hallucinated", "folds", "C", "sources_used", "auroc",
+                                  "auroc_pooled", "auroc_by_source", "seconds")},
+        "agreement": agree,
+        "agreement_variants": variant_agreement,
+        "timings": timings,
+        "threads": threads,
+    })
+    report["warnings"] = rep.warnings(report)
+    return jsonable(report)
+
+
+def write_outputs(out: Path, report: dict, splits: dict, samples: list[Sample]) -> None:
+    """Every output file into the (temporary) output folder ``out``."""
+    from eavss.io import write_json_atomic, write_text_atomic
+    from eavss.report import hallucination as rep
+    from eavss.report.schema import jsonable
+
+    write_json_atomic(out / "splits.json", splits)
+    write_text_atomic(out / "samples.jsonl", "".join(json.dumps(jsonable(s.record()), ensure_ascii=False) + "\n"
+                                                     for s in samples))
+    rep.plot_eavss(report, out / "eavss.png")
+    rep.plot_separability(report, out / "separability.png")
+    write_json_atomic(out / "report.json", report)
+    write_text_atomic(out / "report.md", rep.render_markdown(report))
+
+
+def run(cfg: HallucinationConfig) -> dict:
+    """``eavss hallucination``: the whole analysis, written to ``cfg.out`` atomically.
+
+    Returns:
+        The report dict (also written as ``report.json``).
+
+    Raises:
+        EavssError: bad configuration, missing data or model, too few labelled answers, an
+        existing output folder without ``overwrite``.
+    """
+    from eavss.data.paths import resolve_data_dir
+    from eavss.io import atomic_dir
+
+    validate(cfg)
+    threads = start(cfg, cfg.model.name, cfg.model.cache_dir, resolve_data_dir(cfg.data_dir))
+    timings: dict[str, float] = {}
+    t_all = time.perf_counter()
+    with timed(timings, "data"):  # before the model: fail fast on missing files
+        splits, samples = prepare(cfg)
+    with timed(timings, "load"):
+        loaded = load(cfg.model, cfg.progress)
+    model, tok = loaded.model, loaded.tokenizer
+    with timed(timings, "tokenise"):
+        ids = tokenise(samples, model, tok, cfg.generation.prefix_cache, cfg.teacher_forced.max_answer_tokens)
+    stats, features, passes = capture_answers(model, tok, samples, ids, cfg, timings)
+    judge_samples(samples, cfg)
+    with timed(timings, "scores"):
+        scored = score_layers(samples, stats, cfg)
+    with timed(timings, "probe"):
+        probe, agree, variant_agreement = probe_check(features, scored, cfg)
+    if probe is None:
+        del timings["probe"]
+    timings["total_before_write"] = time.perf_counter() - t_all
+    report = build_report(cfg, loaded, samples, splits, stats, ids, passes, scored, probe, agree, variant_agreement,
+                          timings, threads)
+    t0 = time.perf_counter()
+    with atomic_dir(cfg.out, cfg.overwrite) as tmp:
+        report["timings"]["write"] = time.perf_counter() - t0
+        report["timings"]["total"] = time.perf_counter() - t_all
+        write_outputs(tmp, report, splits, samples)
+    return report
+
+
+def summary(report: dict, cfg: HallucinationConfig) -> list[str]:
+    """Terminal summary, then where the outputs are."""
+    from eavss.report.hallucination import summary as lines
+
+    return lines(report) + [f"outputs: {cfg.out}/report.json, report.md, eavss.png, separability.png, splits.json, "
+                            f"samples.jsonl ({report['timings']['total']:.0f} s)"]
