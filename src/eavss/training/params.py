@@ -36,8 +36,18 @@ METHODS = ("full", "lora")
 """Accepted ``method`` values of :func:`select_trainable`."""
 
 
-def _validate_layers(layers: Sequence[int], n: int) -> list[int]:
-    """Sorted unique 0-based layer indices, or EavssError (empty, not int, out of range, repeated)."""
+def validate_layers(layers: Sequence[int], n: int) -> list[int]:
+    """The layer indices sorted, after checking them against a model with ``n`` decoder layers.
+
+    Args:
+        layers: 0-based decoder-layer indices (any order). n: number of decoder layers.
+
+    Returns:
+        Sorted list of ints.
+
+    Raises:
+        EavssError: not a list of integers, empty, an index outside 0..n-1, or an index repeated.
+    """
     if isinstance(layers, (str, bytes)) or not hasattr(layers, "__iter__"):
         raise EavssError(f"layers must be a list of integers, got {layers!r}; pass e.g. [3, 7]")
     out: list[int] = []
@@ -165,7 +175,7 @@ def select_trainable(
         raise EavssError("the model is already peft-wrapped; pass the plain transformers model "
                          "(merge_for_save(model) returns it)")
     layers_path, stack = find_decoder_layers(model)
-    chosen = _validate_layers(layers, len(stack))
+    chosen = validate_layers(layers, len(stack))
     chosen_set = set(chosen)
 
     if method == "full":
