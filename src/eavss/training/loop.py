@@ -449,7 +449,7 @@ def _train(model, names, params, device, batches_fn, loss_fn, steps, epochs, lr,
                     if loss.ndim != 0:
                         raise EavssError(f"loss_fn returned a tensor of shape {tuple(loss.shape)}; return a scalar")
                     if not torch.isfinite(loss.detach()):
-                        raise EavssError(f"loss is {float(loss)} at step {step + 1}; lower lr or check the batch")
+                        raise EavssError(f"loss is {float(loss.detach())} at step {step + 1}; lower lr or check the batch")
                     (loss / len(window)).backward()
                     if low:
                         with torch.no_grad():
