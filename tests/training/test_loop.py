@@ -100,8 +100,9 @@ def test_checkpoint_settings_must_match(tmp_path):
     assert res["resumed_from_step"] is None
 
 
-def test_bfloat16_trains_with_float32_masters_and_optimiser_state(tmp_path):
-    model, fn, loss = _setup("full", layers=(1,))
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_bfloat16_trains_with_float32_masters_and_optimiser_state(method, tmp_path):
+    model, fn, loss = _setup(method, layers=(1,))
     res = train(model, fn, loss, steps=3, dtype="bfloat16", checkpoint_dir=tmp_path, **dict(KW, lr=1e-2))
     assert res["dtype"] == "bfloat16" and res["master_dtype"] == "float32"
     assert all(torch.isfinite(torch.tensor(res["loss_history"])))
@@ -166,3 +167,21 @@ def test_validation_errors():
         train(frozen, fn, lm_loss_fn(), steps=1, progress=False)
     with pytest.raises(EavssError, match="same number"):
         train(model, lambda e, g: fn(e, g)[: 3 - e], loss, epochs=2, progress=False)
+
+
+def test_healing_a_pruned_model_with_lm_loss():
+    from eavss.data.calibration import make_batches
+    from eavss.models.surgery import remove_layers
+
+    lm = tiny_loaded("llama", num_layers=5)
+    remove_layers(lm.model, [2])  # old layers 1 and 3 are now 1 and 2: the neighbours of the gap
+    model, _ = select_trainable(lm.model, [1, 2], method="full")
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    texts = ["The cat sat on the mat.", "Water boils at 100 degrees.", "The sun rises in the east.",
+             "A spider has eight legs."]
+    seqs = [lm.tokenizer(t)["input_ids"] for t in texts]
+    batches = make_batches(seqs, 2, lm.tokenizer.pad_token_id)
+    res = train(model, make_batches_fn(batches, 1, lambda xs: xs[0]), lm_loss_fn(), epochs=4, lr=3e-3, progress=False)
+    assert res["loss_history"][-1] < res["loss_history"][0]
+    changed = {n.split(".")[2] for n, p in model.named_parameters() if not torch.equal(before[n], p.detach())}
+    assert changed == {"1", "2"}
