@@ -167,3 +167,17 @@ def test_contrastive_loss_fn_matches_parts():
     assert out["tokens"] == 13
     with pytest.raises(EavssError, match="lm_weight"):
         contrastive_loss_fn([1], lm_weight=-1)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3", "gpt2", "mistral", "gpt_neox", "opt", "phi3"])
+def test_left_and_right_padding_agree_on_every_tiny_arch(arch):
+    lm = tiny_loaded(arch, num_layers=3)
+    batch = _batch()
+    left = {k: v.clone() for k, v in batch.items()}
+    for k in left:
+        left[k][1] = torch.roll(batch[k][1], 3)
+    with torch.no_grad():
+        right_r = forward_representations(lm.model, batch, [0, 1])
+        left_r = forward_representations(lm.model, left, [0, 1])
+    torch.testing.assert_close(left_r.answer, right_r.answer, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(left_r.prompt, right_r.prompt, rtol=1e-4, atol=1e-5)
