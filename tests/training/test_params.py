@@ -98,7 +98,7 @@ def test_lora_only_selected_layers_change_and_merged_model_reloads(arch, tmp_pat
 
 def test_lora_target_modules_subset_and_gpt2_conv1d():
     lm = tiny_loaded("gpt2", num_layers=3)
-    model, summary = select_trainable(lm.model, [0], method="lora", target_modules=["c_attn"])
+    _, summary = select_trainable(lm.model, [0], method="lora", target_modules=["c_attn"])
     assert summary["adapted_modules"] == ["transformer.h.0.attn.c_attn"]
 
 

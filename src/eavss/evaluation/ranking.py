@@ -60,13 +60,8 @@ def ranked_labels(scores: Sequence[float], labels: Sequence[int], ties: str = "s
         EavssError: lengths differ, no candidate, a non-finite score, a label not 0/1, unknown ``ties``.
     """
     s, y = _check(scores, labels, ties)
-    if ties == "stable":
-        key = lambda i: (-s[i], i)  # noqa: E731
-    elif ties == "pessimistic":
-        key = lambda i: (-s[i], y[i], i)  # noqa: E731
-    else:
-        key = lambda i: (-s[i], -y[i], i)  # noqa: E731
-    return [y[i] for i in sorted(range(len(s)), key=key)]
+    tie = {"stable": lambda i: 0, "pessimistic": lambda i: y[i], "optimistic": lambda i: -y[i]}[ties]
+    return [y[i] for i in sorted(range(len(s)), key=lambda i: (-s[i], tie(i), i))]
 
 
 def _no_correct(fn: str) -> EavssError:

@@ -224,7 +224,7 @@ def select_trainable(
                          f"pass names from default_target_modules(model) ({exc.__class__.__name__})") from None
 
     adapted = [name for name, mod in wrapped.get_base_model().named_modules() if hasattr(mod, "lora_A")
-               and isinstance(getattr(mod, "lora_A"), nn.ModuleDict) and len(mod.lora_A) > 0]
+               and isinstance(mod.lora_A, nn.ModuleDict) and len(mod.lora_A) > 0]
     where = {_layer_of(name, layers_path) for name in adapted}
     stray = sorted(name for name in adapted if _layer_of(name, layers_path) not in chosen_set)
     if stray:  # pragma: no cover - guards a peft change in layer matching
