@@ -151,5 +151,107 @@ def test_binary_calibration_file_is_a_clear_error(tmp_path):
 
     f = tmp_path / "bin.txt"
     f.write_bytes(bytes(range(128, 256)) * 4)
-    with pytest.raises(EavssError, match="not UTF-8"):
+    with pytest.raises(EavssError, match="not UTF-8 text; convert it, e.g. iconv"):
         load_calibration_texts(f"text:{f}")
+
+
+# ---------------------------------------------------------------------------------------------
+# never lose a user's data or hours (regressions of the fresh-user findings)
+
+
+@pytest.fixture
+def tiny_dir(tmp_path):
+    """A tiny llama saved as a HF folder, and a small calibration text file."""
+    from eavss.models.surgery import save_model
+    from eavss.testing.tiny import TINY_TEXT, tiny_loaded
+
+    lm = tiny_loaded("llama", seed=3)
+    save_model(lm.model, lm.tokenizer, tmp_path / "model")
+    cal = tmp_path / "cal.txt"
+    cal.write_text("\n".join(ln for ln in TINY_TEXT.splitlines() if ln.strip()))
+    return tmp_path / "model", cal
+
+
+def _score(model, cal, out, *extra):
+    return main(["score", "--model", str(model), "--calib", f"text:{cal}", "--num-samples", "4", "--max-length", "16",
+                 "--out", str(out), "--no-progress", *extra])
+
+
+@pytest.mark.parametrize("name", ["exp #2", "010", "a: b"])
+def test_flag_values_are_literal(tmp_path, tiny_dir, name, capsys):
+    model, cal = tiny_dir
+    assert _score(model, cal, tmp_path / name) == 0
+    assert (tmp_path / name / "report.json").is_file()
+    assert not (tmp_path / "exp").exists() and not (tmp_path / "8").exists()
+
+
+def test_prune_never_deletes_what_it_reads(tmp_path, tiny_dir, capsys):
+    model, cal = tiny_dir
+    run = tmp_path / "run"
+    assert _score(model, cal, run) == 0
+    for out in (run, tmp_path, model, model / "sub"):
+        err = _err(capsys, ["prune", "--from", str(run), "--out", str(out), "--overwrite"])
+        assert "input" in err
+    assert (run / "report.json").is_file() and (model / "config.json").is_file()
+    assert main(["prune", "--from", str(run), "--out", str(run / "pruned"), "--no-progress"]) == 0
+
+
+def test_prune_checks_the_model_is_the_one_scored(tmp_path, tiny_dir, capsys):
+    from eavss.models.surgery import save_model
+    from eavss.testing.tiny import tiny_loaded
+
+    model, cal = tiny_dir
+    run = tmp_path / "run"
+    assert _score(model, cal, run) == 0
+    err = _err(capsys, ["prune", "--from", str(run), "--model", "smollm2-135m", "--out", str(tmp_path / "p")])
+    assert "is not the model that was scored" in err
+    other = tiny_loaded("llama", seed=4)  # same shape, other weights, written over the scored folder
+    save_model(other.model, other.tokenizer, model, overwrite=True)
+    err = _err(capsys, ["prune", "--from", str(run), "--out", str(tmp_path / "p")])
+    assert "changed since it was scored" in err and "sha256" in err
+    assert not (tmp_path / "p").exists()
+
+
+def test_lengths_longer_than_the_context_are_refused(tmp_path, capsys):
+    from eavss.models.surgery import save_model
+    from eavss.testing.tiny import TINY_TEXT, tiny_loaded
+
+    lm = tiny_loaded("gpt2", seed=0, n_positions=32)
+    save_model(lm.model, lm.tokenizer, tmp_path / "gpt2")
+    cal = tmp_path / "cal.txt"
+    cal.write_text(TINY_TEXT)
+    err = _err(capsys, ["score", "--model", str(tmp_path / "gpt2"), "--calib", f"text:{cal}", "--max-length", "64",
+                        "--out", str(tmp_path / "o"), "--no-progress"])
+    assert "calibration.max_length=64 is longer than the model's context of 32 tokens" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_run_checks_everything_before_the_slow_work(tmp_path, tiny_dir, capsys, monkeypatch):
+    from eavss.recipes import avss
+
+    def _never(*a, **k):
+        raise AssertionError("slow work started before the checks")
+
+    model, cal = tiny_dir
+    monkeypatch.setattr(avss, "collect", _never)
+    err = _err(capsys, ["run", "--model", str(model), "--calib", f"text:{cal}", "--protect-first", "3",
+                        "--protect-last", "1", "--out", str(tmp_path / "o"), "--no-progress", "eval.ppl_context_length=128"])
+    assert "protect" in err
+    empty = tmp_path / "nodata"
+    empty.mkdir()
+    monkeypatch.setattr(avss, "load", _never)
+    err = _err(capsys, ["run", "--model", str(model), "--calib", f"text:{cal}", "--data-dir", str(empty),
+                        "--out", str(tmp_path / "o"), "--no-progress"])
+    assert "is missing" in err and "--data-dir" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_model_that_needs_custom_code_says_how_to_opt_in(tmp_path, capsys):
+    import json as _json
+
+    d = tmp_path / "custom"
+    d.mkdir()
+    (d / "config.json").write_text(_json.dumps({"model_type": "eavss_custom_arch",
+                                                "auto_map": {"AutoConfig": "conf.C", "AutoModelForCausalLM": "mod.M"}}))
+    err = _err(capsys, ["score", "--model", str(d), "--out", str(tmp_path / "o")])
+    assert "model.trust_remote_code=true" in err and "runs Python code" in err

@@ -235,6 +235,9 @@ def main(argv: list[str] | None = None) -> int:
         print("eavss: interrupted; nothing was written", file=sys.stderr)
         return 130
     finally:
+        from eavss.io import unlock_out_dir
+
+        unlock_out_dir()
         signal.signal(signal.SIGTERM, old)
         from eavss import distributed as edist  # --- torchrun: leave the process group
 

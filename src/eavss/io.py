@@ -18,12 +18,26 @@ from typing import Any, Iterator
 from eavss.errors import EavssError
 
 
+def _umask() -> int:
+    old = os.umask(0)
+    os.umask(old)
+    return old
+
+
+def follow_umask(path: str | os.PathLike, folder: bool = False) -> None:
+    """Give ``path`` the permissions a plain ``open``/``mkdir`` would (``0o666``/``0o777`` less the
+    umask); ``mkstemp``/``mkdtemp`` create them private (0600/0700)."""
+    os.chmod(path, (0o777 if folder else 0o666) & ~_umask())
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (temporary file in the same folder, then rename)."""
+    """Write ``text`` to ``path`` atomically (temporary file in the same folder, then rename),
+    with the permissions the umask gives a new file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        follow_umask(tmp)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
@@ -72,16 +86,20 @@ def check_out_dir(out: str | os.PathLike, overwrite: bool) -> Path:
     return out
 
 
-def check_not_inside(out: str | os.PathLike, *inputs: str | os.PathLike | None) -> None:
-    """Refuse an output folder that is, or contains, an input folder (``--model``, ``--from``): replacing
-    it with ``--overwrite`` would delete the input. An output *inside* an input folder is allowed
-    (``eavss prune --from runs/x --out runs/x/pruned``).
+def check_not_inside(out: str | os.PathLike, *inputs: str | os.PathLike | None,
+                     may_hold_out: tuple[str | os.PathLike | None, ...] = ()) -> None:
+    """The one input/output rule of every command: an output folder may not be, contain, or lie
+    inside an input (a model folder or file, the data folder, the model cache, a ``--from``
+    folder). Replacing such an output with ``--overwrite`` would delete the input, and writing
+    inside it would change it. The exception is a results folder named in ``may_hold_out``
+    (``eavss prune --from runs/x --out runs/x/pruned``): its report is read, not changed.
 
     Raises:
-        EavssError: ``out`` overlaps an existing input folder (``--overwrite`` would delete it).
+        EavssError: ``out`` overlaps an existing input.
     """
     o = Path(out).expanduser().resolve()
-    for inp in inputs:
+    holders = {Path(p).expanduser().resolve() for p in may_hold_out if p}
+    for inp in (*inputs, *may_hold_out):
         if not inp:
             continue
         i = Path(inp).expanduser()
@@ -89,7 +107,77 @@ def check_not_inside(out: str | os.PathLike, *inputs: str | os.PathLike | None) 
             continue
         i = i.resolve()
         if o == i or o in i.parents:
-            raise EavssError(f"--out {o} is or contains the input {i}; choose another output folder")
+            raise EavssError(f"--out {o} is or contains the input {i}; --overwrite would delete it; "
+                             "choose another output folder")
+        if i in o.parents and i not in holders:
+            raise EavssError(f"--out {o} lies inside the input {i}; writing there would change it; "
+                             "choose an output folder outside it")
+
+
+# -- one writer per output folder ---------------------------------------------------------------
+
+_LOCKS: dict[Path, int] = {}
+
+
+def _lock_path(out: Path) -> Path:
+    return out.parent / f".{out.name}.lock"
+
+
+def lock_out_dir(out: str | os.PathLike) -> None:
+    """Take the exclusive writer's lock of an output folder for this process, or refuse.
+
+    The lock is ``fcntl.flock`` on the sibling file ``.NAME.lock``: the operating system drops it
+    when the process ends, however it ends, so a killed run never leaves a stale lock. Re-entrant
+    within one process. With the lock held, leftovers of killed runs of the same ``--out``
+    (``.NAME.*.partial``, ``.NAME.old-*``) are removed: no other process can be writing them.
+
+    Raises:
+        EavssError: another process holds the lock (it is writing the same ``--out``).
+    """
+    import fcntl
+
+    out = Path(out).expanduser().resolve()
+    if out in _LOCKS:
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock = _lock_path(out)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        try:
+            holder = os.read(fd, 64).decode("ascii", "replace").strip() or "?"
+        finally:
+            os.close(fd)
+        raise EavssError(f"another eavss run (pid {holder}) is writing {out}; wait for it to finish or choose "
+                         "another --out") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    _LOCKS[out] = fd
+    for stale in [*out.parent.glob(f".{glob_escape(out.name)}.*.partial"), *out.parent.glob(f".{glob_escape(out.name)}.old-*")]:
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def glob_escape(name: str) -> str:
+    """``name`` with glob metacharacters escaped."""
+    import glob
+
+    return glob.escape(name)
+
+
+def unlock_out_dir(out: str | os.PathLike | None = None) -> None:
+    """Release the lock of ``out`` (every lock this process holds when None)."""
+    import fcntl
+
+    targets = list(_LOCKS) if out is None else [Path(out).expanduser().resolve()]
+    for o in targets:
+        fd = _LOCKS.pop(o, None)
+        if fd is None:
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(_lock_path(o))
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -97,24 +185,53 @@ def atomic_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path
     """Build an output folder atomically.
 
     Yields a temporary sibling folder; on success it replaces ``out`` (an existing ``out`` is
-    removed only then, and only when ``overwrite``); on any error the temporary folder is deleted
-    and ``out`` is left as it was.
+    removed only then, and only when ``overwrite``); on an error in the ``with`` body the temporary
+    folder is deleted and ``out`` is left as it was. The folder gets the permissions the umask
+    gives a new folder, and the writer's lock of ``out`` (:func:`lock_out_dir`) is held until the
+    end.
+
+    A write failure (a full disk, a folder that became read-only: ``OSError``) does not lose the
+    results: what was written is moved to a folder in the system's temporary directory, and the
+    one-line error says where.
 
     Raises:
-        EavssError: see :func:`check_out_dir`.
+        EavssError: see :func:`check_out_dir` and :func:`lock_out_dir`; a write failure.
     """
     out = check_out_dir(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    lock_out_dir(out)
     try:
-        yield tmp
-    except BaseException:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+        follow_umask(tmp, folder=True)
+        try:
+            yield tmp
+            if out.exists():
+                old = out.with_name(f".{out.name}.old-{os.getpid()}")
+                os.replace(out, old)
+                os.replace(tmp, out)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, out)
+        except OSError as e:
+            kept = _keep(tmp, out.name)
+            raise EavssError(f"could not write {out} ({e.strerror or e}); "
+                             + (f"what was written is kept in {kept}" if kept else "nothing could be kept")) from None
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    finally:
+        unlock_out_dir(out)
+
+
+def _keep(tmp: Path, name: str) -> Path | None:
+    """Move a partly written output folder to the system temporary directory (None if impossible)."""
+    if not tmp.exists():
+        return None
+    try:
+        dest = Path(tempfile.mkdtemp(prefix=f"eavss-{name}-"))
+        for item in tmp.iterdir():
+            shutil.move(str(item), dest / item.name)
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
+        return dest
+    except OSError:
+        return tmp

@@ -83,3 +83,24 @@ def test_newline_tokens_found():
     tok = tiny_tokenizer()
     nl = newline_token_ids(tok)
     assert nl and all("\n" in tok.decode([i]) for i in nl)
+
+
+@pytest.mark.parametrize("arch", ["gemma3", "mistral"])
+def test_batched_generation_is_exact_on_sliding_window_models(arch):
+    """Window (4 / 8 tokens) shorter than the prompt: batched rows with a cached prefix would see
+    left padding inside the window; the generation falls back to uncached prompts and stays exact."""
+    tok = tiny_tokenizer()
+    model = tiny_model(arch, seed=3, num_layers=3, initializer_range=0.3)
+    prefix = tok("Question: What is the capital of France? Answer: Paris\n", add_special_tokens=True).input_ids
+    qs = ["Who wrote Hamlet?", "How many legs does a spider have? Answer", "What is two plus three?", "The sun",
+          "Light travels faster than sound, which is why", "Numbers: 0 1 2"]
+    suffixes = [tok("Question: " + q + " Answer:", add_special_tokens=False).input_ids for q in qs]
+    kw = dict(max_new_tokens=8, newline_ids=[], eos_ids=[2], pad_id=3)
+    info: dict = {}
+    batched = greedy_generate(model, suffixes, PrefixCache(model, prefix), batch_size=4, stats=info, **kw)
+    assert info["prefix_cache"].startswith("off: sliding window")
+    for b, suf in zip(batched, suffixes):
+        x = torch.tensor([prefix + suf])
+        ref = model.generate(x, attention_mask=torch.ones_like(x), do_sample=False, max_new_tokens=8, pad_token_id=3,
+                             eos_token_id=[2])[0, x.shape[1]:].tolist()
+        assert b.tokens == ref

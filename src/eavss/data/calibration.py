@@ -51,7 +51,8 @@ def _lines(path: Path, min_words: int = 8) -> list[str]:
         with open(path, encoding="utf-8-sig") as fh:
             lines = fh.readlines()
     except UnicodeDecodeError:
-        raise EavssError(f"calibration file {path} is not UTF-8 text; pass a text file") from None
+        raise EavssError(f"calibration file {path} is not UTF-8 text; convert it, e.g. iconv -f latin1 -t utf-8 "
+                         f"{path} > {path}.utf8, and pass the converted file") from None
     for line in lines:
         line = line.strip()
         if not line or (line.startswith("=") and line.endswith("=")):  # skip headings
@@ -104,7 +105,8 @@ def load_calibration_texts(name: str, data_dir: str | None = None) -> list[str]:
             with open(p, encoding="utf-8") as fh:
                 raw_lines = fh.readlines()
         except UnicodeDecodeError:
-            raise EavssError(f"calibration file {p} is not UTF-8 text; pass a JSON Lines file") from None
+            raise EavssError(f"calibration file {p} is not UTF-8 text; convert it, e.g. iconv -f latin1 -t utf-8 "
+                             f"{p} > {p}.utf8, and pass the converted file") from None
         for n, line in enumerate(raw_lines, 1):
             if line.strip():
                 try:
@@ -190,13 +192,20 @@ def make_batches(seqs: list[list[int]], batch_size: int, pad_id: int, sort_by_le
 
 
 def calibration_batches(tokenizer, name: str, num_samples: int, max_length: int, batch_size: int,
-                        packing: str = "documents", seed: int = 0, data_dir: str | None = None) -> tuple[list[dict], dict]:
+                        packing: str = "documents", seed: int = 0, data_dir: str | None = None,
+                        texts: list[str] | None = None) -> tuple[list[dict], dict]:
     """Load, sample, tokenise and batch a calibration set.
 
+    Args:
+        texts: the set's texts when already loaded (:func:`load_calibration_texts`; a recipe reads
+            them before loading the model, so a missing file fails in a second); else loaded here.
+
     Returns:
-        ``(batches, info)``; ``info`` records the set, packing, samples, tokens and lengths.
+        ``(batches, info)``; ``info`` records the set, packing, samples, tokens and lengths; a
+        set with fewer usable texts than ``num_samples`` is recorded (``num_samples_requested``).
     """
-    texts = load_calibration_texts(name, data_dir)
+    if texts is None:
+        texts = load_calibration_texts(name, data_dir)
     if packing == "documents":
         texts = sample_texts(texts, num_samples, seed)
     else:
@@ -205,7 +214,8 @@ def calibration_batches(tokenizer, name: str, num_samples: int, max_length: int,
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     batches = make_batches(seqs, batch_size, pad)
     lengths = [len(s) for s in seqs]
-    info = {"dataset": name, "packing": packing, "num_samples": len(seqs), "max_length": max_length,
+    info = {"dataset": name, "packing": packing, "num_samples": len(seqs), "num_samples_requested": num_samples,
+            "max_length": max_length,
             "batch_size": batch_size, "num_tokens": int(sum(lengths)), "min_length": min(lengths),
             "max_length_seen": max(lengths), "seed": seed}
     return batches, info

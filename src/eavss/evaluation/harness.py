@@ -360,6 +360,20 @@ def _run_ppl(ctx: RunContext, limit: int | None) -> dict[str, Any]:
 # --------------------------------------------------------------------------- public API
 
 
+def check_task_files(tasks: Sequence[str], data_dir: str | os.PathLike | None = None) -> None:
+    """Check that every data file the tasks need exists (before any model is loaded).
+
+    Raises:
+        EavssError: an unknown task, no data folder, or a missing file (named, with ``--data-dir``).
+    """
+    from eavss.data.paths import data_file, resolve_data_dir
+
+    root = resolve_data_dir(data_dir)
+    for name in tasks:
+        for rel in TASKS[name].required_files:
+            data_file(root, rel)
+
+
 def _check_tasks(tasks: Sequence[str] | str) -> list[str]:
     if isinstance(tasks, str):
         tasks = [t for t in tasks.replace(",", " ").split() if t]
@@ -430,12 +444,10 @@ def evaluate(
     if unknown_opts:
         raise EavssError(f"task_options for unknown task {', '.join(map(repr, unknown_opts))}; choose from: {', '.join(sorted(TASKS))}")
 
-    from eavss.data.paths import data_file, resolve_data_dir
+    from eavss.data.paths import resolve_data_dir
 
     root = resolve_data_dir(data_dir)
-    for name in names:
-        for rel in TASKS[name].required_files:
-            data_file(root, rel)
+    check_task_files(names, root)
 
     ctx = RunContext(
         model=model,

@@ -316,8 +316,14 @@ def greedy_generate(model: torch.nn.Module, suffixes: Sequence[list[int]], prefi
             still decoding.
         capture: if given, answer-token statistics/features are captured, row ``i`` as sample
             ``sample_indices[i]``.
-        stats: optional dict that receives ``forward_tokens``, ``generated_tokens``, ``seconds``.
+        stats: optional dict that receives ``forward_tokens``, ``generated_tokens``, ``seconds``,
+            ``prefix_cache`` (whether the prefix cache was used, and why not).
         max_counted: capture only the first ``max_counted`` answer tokens (None: all).
+
+    Sliding-window models (:func:`eavss.models.layers.sliding_window`): when a row's prefix +
+    prompt + answer can exceed the window, the left padding between a cached prefix and the prompt
+    would take window slots and make a row's answer depend on its batch mates; the prefix is then
+    fed with each prompt instead (uncached, exact: the mask accounts for the padding; tested).
 
     Returns:
         One :class:`Generated` per row, in input order.
@@ -331,6 +337,15 @@ def greedy_generate(model: torch.nn.Module, suffixes: Sequence[list[int]], prefi
         raise EavssError("greedy_generate: capture needs one sample index per prompt")
     if any(len(s) == 0 for s in suffixes):
         raise EavssError("greedy_generate: a prompt has no tokens")
+    from eavss.models.layers import sliding_window
+
+    window = sliding_window(model)
+    cache_note = "on" if prefix is not None else "off (no prefix)"
+    if prefix is not None and window is not None and \
+            prefix.length + max(len(s) for s in suffixes) + max_new_tokens > window:
+        suffixes = [list(prefix.ids) + list(s) for s in suffixes]
+        prefix = None
+        cache_note = f"off: sliding window of {window} tokens shorter than prefix + prompt + answer"
     device = input_device(model)
     stop_nl = torch.tensor(sorted(set(newline_ids)), dtype=torch.long, device=device)
     stop_eos = torch.tensor(sorted(set(eos_ids)) or [-1], dtype=torch.long, device=device)
@@ -400,7 +415,8 @@ def greedy_generate(model: torch.nn.Module, suffixes: Sequence[list[int]], prefi
     if capture is not None:
         capture.off()
     if stats is not None:
-        stats.update(forward_tokens=n_fwd, generated_tokens=n_gen, seconds=time.perf_counter() - t0)
+        stats.update(forward_tokens=n_fwd, generated_tokens=n_gen, seconds=time.perf_counter() - t0,
+                     prefix_cache=cache_note)
     return results  # type: ignore[return-value]
 
 

@@ -155,3 +155,62 @@ def find_mlp_activation(layer: nn.Module) -> nn.Module | None:
         if isinstance(act, nn.Module):
             return act
     return None
+
+
+CONTEXT_ATTRS: tuple[str, ...] = ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "seq_length")
+"""Config attributes that hold a model's trained context length, in the order they are tried."""
+
+
+def context_length(model: nn.Module) -> tuple[int | None, str | None]:
+    """The trained context length of a model, in tokens, and the config attribute it came from.
+
+    Reads the text config (``get_text_config()`` for multimodal wrappers). ``(None, None)`` when
+    the config names none. Learned-position models (GPT-2) cannot run past it at all; RoPE models
+    run but compute positions they were never trained on.
+    """
+    cfg = getattr(model, "config", None)
+    if cfg is None:
+        return None, None
+    if hasattr(cfg, "get_text_config"):
+        cfg = cfg.get_text_config()
+    for attr in CONTEXT_ATTRS:
+        v = getattr(cfg, attr, None)
+        if isinstance(v, int) and v > 0:
+            return v, attr
+    return None, None
+
+
+def check_lengths(model: nn.Module, lengths: dict[str, int | None]) -> int | None:
+    """Refuse any length (tokens; keyed by its config key) longer than the model's trained context.
+
+    Returns:
+        The context length (None when the config names none; then nothing is checked).
+
+    Raises:
+        EavssError: a length exceeds the context; the message names the key and the largest value.
+    """
+    ctx, attr = context_length(model)
+    if ctx is None:
+        return None
+    for key, n in lengths.items():
+        if n is not None and n > ctx:
+            raise EavssError(f"{key}={n} is longer than the model's context of {ctx} tokens (config.{attr}); "
+                             f"set {key}={ctx} or less")
+    return ctx
+
+
+def sliding_window(model: nn.Module) -> int | None:
+    """The attention window of a model with sliding-window layers (Mistral, Gemma-3 ...), in tokens;
+    None when no layer slides (``use_sliding_window=False``, or ``layer_types`` all full)."""
+    cfg = getattr(model, "config", None)
+    if cfg is None:
+        return None
+    if hasattr(cfg, "get_text_config"):
+        cfg = cfg.get_text_config()
+    w = getattr(cfg, "sliding_window", None)
+    if not isinstance(w, int) or w <= 0 or getattr(cfg, "use_sliding_window", True) is False:
+        return None
+    types = getattr(cfg, "layer_types", None)
+    if types and not any("sliding" in str(t) for t in types):
+        return None
+    return w

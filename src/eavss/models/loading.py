@@ -290,6 +290,15 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 
+def _load_error(what: str, exc: BaseException, fix: str) -> EavssError:
+    """The one-line error of a failed load; a model that needs custom code gets the opt-in hint."""
+    msg = str(exc)
+    if "trust_remote_code" in msg or "custom code" in msg:
+        return EavssError(f"could not load {what}: it needs custom code; if you trust it, pass "
+                          "model.trust_remote_code=true (this runs Python code from the model's folder)")
+    return EavssError(f"could not load {what}: {_first_line(exc)}; {fix}")
+
+
 # ---------------------------------------------------------------------------------------------
 # the GGUF cache
 
@@ -603,7 +612,7 @@ def load_model(
                 try:
                     model, tokenizer = _from_folder(p, torch_dtype, trust_remote_code, attn_implementation, device)
                 except Exception as exc:  # noqa: BLE001
-                    raise EavssError(f"could not load model folder {p}: {_first_line(exc)}; check that it holds a causal LM and its tokenizer") from exc
+                    raise _load_error(f"model folder {p}", exc, "check that it holds a causal LM and its tokenizer") from exc
         elif looks_like_path(spec_str):
             raise EavssError(f"model path {spec_str} does not exist; pass an existing .gguf file or model folder, or an alias ({', '.join(ALIASES)})")
         else:
@@ -611,9 +620,8 @@ def load_model(
             try:
                 model, tokenizer = _from_folder(spec_str, torch_dtype, trust_remote_code, attn_implementation, device)
             except Exception as exc:  # noqa: BLE001
-                raise EavssError(
-                    f"could not load model {spec_str}: {_first_line(exc)}; pass a local folder or .gguf file, or an alias ({', '.join(ALIASES)})"
-                ) from exc
+                raise _load_error(f"model {spec_str}", exc,
+                                  f"pass a local folder or .gguf file, or an alias ({', '.join(ALIASES)})") from exc
 
     _finish(model, tokenizer)
     layers_path, layers = find_decoder_layers(model)

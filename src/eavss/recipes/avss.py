@@ -105,7 +105,8 @@ class EvalSection:
         broadcast="eval.tasks", keys=_TASKS, min=1,
         factory=lambda: {"ppl": None, "wikitext2": 2, "squad": 40, "sst2": 200})
     batch_size: int = option(8, "evaluation batch size", flag="--batch-size", min=1)
-    max_length: int | None = option(2048, "lm-eval context window (rolling-window size for wikitext2)", min=1)
+    max_length: int | None = option(None, "lm-eval context window (rolling-window size for wikitext2); null = "
+                                    "min(2048, the model's context)", min=1)
     ppl_context_length: int = option(1024, "ppl: tokens per window", min=2)
     ppl_max_tokens: int | None = option(8192, "ppl: first N test tokens (null = all)", min=2)
     max_gen_toks: int = option(32, "squad: generation budget in tokens", min=1)
@@ -184,7 +185,49 @@ def score_options(scores: ScoresSection, stats: StatsSection):
                         sparsity_guard=scores.sparsity_guard)
 
 
-def collect(cfg: ScoreConfig | RunConfig, model, tokenizer):
+def check_before_loading(cfg) -> dict:
+    """Every check that needs no model, before the model is loaded: the calibration texts are read
+    (a missing or empty set fails here) and the evaluation data files must exist.
+
+    Returns:
+        ``{"texts": calibration texts or None}``.
+    """
+    from eavss.data.calibration import load_calibration_texts
+    from eavss.evaluation.harness import check_task_files
+
+    out = {"texts": None}
+    if hasattr(cfg, "calibration"):
+        out["texts"] = load_calibration_texts(cfg.calibration.dataset, cfg.data_dir)
+    if hasattr(cfg, "eval"):
+        check_task_files(cfg.eval.tasks, cfg.data_dir)
+    return out
+
+
+def check_after_loading(cfg, model) -> None:
+    """The checks that need the model, right after loading and before any slow work: every
+    sequence length fits the model's trained context (refused otherwise: a learned-position
+    model cannot run past it and a RoPE model would run on positions it was never trained on);
+    ``eval.max_length`` null becomes min(2048, context); the pruning settings can remove a layer
+    of this model."""
+    from eavss.models.layers import check_lengths, find_decoder_layers
+
+    lengths = {}
+    if hasattr(cfg, "calibration"):
+        lengths["calibration.max_length"] = cfg.calibration.max_length
+    if hasattr(cfg, "eval"):
+        lengths.update({"eval.max_length": cfg.eval.max_length, "eval.ppl_context_length": cfg.eval.ppl_context_length})
+    ctx = check_lengths(model, lengths)
+    if hasattr(cfg, "eval") and cfg.eval.max_length is None:
+        cfg.eval.max_length = min(2048, ctx) if ctx else 2048
+    if hasattr(cfg, "prune"):
+        from eavss.prune.selection import select_layers
+
+        p = cfg.prune
+        n = len(find_decoder_layers(model)[1])
+        select_layers([0.0] * n, p.rule, p.fraction, p.mass, p.protect_first, p.protect_last)  # raises if impossible
+
+
+def collect(cfg: ScoreConfig | RunConfig, model, tokenizer, texts: list[str] | None = None):
     """Calibration batches -> statistics. Returns ``(stats, calibration_info, collection_info)``."""
     import torch
 
@@ -194,7 +237,7 @@ def collect(cfg: ScoreConfig | RunConfig, model, tokenizer):
 
     c = cfg.calibration
     batches, cal_info = calibration_batches(tokenizer, c.dataset, c.num_samples, c.max_length, c.batch_size,
-                                            c.packing, cfg.seed, cfg.data_dir)
+                                            c.packing, cfg.seed, cfg.data_dir, texts=texts)
     # --- torchrun (eavss.distributed): each rank runs every world-th batch; the sums are
     # all-reduced inside collect_statistics, so every rank returns the whole set's statistics.
     dist_on = edist.is_distributed()
@@ -298,11 +341,13 @@ def score(cfg: ScoreConfig) -> dict:
 
     validate(cfg)
     threads = start(cfg, cfg.model.name)
+    pre = check_before_loading(cfg)
     timings: dict[str, float] = {}
     with timed(timings, "load"):
         loaded = load(cfg.model, cfg.progress)
+    check_after_loading(cfg, loaded.model)
     with timed(timings, "statistics"):
-        stats, cal_info, col_info = collect(cfg, loaded.model, loaded.tokenizer)
+        stats, cal_info, col_info = collect(cfg, loaded.model, loaded.tokenizer, pre["texts"])
     st, sc = statistics_section(stats, score_options(cfg.scores, cfg.stats), layer_module_paths(loaded.model))
     report = new_report("score", to_dict(cfg), cfg.seed, loaded.tokenizer)
     report.update({"model": model_section(loaded), "calibration": {**cal_info, **col_info},
@@ -339,7 +384,7 @@ def prune(cfg: PruneConfig) -> dict:
     if cfg.model.name is not None and absolute_if_path(cfg.model.name) != model_id:
         raise EavssError(f"--model {cfg.model.name} is not the model that was scored in {cfg.source} ({model_id}); "
                          "leave --model out (prune loads the scored model) or score this model first")
-    threads = start(cfg, cfg.source, model_id)
+    threads = start(cfg, model_id, may_hold_out=(cfg.source,))
     loaded = load(cfg.model, cfg.progress, name=model_id)  # prune always loads the model that was scored
     want, got = src["model"].get("file_sha256"), loaded.info.get("file_sha256")
     if want and got and want != got:
@@ -348,6 +393,7 @@ def prune(cfg: PruneConfig) -> dict:
     if len(scores) != loaded.info["num_layers"]:
         raise EavssError(f"{cfg.source} scores {len(scores)} layers but {model_id} has {loaded.info['num_layers']}; "
                          "score this model first")
+    check_after_loading(cfg, loaded.model)
     pr = prune_model(loaded.model, scores, cfg.prune)
     loaded.model.config.eavss_source_model = model_id
     report = new_report("prune", to_dict(cfg), cfg.seed, loaded.tokenizer)
@@ -362,9 +408,11 @@ def evaluate(cfg: EvalConfig) -> dict:
     """``eavss eval``: evaluate ``cfg.model`` on ``cfg.eval.tasks`` into ``cfg.out``."""
     validate(cfg)
     threads = start(cfg, cfg.model.name)
+    check_before_loading(cfg)
     timings: dict[str, float] = {}
     with timed(timings, "load"):
         loaded = load(cfg.model, cfg.progress)
+    check_after_loading(cfg, loaded.model)
     res, secs = evaluate_model(loaded.model, loaded.tokenizer, cfg.eval, cfg.data_dir, cfg.seed)
     timings.update({f"eval.{k}": v for k, v in secs.items()})
     report = new_report("eval", to_dict(cfg), cfg.seed, loaded.tokenizer)
@@ -389,15 +437,17 @@ def run(cfg: RunConfig) -> dict:
 
     validate(cfg)
     threads = start(cfg, cfg.model.name)
+    pre = check_before_loading(cfg)
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
     with timed(timings, "load"):
         loaded = load(cfg.model, cfg.progress)
     model, tok = loaded.model, loaded.tokenizer
+    check_after_loading(cfg, model)
     model_sec = model_section(loaded)
 
     with timed(timings, "statistics"):
-        stats, cal_info, col_info = collect(cfg, model, tok)
+        stats, cal_info, col_info = collect(cfg, model, tok, pre["texts"])
     st, sc = statistics_section(stats, score_options(cfg.scores, cfg.stats), layer_module_paths(model))
     if not edist.is_main():  # --- torchrun: only the statistics are data-parallel; rank 0 alone continues
         return {"kind": "run", "rank": edist.rank(), "timings": timings}

@@ -17,7 +17,7 @@ from typing import Iterator
 import numpy as np
 
 from eavss.config import ModelSection, RunOptions
-from eavss.io import check_not_inside, check_out_dir
+from eavss.io import check_not_inside, check_out_dir, lock_out_dir
 
 
 def seed_everything(seed: int) -> None:
@@ -55,18 +55,34 @@ def choose_threads(requested: int | None) -> dict:
     return {"threads": n, "rule": rule, "cpu_count": cpu, "load_average_1min": round(load, 2), "previous": prev}
 
 
-def start(opts: RunOptions, *inputs: str | os.PathLike | None) -> dict:
+def start(opts: RunOptions, *inputs: str | os.PathLike | None, may_hold_out: tuple = ()) -> dict:
     """The common start of every command, before any slow work: the output folder is checked
-    (exists/overwrite, writable, not overlapping an input), then seeds and threads are set.
+    (exists/overwrite, writable, not overlapping an input -- ``inputs``, the data folder and the
+    model cache -- see :func:`eavss.io.check_not_inside`) and locked for this run
+    (:func:`eavss.io.lock_out_dir`), then seeds and threads are set.
 
     Returns:
         The thread choice (:func:`choose_threads`), for the report.
 
     Raises:
-        EavssError: an unusable output folder.
+        EavssError: an unusable output folder, or another run writing it.
     """
+    from eavss.data.paths import resolve_data_dir
+    from eavss.errors import EavssError
+    from eavss.models.loading import cache_root
+
     check_out_dir(opts.out, opts.overwrite)
-    check_not_inside(opts.out, *inputs)
+    try:
+        data = resolve_data_dir(opts.data_dir)
+    except EavssError:  # a command that needs data says so where it reads it
+        data = None
+    model = getattr(opts, "model", None)
+    cache = cache_root(getattr(model, "cache_dir", None))
+    check_not_inside(opts.out, *inputs, data, cache, may_hold_out=may_hold_out)
+    from eavss import distributed as edist
+
+    if edist.is_main():  # --- torchrun: rank 0 alone writes, so it alone holds the writer's lock
+        lock_out_dir(opts.out)
     seed_everything(opts.seed)
     return choose_threads(opts.threads)
 

@@ -587,11 +587,10 @@ def run(cfg: HallucinationConfig) -> dict:
         EavssError: bad configuration, missing data or model, too few labelled answers, an
         existing output folder without ``overwrite``.
     """
-    from eavss.data.paths import resolve_data_dir
     from eavss.io import atomic_dir
 
     validate(cfg)
-    threads = start(cfg, cfg.model.name, cfg.model.cache_dir, resolve_data_dir(cfg.data_dir))
+    threads = start(cfg, cfg.model.name)
     timings: dict[str, float] = {}
     t_all = time.perf_counter()
     with timed(timings, "data"):  # before the model: fail fast on missing files
