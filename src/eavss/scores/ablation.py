@@ -5,8 +5,8 @@
 * :func:`layer_skip_loss` -- the loss with each decoder layer skipped alone, and its increase
   over the full model. This is the project's *ground truth* of single-layer importance (what
   removing the layer costs in language modelling on the calibration text); ranking layers by it
-  is the perplexity criterion of Shortened LLaMA (Kim et al. 2024, arXiv 2402.02834, Sec. 3.1,
-  "PPL": remove each block alone and measure the calibration perplexity).
+  is the perplexity criterion of Shortened LLaMA (Kim et al. 2024, arXiv 2402.02834, the
+  "PPL" criterion: remove each block alone and measure the calibration perplexity).
 * :func:`sleb_select` -- SLEB (Song et al. 2024, arXiv 2402.09025, Algorithm 1): greedily remove,
   one at a time, the block whose removal raises the calibration loss least given the blocks
   already removed.
@@ -149,7 +149,7 @@ def layer_skip_loss(model: torch.nn.Module, batches: Iterable[Mapping[str, torch
     base_loss`` in nats/token: how much worse the model predicts the calibration text without
     that layer (higher = more important; can be negative). Ranking layers by ``loss_skipped`` (or
     the perplexity ``exp(loss_skipped)``) is the PPL criterion of Shortened LLaMA (Kim et al. 2024,
-    arXiv 2402.02834, Sec. 3.1); it is also SLEB's first step (:func:`sleb_select`).
+    arXiv 2402.02834); it is also SLEB's first step (:func:`sleb_select`).
 
     Cost: ``1 + len(layers)`` passes over the batches (logits included).
 

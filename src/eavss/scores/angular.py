@@ -1,7 +1,7 @@
 """Angular distance between residual-stream states ``n`` layers apart (Gromov et al. 2024).
 
 Gromov, Tirumala, Shapourian, Glorioso, Roberts, *The Unreasonable Ineffectiveness of the Deeper
-Layers*, arXiv 2403.17887, Sec. 3.2 / eq. (7): for a block of ``n`` consecutive decoder layers
+Layers*, arXiv 2403.17887, Sec. 3 (the layer-pruning algorithm, Fig. 1): for a block of ``n`` consecutive decoder layers
 starting at layer ``l``,
 
     d(x_l, x_{l+n}) = arccos( x_l . x_{l+n} / (|x_l| |x_{l+n}|) ) / pi        in [0, 1]
@@ -121,7 +121,7 @@ def angular_distances(model: torch.nn.Module, batches: Iterable[Mapping[str, tor
 
     ``d = arccos(cos(x_l, x_{l+n})) / pi`` (dimensionless, in [0, 1]; 0 = same direction), with
     ``x_l`` (D,) the residual stream entering decoder layer ``l`` and ``x_L`` the last layer's
-    output before the final norm (source: arXiv 2403.17887, eq. 7). Averaged over
+    output before the final norm (source: arXiv 2403.17887, Sec. 3). Averaged over
 
     * ``tokens="last"`` (the paper): the last real token of each sequence (last position with
       ``attention_mask = 1``; right or left padding), every sequence weighted equally;
@@ -199,7 +199,7 @@ def angular_importance(model: torch.nn.Module, batches: Iterable[Mapping[str, to
     """Per-layer importance from the angular distance with block size 1: ``d(x_l, x_{l+1})``.
 
     How far layer ``l`` turns the residual stream (arccos of the cosine between its input and its
-    output, divided by pi; Gromov et al. 2024, arXiv 2403.17887, eq. 7 with n = 1). Higher = more
+    output, divided by pi; Gromov et al. 2024, arXiv 2403.17887, Sec. 3, with n = 1). Higher = more
     important; ranking single layers by it is the ``n = 1`` case of the paper's block rule. Compare
     ShortGPT's block influence ``1 - cos`` (arXiv 2403.03853), a different monotone function of the
     same per-token cosine, averaged over all tokens.
@@ -213,7 +213,7 @@ def angular_importance(model: torch.nn.Module, batches: Iterable[Mapping[str, to
 def best_block(distances: Sequence[float], n: int) -> list[int]:
     """The ``n`` contiguous layers to remove: ``l*, ..., l*+n-1`` with ``l* = argmin_l distances[l]``.
 
-    Gromov et al. 2024 (arXiv 2403.17887), Sec. 3.2: prune the block whose input and output
+    Gromov et al. 2024 (arXiv 2403.17887), Sec. 3 and Fig. 1: prune the block whose input and output
     states are closest in angle. Ties go to the lowest start layer.
 
     Args:
