@@ -145,7 +145,6 @@ def _ref_loss(model, seqs, removed=()):
 
 @pytest.mark.parametrize("arch", ["llama", "gemma3", "gpt2", "phi3"])
 def test_layer_skip_loss_matches_reference(arch):
-    torch.set_num_threads(1)
     model = tiny_model(arch, seed=3, num_layers=4)
     seqs, pad = _seqs()
     batches = make_batches(seqs, 2, pad)  # right padding, mixed lengths
@@ -212,7 +211,6 @@ def test_calibration_loss_fields_and_errors():
 
 
 def test_sleb_first_choice_and_greedy_steps():
-    torch.set_num_threads(1)
     model = tiny_model("llama", seed=4, num_layers=4)
     batches = _batches()
     state = _state(model)

@@ -129,7 +129,6 @@ def _reference(model, arch, seqs, n, tokens):
 
 @pytest.mark.parametrize("arch", ["llama", "gemma3", "gpt2", "opt", "gpt_neox", "phi3"])
 def test_matches_float64_reference(arch):
-    torch.set_num_threads(1)
     model = tiny_model(arch, seed=5, num_layers=4)
     seqs, pad = _seqs()
     batches = make_batches(seqs, 2, pad)  # right padding, mixed lengths

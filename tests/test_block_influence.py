@@ -13,8 +13,8 @@ import torch
 from eavss.data.calibration import make_batches
 from eavss.models.layers import find_decoder_layers
 from eavss.stats import collect_statistics
-from eavss.stats.reduce import SparsityRule, reduce_activations
 from eavss.stats.accumulators import F
+from eavss.stats.reduce import SparsityRule, reduce_activations
 from eavss.testing import tiny_model, tiny_tokenizer
 
 TEXTS = [
@@ -68,7 +68,6 @@ def _matrix_form(model, batches):
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_block_influence_equals_matrix_form(arch):
-    torch.set_num_threads(1)
     model = tiny_model(arch, seed=7, num_layers=4)
     batches = _batches()
     want, n_tok = _matrix_form(model, batches)
