@@ -14,7 +14,7 @@ from eavss.errors import EavssError
 from eavss.models.layers import find_decoder_layers
 from eavss.models.surgery import remove_layers, skip_layers
 from eavss.scores.ablation import calibration_loss, layer_skip_loss, sleb_select
-from eavss.testing import tiny_model, tiny_tokenizer
+from eavss.testing import TINY_ARCHS, tiny_model, tiny_tokenizer
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -54,7 +54,7 @@ def _layer_idx_attrs(model):
 # skip_layers
 
 
-@pytest.mark.parametrize("arch", ["llama", "gemma3", "gpt2", "opt", "gpt_neox"])
+@pytest.mark.parametrize("arch", TINY_ARCHS)
 def test_skip_layers_equals_remove_layers_and_restores(arch):
     model = tiny_model(arch, seed=2, num_layers=5)
     ids = _ids()
