@@ -9,11 +9,12 @@ generation with and without the cache agree and a saved copy reloads with plain
 
 from __future__ import annotations
 
+import contextlib
 import operator
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from torch import nn
 
@@ -162,6 +163,77 @@ def remove_layers(model: nn.Module, indices: Sequence[int]) -> dict:
         "num_layers_before": n_old,
         "num_layers_after": len(kept),
     }
+
+
+@contextlib.contextmanager
+def skip_layers(model: nn.Module, indices: Sequence[int]) -> Iterator[dict]:
+    """Context manager: inside it, ``model`` computes exactly what it would with ``indices`` removed.
+
+    On entry it applies :func:`remove_layers` to the live model -- a new ``nn.ModuleList`` that
+    holds the *same* kept layer modules (no weight is copied or allocated), renumbered
+    ``layer_idx``-like attributes, shortened per-layer config lists and counts -- and on exit
+    (also when the body raises) it puts everything back: the original ``ModuleList`` object, every
+    ``layer_idx``-like attribute of every layer, and every config attribute that the removal
+    changed or added (including the ``eavss_removed_layers`` bookkeeping). Parameters, buffers and
+    hooks registered on the layers are untouched throughout. Contexts nest; the indices of an
+    inner one refer to the layers that the outer one kept.
+
+    Use it to score a model with layers ablated without a deep copy (layer-skip loss, SLEB). Do
+    not remove, add or reorder layers of ``model`` inside the context (the exit would undo it).
+
+    Example::
+
+        with skip_layers(model, [3, 7]) as info:   # info: what remove_layers returned
+            logits = model(input_ids).logits        # (B, T, V): as model with layers 3 and 7 removed
+
+    Args:
+        model: a causal LM (see :func:`eavss.models.layers.find_decoder_layers`).
+        indices: 0-based indices of the current decoder layers to skip (any order); may be empty.
+
+    Yields:
+        dict: the :func:`remove_layers` result (``removed``, ``kept``, ``removed_paths``,
+        ``removed_original``, ``num_layers_before``, ``num_layers_after``).
+
+    Raises:
+        EavssError: as :func:`remove_layers` (an index not an int, out of range or repeated, or all
+            layers skipped); raised on entry, with the model unchanged.
+    """
+    path, layers = find_decoder_layers(model)
+    _validate_indices(indices, len(layers))  # fail before touching anything
+    parent_path, _, attr = path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    idx_attrs = [
+        (mod, name, getattr(mod, name))
+        for layer in layers
+        for mod in layer.modules()
+        for name in LAYER_INDEX_ATTRS
+        if name in vars(mod)
+    ]
+    configs = _decoder_configs(model)
+    before = [dict(vars(cfg)) for cfg in configs]
+    missing = object()
+    changed: list[list[tuple[str, Any]]] = [[] for _ in configs]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the scale_attn_by_inverse_layer_idx warning is about saving
+            info = remove_layers(model, indices)
+        for j, cfg in enumerate(configs):
+            after = vars(cfg)
+            changed[j] = [(k, before[j].get(k, missing)) for k in after if k not in before[j] or after[k] is not before[j][k]]
+        yield info
+    finally:
+        setattr(parent, attr, layers)
+        for mod, name, val in idx_attrs:
+            setattr(mod, name, val)
+        for j, cfg in enumerate(configs):
+            d = vars(cfg)
+            if not changed[j]:  # failed inside remove_layers: restore every attribute seen at entry
+                changed[j] = [(k, before[j].get(k, missing)) for k in list(d) if k not in before[j] or d[k] is not before[j][k]]
+            for k, old in changed[j]:
+                if old is missing:
+                    d.pop(k, None)
+                else:
+                    d[k] = old
 
 
 def save_model(model: nn.Module, tokenizer: Any, out: str | os.PathLike, overwrite: bool = False) -> Path:

@@ -1,0 +1,107 @@
+"""ShortGPT block influence (arXiv 2403.03853, eq. 1) from the streaming statistics engine, against a
+matrix-form computation: every real token of every sequence stacked into (N, D) input and output
+matrices, per-row cosine, mean of 1 - cos (float64)."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from eavss.data.calibration import make_batches
+from eavss.models.layers import find_decoder_layers
+from eavss.stats import collect_statistics
+from eavss.stats.accumulators import F
+from eavss.stats.reduce import SparsityRule, reduce_activations
+from eavss.testing import tiny_model, tiny_tokenizer
+
+TEXTS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Question: What is the capital of France? Answer: The capital of France is Paris.",
+    "Light travels faster than sound.",
+    "A spider has eight legs.",
+    "Numbers: 0 1 2 3",
+]
+
+
+def _batches():
+    tok = tiny_tokenizer()
+    return make_batches([tok(t)["input_ids"] for t in TEXTS], 2, tok.pad_token_id)  # right padding
+
+
+def _matrix_form(model, batches):
+    """(L,) BI: stack the masked (real) tokens of all batches into X_l, Y_l (N, D); mean(1 - rowcos)."""
+    m = copy.deepcopy(model).double().eval()
+    _, layers = find_decoder_layers(m)
+    X = [[] for _ in layers]
+    Y = [[] for _ in layers]
+    cur = {}
+
+    def mk(i):
+        def hook(mod, args, kwargs, out):
+            x = args[0] if args else kwargs["hidden_states"]
+            y = out if isinstance(out, torch.Tensor) else out[0]
+            cur[i] = (x.numpy().copy(), y.numpy().copy())
+        return hook
+
+    hs = [layer.register_forward_hook(mk(i), with_kwargs=True) for i, layer in enumerate(layers)]
+    try:
+        with torch.no_grad():
+            for b in batches:
+                m(input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False)
+                sel = b["attention_mask"].bool().numpy()
+                for i in range(len(layers)):
+                    X[i].append(cur[i][0][sel])
+                    Y[i].append(cur[i][1][sel])
+    finally:
+        for h in hs:
+            h.remove()
+    out = []
+    for xs, ys in zip(X, Y):
+        Xm, Ym = np.concatenate(xs), np.concatenate(ys)  # (N, D) float64
+        cos = np.einsum("nd,nd->n", Xm, Ym) / (np.linalg.norm(Xm, axis=1) * np.linalg.norm(Ym, axis=1))
+        out.append(np.mean(1.0 - cos))
+    return np.asarray(out), Xm.shape[0]
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_block_influence_equals_matrix_form(arch):
+    model = tiny_model(arch, seed=7, num_layers=4)
+    batches = _batches()
+    want, n_tok = _matrix_form(model, batches)
+    assert n_tok == int(sum(int(b["attention_mask"].sum()) for b in batches))
+    # float64 model: the engine's token-weighted row sums equal the matrix form to round-off
+    stats64, info = collect_statistics(copy.deepcopy(model).double(), batches, progress=False)
+    assert info["num_tokens"] == n_tok
+    np.testing.assert_allclose(stats64.block_influence()[0], want, rtol=1e-10, atol=1e-13)
+    # float32 model (per-token float32 products, float64 sums)
+    stats32, _ = collect_statistics(model, batches, progress=False)
+    np.testing.assert_allclose(stats32.block_influence()[0], want, rtol=1e-4, atol=1e-6)
+    # padding layout does not matter: one sequence per batch
+    single = [make_batches([row[m.bool()].tolist()], 1, 0)[0] for b in batches
+              for row, m in zip(b["input_ids"], b["attention_mask"])]
+    stats_single, _ = collect_statistics(copy.deepcopy(model).double(), single, progress=False)
+    np.testing.assert_allclose(stats_single.block_influence()[0], want, rtol=1e-10, atol=1e-13)
+
+
+def test_reduce_row_sums_equal_matrix_form_with_nan_padding():
+    """The per-batch reduction on random (B, T, D) tensors; padded positions hold NaN."""
+    g = torch.Generator().manual_seed(0)
+    B, T, D = 3, 7, 16
+    x = torch.randn(B, T, D, generator=g, dtype=torch.float64)
+    y = x + 0.7 * torch.randn(B, T, D, generator=g, dtype=torch.float64)
+    mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3, [1] * 2 + [0] * 5], dtype=torch.bool)
+    x[~mask] = float("nan")
+    y[~mask] = float("nan")
+    red = reduce_activations(y, mask, SparsityRule(), layer_input=x, pooled=False)  # (B, NUM_FIELDS)
+    Xm, Ym = x[mask].numpy(), y[mask].numpy()
+    cos = (Xm * Ym).sum(1) / np.sqrt((Xm ** 2).sum(1) * (Ym ** 2).sum(1))
+    assert float(red[:, F["n_tokens"]].sum()) == mask.sum()
+    assert float(red[:, F["bi_sum"]].sum()) / float(red[:, F["n_tokens"]].sum()) == pytest.approx(np.mean(1 - cos), rel=1e-12)
+    # per sequence too (token-weighted rows: sequence b's sum is over its own tokens)
+    for b in range(B):
+        xb, yb = x[b][mask[b]].numpy(), y[b][mask[b]].numpy()
+        cb = (xb * yb).sum(1) / np.sqrt((xb ** 2).sum(1) * (yb ** 2).sum(1))
+        assert float(red[b, F["bi_sum"]]) == pytest.approx(np.sum(1 - cb), rel=1e-12)
