@@ -14,8 +14,12 @@ def test_count_rule_floor_and_protection():
     scores = np.array([5, 1, 4, 2, 3, 0.5, 6, 7], dtype=float)
     assert select_by_count(scores, 0.25) == [1, 5]          # floor(0.25*8) = 2 lowest
     assert select_by_count(scores, 0.3) == [1, 5]           # floor(2.4) = 2
-    assert select_by_count(scores, 0.5, protect_first=2) == [3, 4, 5]  # floor(0.5*6)=3 among layers 2..7
+    assert select_by_count(scores, 0.5, protect_first=2) == [2, 3, 4, 5]  # floor(0.5*8)=4 among layers 2..7
     assert select_by_count(np.arange(30.0)[::-1], 0.25) == list(range(23, 30))  # 7 of 30
+    # protection changes which layers go, never how many: floor(0.25 * 30) = 7 with 1 + 1 protected
+    assert select_by_count(np.arange(30.0)[::-1], 0.25, protect_first=1, protect_last=1) == list(range(22, 29))
+    with pytest.raises(EavssError, match="leaves 2 candidates"):
+        select_by_count(scores, 0.5, protect_first=3, protect_last=3)
 
 
 def test_mass_rule_sorts_before_cumsum():

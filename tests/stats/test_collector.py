@@ -178,3 +178,20 @@ def test_resid_delta_site_matches_reference(arch):
     np.testing.assert_allclose(stats.element_variance()[0], ref["element_variance"], rtol=2e-4)
     np.testing.assert_allclose(stats.sparsity()[0], ref["sparsity"], atol=2e-3)
     assert np.all(np.isnan(stats.block_influence()))
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "opt"])
+def test_left_padded_batches_equal_unpadded_single_runs(arch):
+    """Left padding through the Python API: positions count real tokens only (position_ids from the
+    mask), so absolute-position models (GPT-2, OPT) give the statistics of unpadded single runs."""
+    model = tiny_model(arch, seed=5)
+    seqs = _seqs(n=4, seed=8, lo=4, hi=14)
+    T = max(len(s) for s in seqs)
+    ids = torch.zeros(len(seqs), T, dtype=torch.long)
+    am = torch.zeros(len(seqs), T, dtype=torch.long)
+    for b, s in enumerate(seqs):
+        ids[b, T - len(s):] = torch.tensor(s)
+        am[b, T - len(s):] = 1
+    left, _ = collect_statistics(model, [{"input_ids": ids, "attention_mask": am}], progress=False, pooled=False)
+    single, _ = _run(model, seqs, batch_size=1, pooled=False)
+    np.testing.assert_allclose(left.sums, single.sums, rtol=1e-4, atol=1e-5)

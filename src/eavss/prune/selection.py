@@ -49,20 +49,23 @@ def ascending_order(scores: Sequence[float], candidates: Sequence[int]) -> list[
 
 def select_by_count(scores: Sequence[float], fraction: float, protect_first: int = 0,
                     protect_last: int = 0) -> list[int]:
-    """Indices (0-based, ascending) of the ``floor(fraction * L)`` least important layers.
+    """Indices (0-based, ascending) of the ``k = floor(fraction * L)`` least important layers.
 
-    ``L`` is the number of candidate (unprotected) layers. Raises EavssError when
-    ``fraction`` is outside (0, 1), selects no layer, or would remove every layer of the model.
+    ``L`` is the model's number of layers; the ``k`` are chosen among the candidate (unprotected)
+    layers, so protecting layers changes *which* layers go, never *how many*. Raises EavssError
+    when ``fraction`` is outside (0, 1), selects no layer, or asks for more layers than the
+    protection leaves.
     """
     L = len(scores)
     if not (isinstance(fraction, (int, float)) and 0.0 < fraction < 1.0):
         raise EavssError(f"prune fraction must be in (0, 1), got {fraction}; e.g. --fraction 0.25")
     cands = _candidates(L, protect_first, protect_last)
-    k = math.floor(fraction * len(cands) + 1e-9)
+    k = math.floor(fraction * L + 1e-9)
     if k < 1:
-        raise EavssError(f"fraction {fraction} of {len(cands)} candidate layers rounds down to 0 layers; raise --fraction")
-    if k >= L:
-        raise EavssError(f"fraction {fraction} would remove all {L} layers; lower --fraction")
+        raise EavssError(f"fraction {fraction} of {L} layers rounds down to 0 layers; raise --fraction")
+    if k > len(cands) or k >= L:
+        raise EavssError(f"fraction {fraction} removes {k} of {L} layers but protecting the first {protect_first} and "
+                         f"last {protect_last} leaves {len(cands)} candidates; lower --fraction or the protection")
     return sorted(ascending_order(scores, cands)[:k])
 
 

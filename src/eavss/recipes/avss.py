@@ -72,6 +72,14 @@ class ScoresSection:
 
 
 @dataclass
+class GroundTruthSection:
+    """Ground truth of layer importance: the calibration-loss increase when one layer alone is skipped."""
+
+    num_samples: int = option(16, "calibration sequences (the first of the seeded calibration sample) on which every "
+                              "layer is skipped in turn, one extra pass per layer; 0 = off", min=0)
+
+
+@dataclass
 class PruneSection:
     """Layer selection (:mod:`eavss.prune.selection`)."""
 
@@ -126,6 +134,9 @@ class ScoreConfig(RunOptions):
     calibration: CalibrationSection = section(CalibrationSection)
     stats: StatsSection = section(StatsSection)
     scores: ScoresSection = section(ScoresSection)
+    ground_truth: GroundTruthSection = section(GroundTruthSection)
+    prune: PruneSection = section(PruneSection, help="how many layers the ground truth's removal-cost check assumes "
+                                  "are removed (score only reads prune.fraction/rule)")
 
 
 @dataclass
@@ -167,6 +178,7 @@ class RunConfig(RunOptions):
     calibration: CalibrationSection = section(CalibrationSection)
     stats: StatsSection = section(StatsSection)
     scores: ScoresSection = section(ScoresSection)
+    ground_truth: GroundTruthSection = section(GroundTruthSection)
     prune: PruneSection = section(PruneSection)
     eval: EvalSection = section(EvalSection)
     save_model: bool = option(True, "write the pruned model folder (pruned/)", flag="--no-save-model",
@@ -249,6 +261,50 @@ def collect(cfg: ScoreConfig | RunConfig, model, tokenizer, texts: list[str] | N
                                      progress=cfg.progress and edist.is_main(), total=len(batches),
                                      distributed=dist_on)
     return stats, cal_info, info
+
+
+def ground_truth(cfg: ScoreConfig | RunConfig, model, tokenizer, texts: list[str] | None, scores: dict) -> dict | None:
+    """The ground truth of layer importance and how well every score tracks it.
+
+    Skips each decoder layer alone (in place, restored after) on the first
+    ``ground_truth.num_samples`` calibration sequences and records the loss increase
+    (:func:`eavss.scores.ablation.layer_skip_loss`); then, per score, the Spearman correlation
+    with it and the removal cost of the score's ``k`` lowest layers against the ``k`` cheapest
+    (:func:`eavss.scores.agreement.removal_cost`), ``k`` as the prune settings would remove.
+
+    Returns:
+        The report's ``ground_truth`` section, or None when ``num_samples`` is 0.
+    """
+    from eavss.data.calibration import calibration_batches
+    from eavss.prune.selection import select_layers
+    from eavss.scores.ablation import layer_skip_loss
+    from eavss.scores.agreement import rank_agreement, removal_cost
+
+    n = cfg.ground_truth.num_samples
+    if n == 0:
+        return None
+    c = cfg.calibration
+    batches, info = calibration_batches(tokenizer, c.dataset, min(n, c.num_samples), c.max_length, c.batch_size,
+                                        c.packing, cfg.seed, cfg.data_dir, texts=texts)
+    skip = layer_skip_loss(model, batches, progress=cfg.progress)
+    delta = np.asarray(skip["delta"], dtype=np.float64)
+    L = len(delta)
+    p = cfg.prune
+    k = len(select_layers([0.0] * L, p.rule, p.fraction, p.mass, p.protect_first, p.protect_last)) if p.rule == "count" \
+        else max(1, int(p.fraction * L))
+    agreement = {}
+    for name, v in scores.items():
+        ra = rank_agreement(v["score"], delta, k)
+        rc = removal_cost(v["score"], delta, k)
+        agreement[name] = {"spearman": ra["spearman"], "p_value": ra["p_value"], **rc}
+    return jsonable({
+        "definition": "calibration-loss increase (nats/token) when the layer alone is skipped (Shortened LLaMA PPL "
+                      "criterion); higher = more important",
+        "num_samples": info["num_samples"], "num_tokens": skip.get("num_tokens", info["num_tokens"]),
+        "base_loss": skip["base_loss"], "delta": delta, "k": k, "agreement": agreement,
+        "best_score": max(agreement, key=lambda s: -np.inf if agreement[s]["spearman"] is None or
+                          not np.isfinite(agreement[s]["spearman"]) else agreement[s]["spearman"]),
+    })
 
 
 def statistics_section(stats, options, layer_paths: list[str]) -> tuple[dict, dict]:
@@ -349,9 +405,11 @@ def score(cfg: ScoreConfig) -> dict:
     with timed(timings, "statistics"):
         stats, cal_info, col_info = collect(cfg, loaded.model, loaded.tokenizer, pre["texts"])
     st, sc = statistics_section(stats, score_options(cfg.scores, cfg.stats), layer_module_paths(loaded.model))
+    with timed(timings, "ground_truth"):
+        gt = ground_truth(cfg, loaded.model, loaded.tokenizer, pre["texts"], sc) if edist.is_main() else None
     report = new_report("score", to_dict(cfg), cfg.seed, loaded.tokenizer)
     report.update({"model": model_section(loaded), "calibration": {**cal_info, **col_info},
-                   "statistics": st, "scores": sc, "timings": timings, "threads": threads})
+                   "statistics": st, "scores": sc, "ground_truth": gt, "timings": timings, "threads": threads})
     if not edist.is_main():  # --- torchrun: rank 0 alone writes
         return report
     with atomic_dir(cfg.out, cfg.overwrite) as tmp:
@@ -454,6 +512,8 @@ def run(cfg: RunConfig) -> dict:
     if cfg.prune.score not in sc:
         raise EavssError(f"prune.score {cfg.prune.score!r} is not available: "
                          f"{st['scores_not_available'].get(cfg.prune.score, 'not computed')}; choose one of {sorted(sc)}")
+    with timed(timings, "ground_truth"):
+        gt = ground_truth(cfg, model, tok, pre["texts"], sc)
 
     original, secs = evaluate_model(model, tok, cfg.eval, cfg.data_dir, cfg.seed)
     timings.update({f"eval_original.{k}": v for k, v in secs.items()})
@@ -467,7 +527,7 @@ def run(cfg: RunConfig) -> dict:
     report = new_report("run", to_dict(cfg), cfg.seed, tok)
     report.update({
         "model": model_sec, "calibration": {**cal_info, **col_info}, "statistics": st, "scores": sc,
-        "pruning": pr,
+        "ground_truth": gt, "pruning": pr,
         "evaluation": {"original": original, "pruned": pruned, "retention": ret, "limits": cfg.eval.limits,
                        "mean_retention_pct": float(np.mean(vals)) if vals else None},
         "timings": timings, "threads": threads,

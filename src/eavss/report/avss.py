@@ -76,12 +76,15 @@ class EvaluationSection(TypedDict, total=False):
     mean_retention_pct: float | None
 
 
-def layer_table(rows: list[dict], removed: set[int] | None = None) -> str:
-    """Markdown table of the per-layer statistics and AVSS."""
+def layer_table(rows: list[dict], removed: set[int] | None = None, skip_delta: list | None = None) -> str:
+    """Markdown table of the per-layer statistics and AVSS (with the ground truth's skip cost when given)."""
     removed = removed or set()
     cols = [("layer", "layer"), ("variance", "variance"), ("sparsity", "sparsity"), ("var_norm", "var_norm"),
             ("sparsity_norm", "sparsity_norm"), ("avss", "AVSS"), ("avss_norm", "AVSS_norm"),
             ("importance_rank", "rank"), ("block_influence", "BI")]
+    if skip_delta is not None:
+        rows = [{**r, "skip_delta": skip_delta[r["layer"]]} for r in rows]
+        cols.append(("skip_delta", "skip Δloss"))
     head = "| " + " | ".join(c[1] for c in cols) + " | removed |\n"
     head += "|" + "---|" * (len(cols) + 1) + "\n"
     body = ""
@@ -106,6 +109,24 @@ def eval_table(evaluation: dict) -> str:
         p = pruned.get(task, {}).get("metrics", {}).get(metric)
         n = orig.get(task, {}).get("n_samples", orig.get(task, {}).get("num_tokens_scored"))
         lines.append(f"| {task} | {metric} | {_fmt(o)} | {_fmt(p)} | {_fmt(r.get('retention_pct'), 1)} | {_fmt(n)} |")
+    return "\n".join(lines) + "\n"
+
+
+def ground_truth_table(gt: dict) -> str:
+    """Markdown: how well each score tracks the ground truth (single-layer skip cost)."""
+    lines = ["## Does the score measure the layer? (ground truth)\n",
+             f"Ground truth: {gt['definition']}; {gt['num_samples']} calibration sequences ({gt['num_tokens']} "
+             f"target tokens), base loss {_fmt(gt['base_loss'])}. For each score: Spearman with it over layers, and "
+             f"the summed skip cost of the k = {gt['k']} layers the score ranks lowest against the k cheapest "
+             "(oracle).\n",
+             "| score | Spearman | p | overlap with the k cheapest | cost of its k (nats/token) | oracle cost | "
+             "removes |", "|---|---|---|---|---|---|---|"]
+    for name, a in sorted(gt["agreement"].items(), key=lambda kv: -(kv[1]["spearman"] if kv[1]["spearman"] is not None else -9)):
+        lines.append(f"| {name} | {_fmt(a['spearman'], 2)} | {_fmt(a['p_value'], 3)} | {a['overlap']} / {a['k']} | "
+                     f"{_fmt(a['cost'], 3)} | {_fmt(a['oracle_cost'], 3)} | {a['removed']} |")
+    best = gt.get("best_score")
+    if best:
+        lines.append(f"\nTracks the ground truth best: **{best}**.")
     return "\n".join(lines) + "\n"
 
 
@@ -145,7 +166,10 @@ def render_markdown(report: dict) -> str:
         out.append("## Per-layer statistics\n")
         out.append("variance and sparsity are raw; `_norm` are normalised across layers; rank 1 = most important; "
                    "BI = ShortGPT block influence (for comparison).\n")
-        out.append(layer_table(st["per_layer"], set(pr["removed"]) if pr else set()))
+        gt = report.get("ground_truth")
+        out.append(layer_table(st["per_layer"], set(pr["removed"]) if pr else set(), gt["delta"] if gt else None))
+        if gt:
+            out.append(ground_truth_table(gt))
     ev = report.get("evaluation")
     if ev and ev.get("retention"):
         out.append("## Retention after pruning\n")

@@ -57,3 +57,39 @@ def rank_agreement(score: np.ndarray, reference: np.ndarray, k: int) -> dict:
             (name for thr, name in AGREEMENT_LEVELS if rho >= thr), "little or no agreement")
     return {"spearman": rho, "p_value": p, "top_k_overlap": len(set(te) & set(ta)), "top_k_chance": kk * kk / L,
             "top_k_score": te, "top_k_reference": ta, "verdict": verdict}
+
+
+def bottom_k(score: np.ndarray, k: int) -> list[int]:
+    """Indices of the ``k`` smallest values of ``score`` ``(L,)``, smallest first; ties: lower index first."""
+    s = np.asarray(score, dtype=np.float64)
+    return [int(i) for i in np.argsort(s, kind="stable")[:min(k, len(s))]]
+
+
+def removal_cost(score: np.ndarray, cost: np.ndarray, k: int) -> dict:
+    """What removing the ``k`` lowest-``score`` layers costs by a ground truth, against the cheapest
+    ``k`` (the oracle).
+
+    Args:
+        score: ``(L,)`` importance (higher = keep); its ``k`` lowest layers are the ones removed.
+        cost: ``(L,)`` ground-truth cost of removing each layer alone (e.g. the calibration-loss
+            increase when it is skipped, nats/token).
+        k: number of layers removed.
+
+    Returns:
+        ``{"k", "removed" (sorted), "cost" (sum of the removed layers' single-layer costs),
+        "oracle_removed", "oracle_cost" (sum of the k smallest costs), "overlap" (layers in both
+        sets), "excess" (cost - oracle_cost, >= 0)}``. Single-layer costs do not add up exactly
+        when layers are removed together; the sum is the first-order estimate the comparison uses.
+
+    Raises:
+        ValueError: inputs of different length, or k outside 1..L.
+    """
+    s, c = np.asarray(score, dtype=np.float64), np.asarray(cost, dtype=np.float64)
+    if s.shape != c.shape or s.ndim != 1:
+        raise ValueError(f"removal_cost needs two (L,) vectors, got {s.shape} and {c.shape}")
+    if not 1 <= k <= len(s):
+        raise ValueError(f"k={k} must be in 1..{len(s)}")
+    removed, oracle = sorted(bottom_k(s, k)), sorted(bottom_k(c, k))
+    got, best = float(c[removed].sum()), float(c[oracle].sum())
+    return {"k": k, "removed": removed, "cost": got, "oracle_removed": oracle, "oracle_cost": best,
+            "overlap": len(set(removed) & set(oracle)), "excess": got - best}

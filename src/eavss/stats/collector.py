@@ -315,8 +315,14 @@ def collect_statistics(
     """
     from tqdm.auto import tqdm
 
+    import inspect
+
     device = input_device(model)
     runner = forward_for_stats(model)
+    try:  # positions count real tokens only, so left padding gives absolute-position models (GPT-2) the right ones
+        with_positions = "position_ids" in inspect.signature(runner.forward).parameters
+    except (TypeError, ValueError):
+        with_positions = False
     col = ActivationStatsCollector(model, site=site, rule=rule, group_names=group_names, pooled=pooled,
                                    block_influence=block_influence, accum_dtype=accum_dtype)
     n_seq = n_fwd_tok = 0
@@ -331,7 +337,11 @@ def collect_statistics(
             sm = batch.get("stat_mask")
             sm = am.bool() if sm is None else (_to_device(sm, device).bool() & am.bool())
             col.set_batch(sm, batch.get("groups"))
-            runner(input_ids=ids, attention_mask=am, use_cache=False)
+            if with_positions:
+                runner(input_ids=ids, attention_mask=am, position_ids=(am.long().cumsum(1) - 1).clamp_min(0),
+                       use_cache=False)
+            else:
+                runner(input_ids=ids, attention_mask=am, use_cache=False)
             if am_host.device.type != "cpu":
                 n_fwd_tok += int(am.sum())  # batches already on the device: one sync per batch
             n_seq += ids.shape[0]
