@@ -181,6 +181,10 @@ class RunConfig(RunOptions):
     ground_truth: GroundTruthSection = section(GroundTruthSection)
     prune: PruneSection = section(PruneSection)
     eval: EvalSection = section(EvalSection)
+    compare_with: list[str] = option(
+        help="other selections of the same k layers evaluated beside prune.score, each skipped in place (no copy): "
+             "block_influence (ShortGPT), random (seeded); [] = none", choices=("block_influence", "random"),
+        factory=lambda: ["block_influence", "random"])
     save_model: bool = option(True, "write the pruned model folder (pruned/)", flag="--no-save-model",
                               action="store_false")
 
@@ -336,6 +340,48 @@ def statistics_section(stats, options, layer_paths: list[str]) -> tuple[dict, di
     }
     score_sec = {name: {"score": v["score"]} for name, v in scores.items()}
     return jsonable(section_), jsonable(score_sec)
+
+
+def select_for(scores: list[float], p: PruneSection) -> list[int]:
+    """The layers the prune section removes for per-layer ``scores`` (higher = keep)."""
+    from eavss.prune.selection import select_layers
+
+    return select_layers(scores, p.rule, p.fraction, p.mass, p.protect_first, p.protect_last)
+
+
+def alternative_selections(names: list[str], scores: dict, k: int, num_layers: int, seed: int,
+                           p: PruneSection) -> dict[str, list[int]]:
+    """The same number ``k`` of layers chosen by other rules, for the main job's comparison:
+    ``block_influence`` (the k lowest, from the same statistics pass, protection honoured) and
+    ``random`` (seeded, :func:`eavss.prune.baselines.random_layers`). A name equal to
+    ``prune.score`` or a score the statistics lack is left out."""
+    from eavss.prune.baselines import random_layers
+    from eavss.prune.selection import ascending_order
+
+    out = {}
+    cands = [i for i in range(num_layers) if p.protect_first <= i < num_layers - p.protect_last]
+    for name in names:
+        if name == p.score:
+            continue
+        if name == "random":
+            out[name] = random_layers(num_layers, k, seed, p.protect_first, p.protect_last)
+        elif name in scores:
+            out[name] = sorted(ascending_order(scores[name]["score"], cands)[:k])
+    return out
+
+
+def evaluate_without(model, tok, layers: list[int], original: dict, cfg, timings: dict, name: str) -> dict:
+    """Evaluate the model with ``layers`` skipped in place (restored after) and its retention."""
+    from eavss.evaluation.harness import retention
+    from eavss.models.surgery import skip_layers
+
+    with skip_layers(model, layers):
+        res, secs = evaluate_model(model, tok, cfg.eval, cfg.data_dir, cfg.seed)
+    timings.update({f"eval_{name}.{t}": v for t, v in secs.items()})
+    ret = retention(original, res)
+    vals = [r["retention_pct"] for r in ret.values() if r.get("retention_pct") is not None]
+    return jsonable({"removed": sorted(layers), "results": res, "retention": ret,
+                     "mean_retention_pct": float(np.mean(vals)) if vals else None})
 
 
 def prune_model(model, scores: list[float], p: PruneSection) -> dict:
@@ -517,6 +563,11 @@ def run(cfg: RunConfig) -> dict:
 
     original, secs = evaluate_model(model, tok, cfg.eval, cfg.data_dir, cfg.seed)
     timings.update({f"eval_original.{k}": v for k, v in secs.items()})
+    chosen = select_for(sc[cfg.prune.score]["score"], cfg.prune)
+    alternatives = {}
+    for name, layers in alternative_selections(cfg.compare_with, sc, len(chosen), stats.num_layers, cfg.seed,
+                                               cfg.prune).items():
+        alternatives[name] = evaluate_without(model, tok, layers, original, cfg, timings, name)
     with timed(timings, "pruning"):
         pr = prune_model(model, sc[cfg.prune.score]["score"], cfg.prune)
     pruned, secs = evaluate_model(model, tok, cfg.eval, cfg.data_dir, cfg.seed)
@@ -529,7 +580,7 @@ def run(cfg: RunConfig) -> dict:
         "model": model_sec, "calibration": {**cal_info, **col_info}, "statistics": st, "scores": sc,
         "ground_truth": gt, "pruning": pr,
         "evaluation": {"original": original, "pruned": pruned, "retention": ret, "limits": cfg.eval.limits,
-                       "mean_retention_pct": float(np.mean(vals)) if vals else None},
+                       "mean_retention_pct": float(np.mean(vals)) if vals else None, "alternatives": alternatives},
         "timings": timings, "threads": threads,
     })
     with atomic_dir(cfg.out, cfg.overwrite) as tmp:
