@@ -78,12 +78,12 @@ def test_warning_combinations_and_all_zero():
 
 
 @pytest.mark.parametrize("bad", [
-    dict(sparsity=[0.1, 0.2], near_zero_counts=[1, 2, 3], n_elements=[10, 10]),
-    dict(sparsity=[], near_zero_counts=[], n_elements=[]),
-    dict(sparsity=[0.1, np.nan], near_zero_counts=[1, 2], n_elements=[10, 10]),
-    dict(sparsity=[0.1, 0.2], near_zero_counts=[1, -2], n_elements=[10, 10]),
-    dict(sparsity=[0.1, 0.2], near_zero_counts=[1, 20], n_elements=[10, 10]),
-    dict(sparsity=[0.1, 0.2], near_zero_counts=[1, 2], n_elements=[10, 10], min_range=1.0),
+    {"sparsity": [0.1, 0.2], "near_zero_counts": [1, 2, 3], "n_elements": [10, 10]},
+    {"sparsity": [], "near_zero_counts": [], "n_elements": []},
+    {"sparsity": [0.1, np.nan], "near_zero_counts": [1, 2], "n_elements": [10, 10]},
+    {"sparsity": [0.1, 0.2], "near_zero_counts": [1, -2], "n_elements": [10, 10]},
+    {"sparsity": [0.1, 0.2], "near_zero_counts": [1, 20], "n_elements": [10, 10]},
+    {"sparsity": [0.1, 0.2], "near_zero_counts": [1, 2], "n_elements": [10, 10], "min_range": 1.0},
 ])
 def test_bad_inputs_are_refused(bad):
     with pytest.raises(EavssError):
