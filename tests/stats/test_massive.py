@@ -84,8 +84,10 @@ def _hand_built(seed=0, B=2, T=8, D=32, sink=1000.0):
 
 
 @pytest.mark.parametrize("with_input", [False, True])
-def test_planted_sink_is_left_out_of_every_field(with_input):
-    """A token 1000x the others: with massive on, every sum equals the sums without that token."""
+def test_planted_sink_is_left_out_of_every_field(with_input, monkeypatch):
+    """A token 1000x the others: with massive on, every sum equals the sums without that token
+    (both from the eager reduction, which is the one massive uses)."""
+    monkeypatch.setenv("EAVSS_REDUCE", "eager")
     act, mask = _hand_built()
     x = torch.randn_like(act) if with_input else None
     rule = SparsityRule()
@@ -158,9 +160,11 @@ def test_all_padding_batch_and_empty_rows():
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
-def test_massive_off_is_bit_identical(arch):
+def test_massive_off_is_bit_identical(arch, monkeypatch):
     """None, 0 and the default are the same code path; a factor no token reaches (1e300) goes
-    through the exclusion code and still gives bit-identical sums."""
+    through the exclusion code and still gives bit-identical sums (of the eager reduction: with
+    massive on, the fused one is never used)."""
+    monkeypatch.setenv("EAVSS_REDUCE", "eager")
     model = tiny_model(arch, seed=3)
     seqs = _seqs(n=5, seed=4)
     runs = [collect_statistics(model, make_batches(seqs, 2, 0), progress=False, **kw)[0]
