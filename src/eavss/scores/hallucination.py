@@ -102,7 +102,8 @@ class SampleStatistics:
         sums = self.stats.sums
         out = np.stack([np.tensordot(w * (sel & (y == c)), sums, axes=(0, 0)) for c in (0, 1)])
         s = self.stats
-        return LayerStatistics(out, s.width, s.site, list(CLASS_NAMES), dict(s.sparsity_rule), s.has_block_influence)
+        return LayerStatistics(out, s.width, s.site, list(CLASS_NAMES), dict(s.sparsity_rule), s.has_block_influence,
+                               s.massive)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -284,7 +285,8 @@ def _stratum(prep: _Prepared, sel: np.ndarray, w: np.ndarray, y: np.ndarray) -> 
     flat = prep.flat[idx]  # (n, L*F): only this stratum's rows (a full-N product per class is 10x slower)
     sums = np.stack([((w[idx] * (y[idx] == c)) @ flat).reshape(ss.stats.sums.shape[1:]) for c in (0, 1)])
     st = ss.stats
-    cls = LayerStatistics(sums, st.width, st.site, list(CLASS_NAMES), dict(st.sparsity_rule), st.has_block_influence)
+    cls = LayerStatistics(sums, st.width, st.site, list(CLASS_NAMES), dict(st.sparsity_rule), st.has_block_influence,
+                          st.massive)
     return StratumData(cls=cls, variance=cls.variance(prep.variance), sparsity=cls.sparsity(),
                        n_elements=cls.n_elements(), x_var=prep.x_var[idx], x_sparsity=prep.x_sp[idx],
                        y=y[idx], w=w[idx])
