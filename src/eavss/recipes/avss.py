@@ -57,6 +57,9 @@ class StatsSection:
                            "(official-code mean-pool variance)", flag="--variance",
                            choices="eavss.stats.accumulators:VARIANCE_DEFINITIONS")
     sparsity: SparsitySection = section(SparsitySection)
+    massive: float | None = option(None, "leave out massive-activation tokens (attention sinks): a token whose RMS "
+                                   "exceeds this multiple of the batch-median token RMS at a layer is excluded there "
+                                   "and counted (null = keep every token)", min=1)
     accum_dtype: str = option("float64", "accumulator dtype of the streaming sums", choices=("float64", "float32"))
     block_influence: bool = option(True, "also collect ShortGPT block influence (resid_post only)")
 
@@ -262,6 +265,7 @@ def collect(cfg: ScoreConfig | RunConfig, model, tokenizer, texts: list[str] | N
     accum = {"float64": torch.float64, "float32": torch.float32}[cfg.stats.accum_dtype]
     stats, info = collect_statistics(model, batches, site=cfg.stats.site, rule=cfg.stats.sparsity.rule(),
                                      pooled=True, block_influence=cfg.stats.block_influence, accum_dtype=accum,
+                                     massive=cfg.stats.massive,
                                      progress=cfg.progress and edist.is_main(), total=len(batches),
                                      distributed=dist_on)
     return stats, cal_info, info
@@ -331,7 +335,17 @@ def statistics_section(stats, options, layer_paths: list[str]) -> tuple[dict, di
             "importance_rank": int(a["importance_rank"][i]), "guard_hit": bool(a["guard_hit"][i]),
             "block_influence": bi[i],
         })
+    from eavss.scores.diagnostics import sparsity_information
+    from eavss.stats.accumulators import F
+
+    info = sparsity_information(s.sparsity()[0], s.sums[0, :, F["near_zero"]], s.n_elements()[0])
+    for i, row in enumerate(rows):
+        row["near_zero_count"] = float(s.sums[0, i, F["near_zero"]])
+        row["massive_tokens"] = int(s.n_massive()[0, i])
     section_ = {
+        "massive": stats.massive, "sparsity_information": {k: info[k] for k in (
+            "ratio", "min_count_layer", "min_count_value", "low_count_layers", "zero_layers", "nearly_constant",
+            "informative", "warnings", "thresholds")},
         "site": stats.site, "variance_definition": options.variance, "normalisation": options.normalisation,
         "sparsity_guard": options.sparsity_guard, "sparsity_rule": stats.sparsity_rule,
         "guard_hit_layers": [int(i) for i in np.flatnonzero(a["guard_hit"])],

@@ -167,6 +167,12 @@ def render_markdown(report: dict) -> str:
     if st:
         out.append(f"- capture site: `{st['site']}`; variance: `{st['variance_definition']}`; sparsity: "
                    f"`{st['sparsity_rule'].get('rule')}`; normalisation: `{st['normalisation']}`")
+        if st.get("massive"):
+            n = sum(r.get("massive_tokens") or 0 for r in st["per_layer"])
+            out.append(f"- massive-activation tokens left out: RMS > {st['massive']}x the batch median at a layer "
+                       f"({n} token-layer exclusions in all; per layer in the table)")
+        for w in (st.get("sparsity_information") or {}).get("warnings", []):
+            out.append(f"- **sparsity warning:** {w}")
         hit = st.get("guard_hit_layers") or []
         out.append(f"- sparsity guard ({st.get('sparsity_guard')}): " + (f"**hit on layers {hit}** (sparsity 0 there; AVSS uses the floor 0.5/N)" if hit else "not hit"))
     pr = report.get("pruning")
