@@ -64,9 +64,10 @@ def test_run_evaluates_block_influence_and_random_beside_the_score(tmp_path, cap
     assert main(["run", "--model", str(tmp_path / "m"), "--calib", f"text:{cal}", "--num-samples", "6",
                  "--max-length", "24", "ground_truth.num_samples=2", "--tasks", "ppl", "--limit", "1",
                  "eval.ppl_context_length=64", "--fraction", "0.34", "--out", str(out), "--no-progress",
-                 "--no-save-model"]) == 0
+                 "--no-save-model", "--score", "avss"]) == 0
     rep = json.loads((out / "report.json").read_text())
     alt = rep["evaluation"]["alternatives"]
+    assert set(alt) == {"block_influence", "random"}  # the score pruned by is not repeated
     bi = np.asarray(rep["scores"]["block_influence"]["score"])
     assert alt["block_influence"]["removed"] == sorted(np.argsort(bi, kind="stable")[:2].tolist())
     assert alt["random"]["removed"] == random_layers(6, 2, 0)

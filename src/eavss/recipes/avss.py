@@ -51,8 +51,10 @@ class CalibrationSection:
 class StatsSection:
     """How activations become per-layer statistics (:mod:`eavss.stats`)."""
 
-    site: str = option("resid_post", "capture site: resid_post (decoder layer output) | resid_delta (output minus "
-                       "input: the block update) | mlp_act (MLP activation output)", flag="--site", choices=_SITES)
+    site: str = option("mlp_act", "capture site: mlp_act (MLP activation output; the AVSS reading that tracked the "
+                       "layer-skip ground truth best on SmolLM2 and Gemma-3, docs/method.md) | resid_post (decoder "
+                       "layer output, the official code's) | resid_delta (output minus input: the block update)",
+                       flag="--site", choices=_SITES)
     variance: str = option("element", "variance definition: element (all masked elements) | token | pooled "
                            "(official-code mean-pool variance)", flag="--variance",
                            choices="eavss.stats.accumulators:VARIANCE_DEFINITIONS")
@@ -86,8 +88,9 @@ class GroundTruthSection:
 class PruneSection:
     """Layer selection (:mod:`eavss.prune.selection`)."""
 
-    score: str = option("avss", "score to prune by: avss, variance, density, block_influence", flag="--score",
-                        choices="eavss.scores.registry:SCORES")
+    score: str = option("block_influence", "score to prune by: block_influence (ShortGPT; tracked the layer-skip "
+                        "ground truth best on both measured models, docs/method.md) | avss | variance | density",
+                        flag="--score", choices="eavss.scores.registry:SCORES")
     rule: str = option("count", "count (remove floor(fraction * candidate layers)) | mass (cumulative normalised "
                        "score <= mass)", flag="--rule", choices="eavss.prune.selection:RULES")
     fraction: float = option(0.25, "share of the candidate (unprotected) layers to remove with rule=count",
@@ -186,8 +189,8 @@ class RunConfig(RunOptions):
     eval: EvalSection = section(EvalSection)
     compare_with: list[str] = option(
         help="other selections of the same k layers evaluated beside prune.score, each skipped in place (no copy): "
-             "block_influence (ShortGPT), random (seeded); [] = none", choices=("block_influence", "random"),
-        factory=lambda: ["block_influence", "random"])
+             "avss, block_influence, random (seeded); one equal to prune.score is skipped; [] = none",
+        choices=("avss", "block_influence", "random"), factory=lambda: ["avss", "block_influence", "random"])
     save_model: bool = option(True, "write the pruned model folder (pruned/)", flag="--no-save-model",
                               action="store_false")
 

@@ -370,3 +370,30 @@ def _pooled_var(a: torch.Tensor, ok: torch.Tensor, finite: torch.Tensor, n_tok: 
     pooled_vec = pooled_vec / cnt
     pv = pooled_vec.to(torch.float64).var(dim=-1, correction=1)
     return torch.where(n_tok > 0, pv, torch.zeros((), dtype=torch.float64, device=a.device))
+
+
+@torch.no_grad()
+def block_influence_sums(out: torch.Tensor, layer_input: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-sequence block influence sums ``sum_t (1 - cos(x_t, a_t))`` over counted tokens.
+
+    ShortGPT's block influence (Men et al. 2024, arXiv 2403.03853, Eq. 2), token-weighted: ``x_t``
+    is the decoder layer's input hidden state and ``a_t`` its output. Used when the statistics are
+    captured at another site than ``resid_post`` (the site reduction computes it otherwise).
+
+    Args:
+        out: ``(B, T, D)`` layer output. layer_input: ``(B, T, D)`` layer input. mask: ``(B, T)``
+            bool, tokens that count; tokens with a non-finite value are left out.
+
+    Returns:
+        ``(B,)`` float64 sums (unit: 1).
+    """
+    a = out.float() if out.dtype not in (torch.float32, torch.float64) else out
+    x = layer_input.to(a.dtype)
+    if x.device != a.device:
+        x = x.to(a.device)
+    f64 = torch.float64
+    dot = (x * a).sum(-1).to(f64)
+    nn_ = (_row_sq(x).to(f64) * _row_sq(a).to(f64)).sqrt().clamp_min(1e-30)
+    cos = dot / nn_
+    ok = mask.to(a.device).bool() & torch.isfinite(cos)
+    return torch.where(ok, 1.0 - cos, torch.zeros((), dtype=f64, device=a.device)).sum(dim=1)
