@@ -431,8 +431,9 @@ def match_pair_lengths(samples: list[Sample], tok, match: str, max_answer_tokens
     Returns:
         Per teacher-forced source: ``{"match", "questions", "candidates_per_question" (mean number
         of incorrect answers), "questions_changed", "mean_tokens_before": {"truthful",
-        "hallucinated"} (file order, i.e. ``match="none"``), "mean_tokens_after"}`` (token
-        counts after the ``max_answer_tokens`` cut).
+        "hallucinated"} (file order, i.e. ``match="none"``), "mean_tokens_after",
+        "mean_abs_pair_difference_before", "mean_abs_pair_difference_after"`` (mean ``|len truthful -
+        len hallucinated|`` over the pairs)``}`` (token counts after the ``max_answer_tokens`` cut).
     """
     from eavss.hallucination.matching import match_by_length
 
@@ -447,6 +448,8 @@ def match_pair_lengths(samples: list[Sample], tok, match: str, max_answer_tokens
     for src in dict.fromkeys(k[0] for k in by_q):
         qs = [v for k, v in by_q.items() if k[0] == src]
         before = {c: [len(s.answer_ids) for v in qs for s in v if s.label == c] for c in (0, 1)}
+        gap_before = [abs(len(a.answer_ids) - len(b.answer_ids)) for v in qs
+                      for a, b in zip([s for s in v if s.label == 0], [s for s in v if s.label == 1])]
         changed = 0
         n_cand = []
         for v in qs:
@@ -462,8 +465,12 @@ def match_pair_lengths(samples: list[Sample], tok, match: str, max_answer_tokens
             for s, j in zip(bad, pick):
                 s.answer, s.answer_ids, s.reference_index = s.alternatives[j], cand_ids[j], j
         after = {c: [len(s.answer_ids) for v in qs for s in v if s.label == c] for c in (0, 1)}
+        gap_after = [abs(len(a.answer_ids) - len(b.answer_ids)) for v in qs
+                     for a, b in zip([s for s in v if s.label == 0], [s for s in v if s.label == 1])]
         out[src] = {"match": match, "questions": len(qs), "candidates_per_question": float(np.mean(n_cand)),
                     "questions_changed": changed,
+                    "mean_abs_pair_difference_before": float(np.mean(gap_before)) if gap_before else None,
+                    "mean_abs_pair_difference_after": float(np.mean(gap_after)) if gap_after else None,
                     "mean_tokens_before": {LABEL_NAMES[c]: float(np.mean(before[c])) for c in (0, 1) if before[c]},
                     "mean_tokens_after": {LABEL_NAMES[c]: float(np.mean(after[c])) for c in (0, 1) if after[c]}}
     return out
@@ -550,8 +557,7 @@ def score_layers(samples: list[Sample], stats, cfg: HallucinationConfig) -> dict
         perm = permutation_test(ss, opts, sc.permutations, cfg.seed)
         ranked = rank_layers(result["eavss"], sc.rank_by, perm.get("z_eavss"), sc.top_k)
         by_z = sc.rank_by == "z"
-        boot = bootstrap_eavss(ss, opts, sc.bootstrap, cfg.seed, null_mean=perm.get("null_eavss_mean") if by_z else None,
-                               null_sd=perm.get("null_eavss_sd") if by_z else None)
+        boot = bootstrap_eavss(ss, opts, sc.bootstrap, cfg.seed, calibration=perm.get("calibration") if by_z else None)
         variants = variant_table(ss, opts, rank_by=sc.rank_by, permutations=sc.permutations, seed=cfg.seed)
     return {"ss": ss, "opts": opts, "result": result, "perm": perm, "ranked": ranked, "boot": boot, "variants": variants}
 
@@ -646,7 +652,7 @@ def per_layer_rows(scored: dict, probe: dict | None, layer_paths: list[str]) -> 
                     "hss", "hss_norm", "avss_norm", "eavss"):
             row[key] = result[key][i]
         for key, name in (("z_eavss", "eavss_z"), ("p_eavss", "p_eavss"), ("p_eavss_fwer", "p_eavss_fwer"),
-                          ("null_eavss_mean", "eavss_null_mean"), ("null_eavss_sd", "eavss_null_sd")):
+                          ("null_hsav_sd", "hsav_null_sd"), ("null_hss_sd", "hss_null_sd")):
             if perm.get(key) is not None:
                 row[name] = perm[key][i]
         row["rank"] = int(ranked["rank"][i])

@@ -267,12 +267,14 @@ def render_markdown(report: dict) -> str:
         out.append("Teacher-forced answer lengths (tokens, mean; before = incorrect answers in file order, after = "
                    "teacher_forced.match):\n")
         out.append("| source | match | incorrect answers per question | questions changed | truthful before | "
-                   "hallucinated before | truthful after | hallucinated after |\n|---|---|---|---|---|---|---|---|")
+                   "hallucinated before | \\|pair difference\\| before | truthful after | hallucinated after | "
+                   "\\|pair difference\\| after |\n|---|---|---|---|---|---|---|---|---|---|")
         for src, lm in lm_rows:
             b, a = lm.get("mean_tokens_before", {}), lm.get("mean_tokens_after", {})
             out.append(f"| {src} | {lm['match']} | {lm['candidates_per_question']:.1f} | {lm['questions_changed']} | "
-                       f"{_f(b.get('truthful'), 1)} | {_f(b.get('hallucinated'), 1)} | {_f(a.get('truthful'), 1)} | "
-                       f"{_f(a.get('hallucinated'), 1)} |")
+                       f"{_f(b.get('truthful'), 1)} | {_f(b.get('hallucinated'), 1)} | "
+                       f"{_f(lm.get('mean_abs_pair_difference_before'), 1)} | {_f(a.get('truthful'), 1)} | "
+                       f"{_f(a.get('hallucinated'), 1)} | {_f(lm.get('mean_abs_pair_difference_after'), 1)} |")
         out.append("")
     out.append("## EAVSS ranking\n")
     rows = {r["layer"]: r for r in ev["per_layer"]}

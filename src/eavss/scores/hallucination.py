@@ -354,6 +354,36 @@ def _combine(hsav: np.ndarray, hss: np.ndarray, opts: EavssOptions, avss_norm: n
     return {"hsav_norm": hv, "hss_norm": hs, "eavss": e, "degenerate": {"hsav": dv, "hss": ds, "eavss": de}}
 
 
+def _noise_units(x: np.ndarray, sd: np.ndarray) -> np.ndarray:
+    """``x / sd`` per layer (the last axis); 0 where the part has no null spread (it carries no evidence)."""
+    ok = sd > 0
+    return np.where(ok, x / np.where(ok, sd, 1.0), 0.0)
+
+
+def calibrated_statistic(hsav: np.ndarray, hss: np.ndarray, sd_hsav: np.ndarray, sd_hss: np.ndarray,
+                         combine: str = "mean") -> np.ndarray:
+    """EAVSS with its parts put on the same footing by their *noise* instead of their sum over layers.
+
+    ``T(l) = combine(HSAV(l) / sd_perm HSAV(l), HSS(l) / sd_perm HSS(l))`` -- the statistic whose
+    permutation z ranks the layers under ``rank_by=z`` (:func:`permutation_test`). EAVSS divides
+    each part by its sum over layers, so a part that is pure noise at a layer (sparsity, whose
+    near-zero counts are small) weighs as much as a part with a steady difference; in noise units a
+    noisy part contributes noise of the same size as every other layer's, and a steady difference
+    stands out. The multiplication by AVSS (``with_avss``) is a label-free constant per layer and
+    changes no z, so it is left out.
+
+    Args:
+        hsav, hss: ``(..., L)`` non-negative pooled parts (observed: ``(L,)``; a null: ``(P, L)``).
+        sd_hsav, sd_hss: ``(L,)`` their permutation-null SDs (a part with SD 0 counts as 0).
+        combine: an EAVSS combination (:data:`COMBINATIONS`).
+
+    Returns:
+        ``(..., L)`` array.
+    """
+    return COMBINATIONS[combine](_noise_units(np.asarray(hsav, dtype=np.float64), sd_hsav),
+                                 _noise_units(np.asarray(hss, dtype=np.float64), sd_hss))
+
+
 def layer_avss(ss: SampleStatistics, variance: str = "element") -> dict:
     """AVSS (:func:`eavss.scores.avss.avss_scores`, defaults) on all labelled answer tokens of the run, both classes pooled."""
     pooled = ss.class_statistics().pooled()
@@ -477,14 +507,14 @@ def rank_layers(eavss: np.ndarray, rank_by: str, z: np.ndarray | None, top_k: in
 
 
 def bootstrap_eavss(ss: SampleStatistics, opts: EavssOptions, resamples: int, seed: int = 0,
-                    null_mean: np.ndarray | None = None, null_sd: np.ndarray | None = None) -> dict:
+                    calibration: dict | None = None) -> dict:
     """Cluster bootstrap of EAVSS: resample questions with replacement within each source.
 
     Args:
-        null_mean, null_sd: ``(L,)`` permutation-null mean and SD of EAVSS
-            (:func:`permutation_test`). When given, every resample is ranked by its z against this
-            fixed null (``rank_by=z``: the noise scale is estimated once, on the real data) and
-            ``z_lo``/``z_hi`` are added; otherwise resamples are ranked by EAVSS itself.
+        calibration: :func:`permutation_test`'s ``calibration`` (null SDs of HSAV and HSS, null mean
+            and SD of the calibrated statistic). When given (``rank_by=z``), every resample is
+            ranked by its z against this fixed null (the noise scale is estimated once, on the real
+            labels) and ``z_lo``/``z_hi`` are added; otherwise resamples are ranked by EAVSS.
 
     Returns:
         ``{"resamples", "ranked_by" ("z" | "effect"), "eavss_lo", "eavss_hi"`` (2.5 / 97.5
@@ -499,7 +529,7 @@ def bootstrap_eavss(ss: SampleStatistics, opts: EavssOptions, resamples: int, se
     clusters = _cluster_index(ss, prep.used)
     rng = np.random.default_rng(seed)
     av = layer_avss(ss, opts.variance)["avss_norm"] if opts.with_avss else None
-    by_z = null_mean is not None and null_sd is not None
+    by_z = calibration is not None
     L = ss.num_layers
     k = min(opts.top_k, L)
     E, V, S, R, Z = [], [], [], [], []
@@ -521,7 +551,9 @@ def bootstrap_eavss(ss: SampleStatistics, opts: EavssOptions, resamples: int, se
         V.append(eff["hsav"])
         S.append(eff["hss"])
         if by_z:
-            Z.append(_zscore(comb["eavss"], null_mean, null_sd))
+            c = calibration
+            t = calibrated_statistic(eff["hsav"], eff["hss"], c["sd_hsav"], c["sd_hss"], opts.combine)
+            Z.append(_zscore(t, c["mean"], c["sd"]))
         R.append(importance_rank(Z[-1] if by_z else comb["eavss"]))
     if not E:
         return {"resamples": resamples, "failed": failed, "ranked_by": "z" if by_z else "effect"}
@@ -565,28 +597,31 @@ def permutation_test(ss: SampleStatistics, opts: EavssOptions, permutations: int
 
     Labels are permuted as in :func:`permuted_labels`. Per layer
     ``p = (1 + #{null >= observed}) / (1 + permutations)`` for HSAV and HSS, a family-wise
-    ``p_max`` for "some layer differs" from the maximum over layers, and EAVSS's noise calibration
-    (:func:`calibrate`): its null mean and SD, z, p and family-wise p per layer. A permutation in
-    which a source loses its classes (cannot happen for the schemes above) is skipped.
+    ``p_max`` for "some layer differs" from the maximum over layers, and the noise calibration of
+    EAVSS that ``rank_by=z`` ranks by: the null SDs ``sd_V(l)``, ``sd_S(l)`` of HSAV and HSS, the
+    calibrated statistic ``T(l) = combine(HSAV(l) / sd_V(l), HSS(l) / sd_S(l))``
+    (:func:`calibrated_statistic`) on the real and on every permuted labelling, and its z, p and
+    family-wise p per layer (:func:`calibrate`). A permutation in which a source loses its classes
+    (cannot happen for the schemes above) is skipped.
 
     Returns:
         ``{"permutations", "p_hsav", "p_hss"`` (``(L,)``), ``"p_max_hsav", "p_max_hss",
-        "null_hsav_mean", "null_hss_mean"`` (``(L,)`` mean of the null), ``"null_eavss_mean",
-        "null_eavss_sd", "z_eavss", "p_eavss", "p_eavss_fwer"`` (``(L,)``), ``"p_max_eavss"}``
-        (the EAVSS keys need at least 2 valid permutations); empty dict when 0.
+        "null_hsav_mean", "null_hss_mean"`` (``(L,)`` mean of the null), ``"null_hsav_sd",
+        "null_hss_sd", "z_eavss", "p_eavss", "p_eavss_fwer"`` (``(L,)``: z, p and family-wise p of
+        ``T``), ``"p_max_eavss", "calibration"`` (``{"sd_hsav", "sd_hss", "mean", "sd"}``, for
+        :func:`bootstrap_eavss`)}`` (the calibration keys need at least 2 valid permutations);
+        empty dict when 0.
     """
     if permutations <= 0:
         return {}
     opts.check()
     prep = _Prepared(ss, opts.variance)
-    av = layer_avss(ss, opts.variance)["avss_norm"] if opts.with_avss else None
     w = np.ones(len(ss.labels))
     obs = _effects(prep, opts, w, ss.labels)
-    obs_e = _combine(obs["hsav"], obs["hss"], opts, av)["eavss"]
     ge_v = np.zeros(ss.num_layers)
     ge_s = np.zeros(ss.num_layers)
     max_v = max_s = 0
-    nv, ns, ne = [], [], []
+    nv, ns = [], []
     for y in permuted_labels(ss, permutations, seed):
         try:
             eff = _effects(prep, opts, w, y)
@@ -598,15 +633,18 @@ def permutation_test(ss: SampleStatistics, opts: EavssOptions, permutations: int
         max_s += eff["hss"].max() >= obs["hss"].max()
         nv.append(eff["hsav"])
         ns.append(eff["hss"])
-        ne.append(_combine(eff["hsav"], eff["hss"], opts, av)["eavss"])
     P = permutations
     out = {"permutations": P, "p_hsav": (1 + ge_v) / (1 + P), "p_hss": (1 + ge_s) / (1 + P),
            "p_max_hsav": (1 + max_v) / (1 + P), "p_max_hss": (1 + max_s) / (1 + P),
            "null_hsav_mean": np.mean(nv, 0) if nv else None, "null_hss_mean": np.mean(ns, 0) if ns else None}
-    if len(ne) >= 2:
-        c = calibrate(obs_e, np.array(ne))
-        out.update(null_eavss_mean=c["null_mean"], null_eavss_sd=c["null_sd"], z_eavss=c["z"], p_eavss=c["p"],
-                   p_eavss_fwer=c["p_fwer"], p_max_eavss=c["p_max"])
+    if len(nv) >= 2:
+        NV, NS = np.array(nv), np.array(ns)
+        sd_v, sd_s = NV.std(0, ddof=1), NS.std(0, ddof=1)
+        c = calibrate(calibrated_statistic(obs["hsav"], obs["hss"], sd_v, sd_s, opts.combine),
+                      calibrated_statistic(NV, NS, sd_v, sd_s, opts.combine))
+        out.update(z_eavss=c["z"], p_eavss=c["p"], p_eavss_fwer=c["p_fwer"], p_max_eavss=c["p_max"],
+                   null_hsav_sd=sd_v, null_hss_sd=sd_s,
+                   calibration={"sd_hsav": sd_v, "sd_hss": sd_s, "mean": c["null_mean"], "sd": c["null_sd"]})
     return out
 
 
