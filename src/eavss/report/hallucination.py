@@ -216,7 +216,7 @@ def baselines_lines(report: dict) -> list[str]:
     if pr:
         au = pr["auroc"]
         best = max(range(len(au)), key=lambda i: au[i])
-        cells = [_f((pr["auroc_by_source"].get(s) or [None] * len(au))[best], 3) for s in srcs]
+        cells = [_f(pr["auroc_by_source"][s][best], 3) if s in pr["auroc_by_source"] else "–" for s in srcs]
         out.append(f"| probe, best layer ({best}) | **{au[best]:.3f}** | {pr['auroc_pooled'][best]:.3f} | " + " | ".join(cells) + " |")
     for name, desc in bl["features"].items():
         cells = [_f(bl["auroc_by_source"][name].get(s), 3) for s in srcs]
