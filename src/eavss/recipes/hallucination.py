@@ -144,8 +144,9 @@ class EavssScoresSection:
                           flag="--combine", choices=f"{_SCORES}:COMBINATIONS")
     with_avss: bool = option(False, "multiply EAVSS by the layer's normalised AVSS", flag="--with-avss",
                              action="store_true")
-    rank_by: str = option("z", "layer ranking: z (permutation z of each layer's EAVSS: (observed - null mean) / "
-                          "null SD; noise-calibrated) | effect (raw EAVSS, the original ranking)", flag="--rank-by",
+    rank_by: str = option("z", "layer ranking: z (permutation z of each layer's EAVSS with HSAV and HSS in noise "
+                          "units: (observed - null mean) / null SD) | effect (raw EAVSS, the original ranking)",
+                          flag="--rank-by",
                           choices=f"{_SCORES}:RANK_BY")
     top_k: int = option(5, "number of hallucination-prone layers listed", flag="--top-k", min=1)
     bootstrap: int = option(200, "question-level bootstrap resamples for CIs (0 = off)", min=0)
@@ -171,8 +172,8 @@ class ProbeSection:
 
 @dataclass
 class BaselinesSection:
-    """Surface baselines beside the probe: how well answer form alone predicts the label
-    (:mod:`eavss.hallucination.baselines`; same folds as the probe)."""
+    """Surface baselines beside the probe: how well answer form alone predicts the label, with the
+    probe's folds (:mod:`eavss.hallucination.baselines`)."""
 
     enabled: bool = option(True, "fit the surface baselines (answer length, first tokens, bag of tokens)",
                            flag="--no-baselines", action="store_false")
