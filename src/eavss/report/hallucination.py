@@ -299,7 +299,9 @@ def render_markdown(report: dict) -> str:
     ag = report.get("agreement")
     out.append("## Does the ranking agree with separability?\n")
     if ag:
-        out.append(f"Spearman rank correlation over layers between EAVSS and the probe AUROC (mean within-source): "
+        stat = "the EAVSS z" if ag.get("ranked_by") == "z" else "EAVSS"
+        out.append(f"Spearman rank correlation over layers between {stat} (the ranking statistic) and the probe AUROC "
+                   f"(mean within-source): "
                    f"**rho = {_f(ag['spearman'], 2)}** (p = {_f(ag['p_value'], 3)}) -- **{ag['verdict']}**. "
                    f"Top-{ev['k']} overlap: {ag['top_k_overlap']} (chance {ag['top_k_chance']:.1f}); probe top-{ev['k']}: "
                    f"{ag['top_k_reference']}.")
