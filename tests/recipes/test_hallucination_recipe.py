@@ -31,20 +31,6 @@ def test_bad_config_is_one_line():
     load_config(HallucinationConfig, None, ["scores.permutations=0", "scores.rank_by=effect"])  # the old ranking needs none
 
 
-def test_massive_is_refused_until_the_engine_has_it():
-    import inspect
-
-    from eavss.config import load_config
-    from eavss.recipes.hallucination import HallucinationConfig
-    from eavss.stats import ActivationStatsCollector
-
-    if "massive" in inspect.signature(ActivationStatsCollector.__init__).parameters:
-        pytest.skip("the engine accepts massive: the option is live")
-    with pytest.raises(EavssError, match="stats.massive is not available yet"):
-        load_config(HallucinationConfig, None, ["stats.massive=10"])
-    assert load_config(HallucinationConfig, None, []).stats.massive is None
-
-
 def test_sciq_format_failure_is_a_third_label():
     """A SciQ answer that names none of its options is a format failure: neither class, counted per source."""
     from eavss.config import load_config
@@ -79,7 +65,7 @@ def test_sciq_format_failure_is_a_third_label():
 # the CLI end to end
 
 
-@pytest.mark.parametrize("extra", [["--no-probe"], ["--with-avss", "--judge", "contains", "stats.first_answer_tokens=2"],
+@pytest.mark.parametrize("extra", [["--no-probe"], ["--no-probe", "stats.massive=1.01"], ["--with-avss", "--judge", "contains", "stats.first_answer_tokens=2"],
                                    ["--rank-by", "effect", "teacher_forced.match=none", "judge.format_failure=hallucinated",
                                     "--no-baselines"]])
 def test_cli_end_to_end_on_a_tiny_model(tmp_path, capsys, extra):
@@ -104,6 +90,10 @@ def test_cli_end_to_end_on_a_tiny_model(tmp_path, capsys, extra):
     if "stats.first_answer_tokens=2" in extra:
         assert all(s["n_counted_tokens"] <= 2 for s in samples)
         assert rep["config"]["scores"]["with_avss"] and rep["judge"]["match"] == "contains"
+    if "stats.massive=1.01" in extra:  # the massive-token rule reaches the statistics engine
+        from eavss.stats.accumulators import LayerStatistics
+
+        assert LayerStatistics.from_dict(rep["statistics"]["class_sums"]).n_massive().sum() > 0
     load_splits(out)
     md = (out / "report.md").read_text()
     assert "EAVSS ranking" in md and ("Probes were disabled" in md) == ("--no-probe" in extra)

@@ -114,19 +114,9 @@ class HStatsSection:
     batch_size: int = option(32, "teacher-forced rows per forward pass", min=1)
     first_answer_tokens: int | None = option(None, "count only the first N answer tokens of every answer (a length "
                                              "control; null = all)", min=1)
-    massive: float | None = option(None, "PENDING engine option (being added to eavss.stats): leave out of the statistics "
-                                   "tokens whose RMS exceeds this multiple of the batch-median token RMS (and count "
-                                   "them); null = keep all. Refused until the collector accepts it", min=1)
-
-    def check(self) -> None:
-        if self.massive is not None:
-            import inspect
-
-            from eavss.stats import ActivationStatsCollector
-
-            if "massive" not in inspect.signature(ActivationStatsCollector.__init__).parameters:
-                raise EavssError("stats.massive is not available yet (the statistics engine does not accept it in this "
-                                 "version); leave stats.massive unset")
+    massive: float | None = option(None, "leave out of HSAV/HSS the answer tokens whose RMS exceeds this multiple of the "
+                                   "batch-median token RMS at a layer (massive activations, attention sinks; counted "
+                                   "per layer); null = keep all. The probe features keep every token", min=1)
 
 
 @dataclass
@@ -491,10 +481,9 @@ def capture_answers(model, tok, samples: list[Sample], ids: Tokens, cfg: Halluci
     N = len(samples)
     used_prefixes = sorted({s.prompt.prefix for s in samples})
     caches = {p: PrefixCache(model, ids.prefix[p]) for p in used_prefixes} if cfg.generation.prefix_cache else {}
-    extra = {} if cfg.stats.massive is None else {"massive": cfg.stats.massive}  # pending engine option, see HStatsSection
     collector = ActivationStatsCollector(model, site=cfg.stats.site, rule=cfg.stats.sparsity.rule(),
                                          group_names=[str(i) for i in range(N)], pooled=False, block_influence=False,
-                                         **extra)
+                                         massive=cfg.stats.massive)
     features = PooledFeatures(model, N, cfg.stats.site) if cfg.probe.enabled else None
     capture = Capture(collector, features)
     passes: dict[str, dict] = {}
