@@ -64,3 +64,13 @@ def test_judge_normalisation_and_options():
     assert judge_options("water", opts, "carbon dioxide")["detail"] == "no_option"
     with pytest.raises(EavssError):
         match_answer("x", ["x"], "fuzzy")
+
+
+def test_triviaqa_punctuation_becomes_a_space():
+    """TriviaQA's official scorer replaces punctuation with a space (handle_punc); SQuAD deletes it."""
+    assert normalize_answer("J.D. Salinger", punctuation="space") == normalize_answer("J. D. Salinger", punctuation="space")
+    assert normalize_answer("J.D. Salinger") != normalize_answer("J. D. Salinger")  # SQuAD rule: "jd" vs "j d"
+    assert match_answer("J. D. Salinger", ["J.D. Salinger"], punctuation="space")["correct"]
+    assert not match_answer("J. D. Salinger", ["J.D. Salinger"])["correct"]
+    with pytest.raises(EavssError, match="punctuation"):
+        normalize_answer("x", punctuation="keep")

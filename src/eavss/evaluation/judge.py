@@ -56,9 +56,16 @@ def _strip_accents(s: str) -> str:
     return "".join(ch for ch in unicodedata.normalize("NFKD", s) if not unicodedata.combining(ch))
 
 
-def _remove_punct(s: str) -> str:
+PUNCTUATION_RULES = ("delete", "space")
+"""``delete``: punctuation is removed (SQuAD v1.1 / NQ-open ``normalize_answer``: "J.D." -> "jd");
+``space``: punctuation becomes a space (TriviaQA's official ``handle_punc``: "J.D." -> "j d", so
+"J. D. Salinger" matches "J.D. Salinger")."""
+
+
+def _remove_punct(s: str, rule: str = "delete") -> str:
     s = _SEPARATORS.sub(" ", s)
-    return "".join(ch for ch in s if ch not in string.punctuation and not unicodedata.category(ch).startswith("P"))
+    repl = "" if rule == "delete" else " "
+    return "".join(repl if (ch in string.punctuation or unicodedata.category(ch).startswith("P")) else ch for ch in s)
 
 
 def _numbers_to_digits(tokens: list[str]) -> list[str]:
@@ -80,19 +87,26 @@ def _numbers_to_digits(tokens: list[str]) -> list[str]:
     return out
 
 
-def normalize_answer(text: str, number_words: bool = True) -> str:
+def normalize_answer(text: str, number_words: bool = True, punctuation: str = "delete") -> str:
     """Normalise an answer for comparison (see the module doc for the exact rule and its source).
 
     Args:
         text: any string (``None`` is treated as empty).
         number_words: map number words to digits.
+        punctuation: ``delete`` (SQuAD / NQ-open) or ``space`` (TriviaQA's official scorer), see
+            :data:`PUNCTUATION_RULES`.
+
+    Raises:
+        EavssError: an unknown ``punctuation`` rule.
 
     Returns:
         The normalised string (possibly empty): lower case, no punctuation, no articles,
         single spaces.
     """
+    if punctuation not in PUNCTUATION_RULES:
+        raise EavssError(f"punctuation={punctuation!r} is not valid; choose one of {list(PUNCTUATION_RULES)}")
     s = _strip_accents(str(text or "")).lower().replace("_", " ")
-    s = _remove_punct(s)
+    s = _remove_punct(s, punctuation)
     s = _ARTICLES.sub(" ", s)
     tokens = s.split()
     if number_words:
@@ -105,14 +119,16 @@ def _span_positions(hay: list[str], needle: list[str]) -> list[int]:
     return [i for i in range(len(hay) - n + 1) if hay[i:i + n] == needle]
 
 
-def match_answer(prediction: str, golds: Sequence[str], mode: str = "exact", number_words: bool = True) -> dict:
+def match_answer(prediction: str, golds: Sequence[str], mode: str = "exact", number_words: bool = True,
+                 punctuation: str = "delete") -> dict:
     """Judge one prediction against gold aliases.
 
     Args:
         prediction: the model's answer text.
         golds: gold answers / aliases (any one matching suffices).
         mode: ``exact`` | ``contains`` (see the module doc).
-        number_words: passed to :func:`normalize_answer`.
+        number_words, punctuation: passed to :func:`normalize_answer` (``punctuation="space"`` for
+            TriviaQA, as its official scorer does).
 
     Returns:
         ``{"correct": bool, "matched": alias or None, "detail": str, "prediction_normalized": str}``;
@@ -124,12 +140,12 @@ def match_answer(prediction: str, golds: Sequence[str], mode: str = "exact", num
     """
     if mode not in MATCH_MODES:
         raise EavssError(f"unknown judge mode {mode!r}; choose one of {list(MATCH_MODES)}")
-    pred = normalize_answer(prediction, number_words)
+    pred = normalize_answer(prediction, number_words, punctuation)
     res = {"correct": False, "matched": None, "detail": "no_match", "prediction_normalized": pred}
     if not pred:
         res["detail"] = "empty"
         return res
-    normed = [(g, normalize_answer(g, number_words)) for g in golds]
+    normed = [(g, normalize_answer(g, number_words, punctuation)) for g in golds]
     normed = [(g, n) for g, n in normed if n]
     for g, n in normed:
         if pred == n:
@@ -177,7 +193,8 @@ def judge_options(prediction: str, options: Sequence[str], correct: str, number_
 def judge_rule(mode: str, number_words: bool, sciq: str, format_failure: str = "exclude") -> dict:
     """JSON-able description of the judge, for the report."""
     norm = ("lower case; NFKD and drop accents; '-', dashes and '/' -> space; remove ASCII and Unicode "
-            "punctuation; remove articles a/an/the; collapse whitespace"
+            "punctuation (TriviaQA: punctuation -> space, as its official scorer); remove articles a/an/the; "
+            "collapse whitespace"
             + ("; number words -> digits (two -> 2, twenty-one -> 21)" if number_words else ""))
     rule = ("correct iff normalised prediction == normalised gold alias (any alias)" if mode == "exact" else
             "correct iff normalised prediction == a normalised alias, or an alias is a whole-word span of it with "

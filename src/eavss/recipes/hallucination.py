@@ -320,7 +320,8 @@ def judge_samples(samples: list[Sample], cfg: HallucinationConfig) -> None:
         if s.source == "sciq" and j.sciq == "options":
             r = judge_options(s.answer or "", s.options, s.correct or "", j.number_words)
         else:
-            r = match_answer(s.answer or "", s.golds, j.match, j.number_words)
+            r = match_answer(s.answer or "", s.golds, j.match, j.number_words,
+                             punctuation="space" if s.source == "triviaqa" else "delete")
         s.judge = r
         if r["detail"] == "empty" or not s.answer_ids:
             s.label = -1
