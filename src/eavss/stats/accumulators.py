@@ -190,13 +190,16 @@ class LayerStatistics:
     def block_influence(self) -> np.ndarray:
         """ShortGPT block influence ``BI = mean_t (1 - cos(x_t, a_t))``, ``(G, L)``.
 
-        ``x_t`` is the layer's input hidden state and ``a_t`` its output, for the
-        ``resid_post`` site only (NaN elsewhere). Source: Men et al. 2024 (ShortGPT), eq. 1.
+        ``x_t`` is the layer's input hidden state and ``a_t`` its output (collected at any capture
+        site; NaN when it was not collected). Source: Men et al. 2024 (ShortGPT), eq. 1. A layer
+        whose output is parallel to its input has BI 0; float round-off of a cosine computed from
+        float32 sums can dip a few 1e-8 below that, so the mean is clipped at 0 (the score is
+        non-negative, as the mass rule requires).
         """
         if not self.has_block_influence:
             return np.full(self.sums.shape[:2], np.nan)
         with np.errstate(invalid="ignore", divide="ignore"):
-            return self._f("bi_sum") / self._f("n_tokens")
+            return np.maximum(self._f("bi_sum") / self._f("n_tokens"), 0.0)
 
     def variance(self, definition: str) -> np.ndarray:
         """Variance by name: ``element`` | ``token`` | ``pooled`` (see :data:`VARIANCE_DEFINITIONS`)."""
