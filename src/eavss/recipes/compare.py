@@ -402,6 +402,16 @@ def random_summary(rows: dict) -> dict | None:
     return out
 
 
+def healing_note(text_info: dict) -> str:
+    """The sentence the report opens its healing section with: what the model healed on and why the
+    controls are there."""
+    what = ("healing text: WikiText-2 validation only (never test), so every evaluation text is unseen"
+            if text_info["dataset"] == "wikitext2" else
+            f"healing text: {text_info['source']}, a user file ({text_info['why']})")
+    return (f"{what}; ptb, squad and sciq are domains the healing text is not from, ppl/wikitext2 the one it is "
+            "from; retention against the unpruned model healed with the same budget isolates what removal cost")
+
+
 def write_outputs(out: Path, report: dict) -> None:
     """report.json, report.md and compare.png into ``out``."""
     from eavss.io import write_json_atomic, write_text_atomic
@@ -485,8 +495,7 @@ def run(cfg: CompareConfig) -> dict:
                        "interim_tasks": INTERIM_TASKS},
         "healing": None if not cfg.compare.heal else {
             "text": {**text_info, **data_info},
-            "note": "healing text: WikiText-2 validation only (never test); ptb, squad and sciq are domains the "
-                    "healing text is not from; retention vs the healed unpruned model isolates what removal cost",
+            "note": healing_note(text_info),
             **ev["healing"]},
         "timings": timings, "threads": threads,
     })

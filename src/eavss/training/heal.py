@@ -71,7 +71,8 @@ def heal(
             reshuffled every epoch with a generator seeded from ``seed``.
         steps: optimiser updates (>= 1). lr: peak learning rate (1e-4 suits LoRA; ~1e-5 for full).
         method: "lora" (default) or "full". layers: 0-based decoder layers to train (default: all).
-        seed: seeds the data order and every RNG of the loop.
+        seed: seeds the LoRA initialisation, the data order and every RNG of the loop (the
+            caller's RNG states are left as they were).
         grad_accum: micro-batches per step. dtype: "float32" or "bfloat16" (float32 masters).
         lora_r, lora_alpha, lora_dropout, target_modules: LoRA settings (see
             :func:`~eavss.training.params.select_trainable`; default targets: every linear map in
@@ -116,8 +117,11 @@ def heal(
     chosen = list(range(n_layers)) if layers is None else list(layers)
 
     loss_before = calibration_loss(model, eval_batches)["loss"] if eval_batches else None
-    wrapped, summ = select_trainable(model, chosen, method=method, lora_r=lora_r, lora_alpha=lora_alpha,
-                                     lora_dropout=lora_dropout, target_modules=target_modules)
+    device = next(model.parameters()).device
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        torch.manual_seed(seed)  # LoRA's A matrices are drawn here: a function of the seed, caller's RNG untouched
+        wrapped, summ = select_trainable(model, chosen, method=method, lora_r=lora_r, lora_alpha=lora_alpha,
+                                         lora_dropout=lora_dropout, target_modules=target_modules)
     result = train(wrapped, make_batches_fn(blist, 1, lambda xs: xs[0]), lm_loss_fn(), steps=steps, lr=lr,
                    weight_decay=weight_decay, grad_accum=grad_accum, max_grad_norm=max_grad_norm,
                    warmup_steps=warmup_steps, schedule=schedule, seed=seed, dtype=dtype,
