@@ -318,8 +318,7 @@ def plot_compare(report: dict, path: str | os.PathLike) -> None:
             s = np.asarray([np.nan if v is None else v for v in sc], dtype=np.float64)
             order = np.argsort(-s, kind="stable")
             ranks[i, order] = np.arange(1, L + 1)
-    cmap = plt.get_cmap("viridis_r").copy()
-    cmap.set_bad("lightgrey")
+    cmap = plt.get_cmap("viridis_r").with_extremes(bad="lightgrey")
     im = ax.imshow(np.ma.masked_invalid(ranks), aspect="auto", cmap=cmap, vmin=1, vmax=L)
     for i, r in enumerate(names):
         for layer in rows[r]["removed"]:
