@@ -81,10 +81,6 @@ class HealConfig(RunOptions):
     model: HealModelSection = section(HealModelSection)
     heal: HealSection = section(HealSection)
 
-    def check(self) -> None:
-        if not self.model.name:
-            raise EavssError("eavss heal needs the model to heal: --model PRUNED_FOLDER (e.g. the --out of eavss prune)")
-
 
 # ---------------------------------------------------------------------------------------------
 # steps
@@ -219,6 +215,8 @@ def run(cfg: HealConfig) -> dict:
     from eavss.report.schema import jsonable, new_report
 
     validate(cfg)
+    if not cfg.model.name:
+        raise EavssError("eavss heal needs the model to heal: --model PRUNED_FOLDER (e.g. the --out of eavss prune)")
     threads = start(cfg, cfg.model.name)
     texts, text_info = check_heal_text(cfg.heal, cfg.data_dir)
     timings: dict[str, float] = {}
