@@ -111,7 +111,7 @@ def _pct(entry: dict | None) -> str:
         return "–"
     v = entry.get("retention_pct", entry.get("mean_pct"))
     ci = entry.get("ci")
-    s = _fmt(v, 1)
+    s = "–" if v is None else f"{v:.1f}"
     if ci and ci[0] is not None and ci[1] is not None:
         s += f" [{ci[0]:.1f}, {ci[1]:.1f}]"
     return s
