@@ -66,3 +66,30 @@ def reference_stats(outs, ins, mode="relative", tau=0.01, eps=1e-5):
         cos = (allo * alli).sum(1) / np.sqrt((allo ** 2).sum(1) * (alli ** 2).sum(1))
         res["block_influence"].append(np.mean(1 - cos))
     return {k: np.asarray(v) for k, v in res.items()}
+
+
+def reference_drop_massive(outs, ins, batches: list[list[int]], k: float):
+    """Massive-token exclusion, the slow way: per layer and per batch (the indices of the sequences
+    that share a batch in the engine run), token ``t`` is massive when ``sqrt(mean_d a_t^2)`` exceeds
+    ``k`` times the lower median (the ``ceil(n/2)``-th smallest) of that RMS over the batch's tokens.
+
+    Returns ``(outs, ins, n_massive (L,), margin)`` with the massive tokens removed from every
+    sequence; ``margin`` is the smallest ``|rms / (k * median) - 1|`` seen, to check that float32 vs
+    float64 round-off cannot flip a token across the threshold."""
+    new_outs, new_ins, n_massive, margin = [], [], [], np.inf
+    for o_list, i_list in zip(outs, ins):
+        keep_o, keep_i = [None] * len(o_list), [None] * len(o_list)
+        n = 0
+        for batch in batches:
+            rms = [np.sqrt((o_list[s] ** 2).mean(axis=1)) for s in batch]
+            allr = np.sort(np.concatenate(rms))
+            med = allr[(len(allr) - 1) // 2]
+            margin = min(margin, float(np.min(np.abs(allr / (k * med) - 1.0))))
+            for s, r in zip(batch, rms):
+                big = r > k * med
+                n += int(big.sum())
+                keep_o[s], keep_i[s] = o_list[s][~big], i_list[s][~big]
+        new_outs.append(keep_o)
+        new_ins.append(keep_i)
+        n_massive.append(n)
+    return new_outs, new_ins, np.asarray(n_massive), margin

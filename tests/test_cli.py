@@ -88,8 +88,10 @@ def test_run_prune_eval_end_to_end_on_default_model(tmp_path, capsys, default_mo
     assert sorted(r["importance_rank"] for r in rows) == list(range(1, 31))
     pr = rep["pruning"]
     assert len(pr["removed"]) == 7 and pr["num_layers_after"] == 23
-    # the removed layers are exactly the 7 lowest-AVSS layers
-    lowest = sorted(range(30), key=lambda i: (rows[i]["avss"], i))[:7]
+    # the removed layers are exactly the 7 lowest by the pruning score (block influence by default)
+    assert pr["score"] == "block_influence"
+    by = rep["scores"][pr["score"]]["score"]
+    lowest = sorted(range(30), key=lambda i: (by[i], i))[:7]
     assert sorted(lowest) == pr["removed"]
     assert pr["removed_paths"] == [f"model.layers.{i}" for i in pr["removed"]]
     ret = rep["evaluation"]["retention"]

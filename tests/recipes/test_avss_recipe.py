@@ -43,3 +43,38 @@ def test_score_report_holds_the_ground_truth(tmp_path, capsys):
         assert a["spearman"] == pytest.approx(ra["spearman"]) and a["removed"] == rc["removed"]
     md = (out / "report.md").read_text()
     assert "Does the score measure the layer?" in md and "skip Δloss" in md
+
+
+def test_run_evaluates_block_influence_and_random_beside_the_score(tmp_path, capsys):
+    """The main job's comparison: the same k layers chosen by block influence and at random, each
+    evaluated with its layers skipped in place -- equal to evaluating an explicitly pruned copy."""
+    import copy
+
+    from eavss.evaluation.harness import evaluate
+    from eavss.models.loading import load_model
+    from eavss.models.surgery import remove_layers, save_model
+    from eavss.prune.baselines import random_layers
+    from eavss.testing.tiny import TINY_TEXT, tiny_loaded
+
+    lm = tiny_loaded("llama", seed=6, num_layers=6)
+    save_model(lm.model, lm.tokenizer, tmp_path / "m")
+    cal = tmp_path / "cal.txt"
+    cal.write_text("\n".join(ln for ln in TINY_TEXT.splitlines() if ln.strip()))
+    out = tmp_path / "o"
+    assert main(["run", "--model", str(tmp_path / "m"), "--calib", f"text:{cal}", "--num-samples", "6",
+                 "--max-length", "24", "ground_truth.num_samples=2", "--tasks", "ppl", "--limit", "1",
+                 "eval.ppl_context_length=64", "--fraction", "0.34", "--out", str(out), "--no-progress",
+                 "--no-save-model", "--score", "avss"]) == 0
+    rep = json.loads((out / "report.json").read_text())
+    alt = rep["evaluation"]["alternatives"]
+    assert set(alt) == {"block_influence", "random"}  # the score pruned by is not repeated
+    bi = np.asarray(rep["scores"]["block_influence"]["score"])
+    assert alt["block_influence"]["removed"] == sorted(np.argsort(bi, kind="stable")[:2].tolist())
+    assert alt["random"]["removed"] == random_layers(6, 2, 0)
+    loaded = load_model(str(tmp_path / "m"))
+    pruned = copy.deepcopy(loaded.model)
+    remove_layers(pruned, alt["random"]["removed"])
+    ref = evaluate(pruned, loaded.tokenizer, ["ppl"], limit=1, task_options={"ppl": {"context_length": 64}})
+    got = alt["random"]["results"]["ppl"]["metrics"]["token_perplexity"]
+    assert got == pytest.approx(ref["ppl"]["metrics"]["token_perplexity"], rel=1e-5)
+    assert "chosen another way" in (out / "report.md").read_text()

@@ -21,17 +21,67 @@ def test_bad_config_is_one_line():
     for ov, needle in ((["sources=[foo]"], "sources='foo' is not valid"), (["split.score=0.9"], "sum to 1"),
                        (["scores.combine=max"], "scores.combine"), (["stats.variance=pooled"], "stats.variance"),
                        (["probe.folds=1"], "probe.folds"), (["sources=[]"], "sources is empty"),
-                       (["limits.nq_opne=5"], "unknown key limits.nq_opne")):
+                       (["limits.nq_opne=5"], "unknown key limits.nq_opne"),
+                       (["scores.permutations=0"], "scores.rank_by=z needs scores.permutations >= 2"),
+                       (["scores.rank_by=best"], "scores.rank_by"), (["teacher_forced.match=words"], "teacher_forced.match"),
+                       (["judge.format_failure=drop"], "judge.format_failure")):
         with pytest.raises(EavssError, match=needle) as e:
             load_config(HallucinationConfig, None, ov)
         assert "\n" not in str(e.value)
+    load_config(HallucinationConfig, None, ["scores.permutations=0", "scores.rank_by=effect"])  # the old ranking needs none
+
+
+def test_massive_is_refused_until_the_engine_has_it():
+    import inspect
+
+    from eavss.config import load_config
+    from eavss.recipes.hallucination import HallucinationConfig
+    from eavss.stats import ActivationStatsCollector
+
+    if "massive" in inspect.signature(ActivationStatsCollector.__init__).parameters:
+        pytest.skip("the engine accepts massive: the option is live")
+    with pytest.raises(EavssError, match="stats.massive is not available yet"):
+        load_config(HallucinationConfig, None, ["stats.massive=10"])
+    assert load_config(HallucinationConfig, None, []).stats.massive is None
+
+
+def test_sciq_format_failure_is_a_third_label():
+    """A SciQ answer that names none of its options is a format failure: neither class, counted per source."""
+    from eavss.config import load_config
+    from eavss.hallucination.prompts import options_prompt
+    from eavss.recipes.hallucination import FORMAT_FAILURE, HallucinationConfig, Sample, _source_summary, judge_samples
+
+    opts = ["lungs", "heart", "liver", "kidney"]
+
+    def sample(i, answer):
+        return Sample(i, "sciq", f"q{i}", "generated", "Which organ pumps blood?", options_prompt("Which organ pumps blood?", opts),
+                      ["heart"], answer=answer, options=opts, correct="heart", answer_ids=[5, 6] if answer else [])
+
+    answers = ["Heart.", "the lungs", "a muscular pump", "", "I think it is the heart"]
+    for mode, expect in (("exclude", [0, 1, FORMAT_FAILURE, -1, FORMAT_FAILURE]), ("hallucinated", [0, 1, 1, -1, 1])):
+        cfg = load_config(HallucinationConfig, None, [f"judge.format_failure={mode}"])
+        samples = [sample(i, a) for i, a in enumerate(answers)]
+        judge_samples(samples, cfg)
+        assert [s.label for s in samples] == expect
+        assert [s.judge["detail"] for s in samples] == ["exact", "distractor", "no_option", "empty", "no_option"]
+        d = _source_summary(samples)["sciq"]
+        if mode == "exclude":
+            rec = samples[2].record()
+            assert rec["label_name"] == "format_failure" and rec["label"] is None
+            assert (d["truthful"], d["hallucinated"], d["format_failures"], d["excluded"]) == (1, 1, 2, 1)
+            assert d["hallucination_rate"] == pytest.approx(0.5) and d["format_failure_rate"] == pytest.approx(0.5)
+        else:
+            assert (d["truthful"], d["hallucinated"], d["format_failures"]) == (1, 3, 0)
+            assert d["hallucination_rate"] == pytest.approx(0.75)
 
 
 # ---------------------------------------------------------------------------------------------
 # the CLI end to end
 
 
-@pytest.mark.parametrize("extra", [["--no-probe"], ["--with-avss", "--judge", "contains", "stats.first_answer_tokens=2"]])
+@pytest.mark.parametrize("extra", [["--no-probe"], ["--with-avss", "--judge", "contains", "stats.first_answer_tokens=2"],
+                                   ["--rank-by", "effect", "teacher_forced.match=none", "judge.format_failure=hallucinated",
+                                    "--no-baselines"]])
 def test_cli_end_to_end_on_a_tiny_model(tmp_path, capsys, extra):
     """All code paths of the command on a tiny saved model (fast); the real model is tested below."""
     from eavss.cli import main
@@ -57,6 +107,31 @@ def test_cli_end_to_end_on_a_tiny_model(tmp_path, capsys, extra):
     load_splits(out)
     md = (out / "report.md").read_text()
     assert "EAVSS ranking" in md and ("Probes were disabled" in md) == ("--no-probe" in extra)
+    # ranking: by z unless asked otherwise; each layer's z and p are reported, the effect ranking too
+    ev = rep["eavss"]
+    assert ev["rank_by"] == ("effect" if "effect" in extra else "z") and sorted(ev["ranking_effect"]) == [0, 1, 2]
+    for row in ev["per_layer"]:
+        assert {"eavss_z", "p_eavss", "p_eavss_fwer", "rank", "rank_effect", "p_top_k"} <= set(row)
+    key = "eavss_z" if ev["rank_by"] == "z" else "eavss"
+    assert ev["ranking"] == sorted(range(3), key=lambda i: (-ev["per_layer"][i][key], i))
+    assert "p (FWER)" in md and "significant" in md
+    # length matching: lengths before/after per teacher-forced source
+    lm = rep["sources"]["truthfulqa"]["length_match"]
+    assert lm["match"] == ("none" if "teacher_forced.match=none" in extra else "length")
+    assert set(lm["mean_tokens_before"]) == set(lm["mean_tokens_after"]) == {"truthful", "hallucinated"}
+    # SciQ format failures: a label of their own unless judge.format_failure=hallucinated
+    n_ff = sum(s["label_name"] == "format_failure" for s in samples)
+    assert rep["sources"]["sciq"]["format_failures"] == n_ff
+    if "judge.format_failure=hallucinated" in extra:
+        assert n_ff == 0
+    assert all(s["label"] is None for s in samples if s["label_name"] == "format_failure")
+    # surface baselines beside the probe
+    bl = rep["baselines"]
+    if "--no-baselines" in extra:
+        assert bl is None and "Surface baselines" not in md
+    else:
+        assert set(bl["auroc"]) == {"length", "first_tokens", "bag_of_tokens"} and "Surface baselines" in md
+        assert (bl["comparison"] is None) == ("--no-probe" in extra)
 
 
 # the real default model
@@ -79,7 +154,10 @@ def test_cli_end_to_end_on_default_model(tmp_path, capsys, default_model):
     L = rep["model"]["num_layers"]
     assert sorted(rep["eavss"]["ranking"]) == list(range(L)) and len(rep["eavss"]["top_k"]) == 5
     assert len(rep["eavss"]["per_layer"]) == L and len(rep["probe"]["auroc"]) == L
-    assert rep["agreement"]["spearman"] is not None
+    assert rep["agreement"]["spearman"] is not None and rep["eavss"]["rank_by"] == "z"
+    assert set(rep["baselines"]["auroc"]) == {"length", "first_tokens", "bag_of_tokens"}
+    assert rep["baselines"]["comparison"]["baseline"] in rep["baselines"]["auroc"]
+    assert "format_failures" in rep["sources"]["sciq"] and "length_match" in rep["sources"]["truthfulqa"]
     assert set(rep["sources"]) == {"truthfulqa", "halueval", "nq_open", "triviaqa", "sciq"}
     for src in ("nq_open", "triviaqa", "sciq"):
         assert rep["sources"][src]["kind"] == "generated"

@@ -156,3 +156,95 @@ def test_rank_agreement_against_hand_computation():
     assert np.isnan(const["spearman"]) and const["verdict"].startswith("undefined")
     with pytest.raises(ValueError):
         rank_agreement(a, b[:3], 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# noise-calibrated ranking (scores.rank_by=z)
+
+
+def test_calibrate_against_hand_computation():
+    from eavss.scores.hallucination import calibrate, rank_layers
+
+    obs = np.array([0.65, 0.5, 0.2])
+    null = np.array([[0.4, 0.1, 0.3], [0.6, 0.3, 0.5]])  # mean (0.5, 0.2, 0.4), SD (ddof=1) 0.1414 on every layer
+    c = calibrate(obs, null)
+    sd = np.sqrt(0.02)
+    np.testing.assert_allclose(c["null_mean"], [0.5, 0.2, 0.4])
+    np.testing.assert_allclose(c["null_sd"], [sd] * 3)
+    np.testing.assert_allclose(c["z"], [0.15 / sd, 0.3 / sd, -0.2 / sd])
+    # p: (1 + #{null >= obs}) / (1 + P)
+    np.testing.assert_allclose(c["p"], [1 / 3, 1 / 3, 3 / 3])
+    # standardised null rows are (-0.71, -0.71, -0.71) and (0.71, 0.71, 0.71): max -0.71 and 0.71
+    np.testing.assert_allclose(c["p_fwer"], [1 / 3, 1 / 3, 3 / 3])
+    assert c["p_max"] == pytest.approx(1 / 3)
+    # the z ranking differs from the effect ranking: layer 1 stands furthest above its null
+    assert rank_layers(obs, "z", c["z"], 2)["ranking"] == [1, 0, 2]
+    assert rank_layers(obs, "effect", c["z"], 2)["ranking"] == [0, 1, 2]
+    assert rank_layers(obs, "z", c["z"], 2)["top_k"] == [1, 0]
+    with pytest.raises(EavssError, match="permutations"):
+        rank_layers(obs, "z", None, 2)
+    with pytest.raises(EavssError, match="scores.rank_by"):
+        rank_layers(obs, "nope", c["z"], 2)
+    # a layer whose null never moves has no noise scale: z = 0
+    assert calibrate(np.array([1.0, 2.0]), np.array([[1.0, 1.0], [1.0, 3.0]]))["z"][0] == 0.0
+
+
+def test_rank_by_z_against_hand_computation():
+    """permutation_test's z is the z of T = (HSAV / sd_V + HSS / sd_S) / 2 over the same permutations,
+    recomputed here from compute_eavss on each permuted labelling."""
+    from eavss.scores.hallucination import permuted_labels, rank_layers
+
+    model = tiny_model("llama", seed=3, num_layers=5)
+    rows, y, strata, clusters = _synthetic(n_per_source=12, seed=4, odd_for_class1=True)
+    stats, _ = _capture(model, rows, list(range(40, 48)))
+    ss = SampleStatistics(stats, y, strata, clusters)
+    opts = EavssOptions(min_per_class=2, top_k=2)
+    P = 40
+    perm = permutation_test(ss, opts, P, seed=3)
+    obs = compute_eavss(ss, opts)
+    NV, NS = [], []
+    for yp in permuted_labels(ss, P, seed=3):
+        r = compute_eavss(SampleStatistics(stats, yp, strata, clusters), opts)
+        NV.append(r["hsav"])
+        NS.append(r["hss"])
+    NV, NS = np.array(NV), np.array(NS)
+    sv, s_s = NV.std(0, ddof=1), NS.std(0, ddof=1)
+    t_obs = (obs["hsav"] / sv + obs["hss"] / s_s) / 2
+    t_null = (NV / sv + NS / s_s) / 2
+    z = (t_obs - t_null.mean(0)) / t_null.std(0, ddof=1)
+    np.testing.assert_allclose(perm["z_eavss"], z, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(perm["p_eavss"], (1 + (t_null >= t_obs).sum(0)) / (1 + P))
+    ranked = rank_layers(obs["eavss"], "z", perm["z_eavss"], 2)
+    assert ranked["ranking"] == sorted(range(5), key=lambda i: (-z[i], i))
+    assert ranked["top_k"] == ranked["ranking"][:2]
+    # the permutations keep one answer of each class per question of a paired source
+    paired = SampleStatistics(stats, y, strata, np.array([f"{s}:{i // 2}" for i, s in enumerate(strata)], dtype=object))
+    for yp in permuted_labels(paired, 5, seed=0):
+        assert all(sorted(yp[2 * q: 2 * q + 2]) == [0, 1] for q in range(len(y) // 2))
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_z_ranking_finds_the_planted_layer_despite_length_and_first_token_artefacts(seed):
+    """Layer 4 differs by class on every token; layer 1 carries rare massive activations that long
+    (mostly hallucinated) answers hold more of, layer 2 massive activations on a first token that
+    hallucinated answers start with more often. The raw effect ranks an artefact layer first; the
+    permutation z ranks the planted layer first and leaves the artefacts non-significant."""
+    from eavss.hallucination.baselines import surface_baselines
+    from eavss.scores.hallucination import rank_layers
+    from hallucination_helpers import _planted_confounds
+
+    ss, ids = _planted_confounds(seed=seed)
+    opts = EavssOptions(min_per_class=2, top_k=1)
+    res = compute_eavss(ss, opts)
+    assert res["ranking"][0] in (1, 2)  # the raw effect is fooled (why rank_by=z exists)
+    perm = permutation_test(ss, opts, 100, seed=seed)
+    ranked = rank_layers(res["eavss"], "z", perm["z_eavss"], 1)
+    assert ranked["top_k"] == [4]
+    assert perm["z_eavss"][4] > 5 and perm["p_eavss_fwer"][4] < 0.05
+    assert perm["p_eavss_fwer"][1] > 0.05 and perm["p_eavss_fwer"][2] > 0.05
+    boot = bootstrap_eavss(ss, opts, 30, seed=seed, calibration=perm["calibration"])
+    assert boot["ranked_by"] == "z" and boot["p_top_k"][4] > 0.9 and boot["z_lo"][4] > 2
+    # and the surface baselines see the planted form differences
+    bl = surface_baselines(ids, ss.labels, ss.clusters, ss.strata, folds=4, seed=0)
+    assert bl["auroc_by_source"]["length"]["pairs"] > 0.95
+    assert bl["auroc_by_source"]["first_tokens"]["gen"] > bl["auroc_by_source"]["length"]["gen"]  # a 60/40 first-token cue

@@ -117,7 +117,7 @@ def test_mlp_act_site_width_is_intermediate_size():
     stats, _ = _run(model, _seqs(n=3, seed=14), site="mlp_act")
     assert stats.site == "mlp_act"
     assert np.all(stats.width == model.config.intermediate_size)
-    assert np.all(np.isnan(stats.block_influence()))
+    assert np.all(np.isfinite(stats.block_influence()))  # collected from the layer outputs in the same pass
     assert np.all((stats.sparsity() > 0) & (stats.sparsity() < 1))
 
 
@@ -177,7 +177,9 @@ def test_resid_delta_site_matches_reference(arch):
     ref = reference_stats(deltas, ins, tau=0.01)
     np.testing.assert_allclose(stats.element_variance()[0], ref["element_variance"], rtol=2e-4)
     np.testing.assert_allclose(stats.sparsity()[0], ref["sparsity"], atol=2e-3)
-    assert np.all(np.isnan(stats.block_influence()))
+    # block influence is that of the layer (output vs input), collected in the same pass
+    np.testing.assert_allclose(stats.block_influence()[0], reference_stats(outs, ins, tau=0.01)["block_influence"],
+                               rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama", "opt"])
@@ -195,3 +197,30 @@ def test_left_padded_batches_equal_unpadded_single_runs(arch):
     left, _ = collect_statistics(model, [{"input_ids": ids, "attention_mask": am}], progress=False, pooled=False)
     single, _ = _run(model, seqs, batch_size=1, pooled=False)
     np.testing.assert_allclose(left.sums, single.sums, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("site", ["mlp_act", "resid_delta"])
+def test_block_influence_at_any_site_equals_the_resid_post_pass(site):
+    """One pass at another site also gives ShortGPT block influence, equal to the resid_post pass's
+    (both token-weighted over the same counted tokens; groups kept apart)."""
+    model = tiny_model("llama", seed=2)
+    seqs = _seqs(n=6, seed=9)
+    batches = make_batches(seqs, 4, pad_id=0)
+    for b in batches:
+        b["groups"] = torch.arange(b["input_ids"].shape[0]) % 2
+    ref, _ = collect_statistics(model, batches, site="resid_post", group_names=("a", "b"), progress=False)
+    got, _ = collect_statistics(model, batches, site=site, group_names=("a", "b"), progress=False)
+    assert got.has_block_influence
+    np.testing.assert_allclose(got.block_influence(), ref.block_influence(), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("arch", TINY_ARCHS)
+def test_mlp_act_site_runs_on_every_architecture(arch):
+    """The default capture site works on every tiny architecture, OPT's flattened (B*T, D) MLP included,
+    and equals a single-sequence run (padding has no weight)."""
+    model = tiny_model(arch, seed=3)
+    seqs = _seqs(n=4, seed=4)
+    batched, _ = _run(model, seqs, batch_size=4, site="mlp_act")
+    single, _ = _run(model, seqs, batch_size=1, site="mlp_act")
+    np.testing.assert_allclose(batched.sums, single.sums, rtol=1e-4, atol=1e-5)
+    assert np.all(batched.n_tokens() == sum(len(s) for s in seqs))

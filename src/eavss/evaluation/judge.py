@@ -35,6 +35,11 @@ MATCH_MODES = choices(("exact", "normalised prediction equals a normalised alias
 SCIQ_MODES = choices(("options", "the four options are listed; the answer must equal the correct option"),
                      ("open", "no options shown; exact match to the correct option"), kind="SciQ judge", key="judge.sciq")
 
+FORMAT_FAILURES = frozenset({"no_option"})
+"""Judge details that mean the answer has the wrong *form* rather than a wrong fact: a SciQ answer
+that names none of the four options it was shown (``judge_options``'s ``no_option``). The command
+labels such answers ``format_failure`` and leaves them out of both classes by default."""
+
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _SEPARATORS = re.compile(r"[-\u2010-\u2015/]")
 _UNITS = {w: i for i, w in enumerate(
@@ -169,7 +174,7 @@ def judge_options(prediction: str, options: Sequence[str], correct: str, number_
     return res
 
 
-def judge_rule(mode: str, number_words: bool, sciq: str) -> dict:
+def judge_rule(mode: str, number_words: bool, sciq: str, format_failure: str = "exclude") -> dict:
     """JSON-able description of the judge, for the report."""
     norm = ("lower case; NFKD and drop accents; '-', dashes and '/' -> space; remove ASCII and Unicode "
             "punctuation; remove articles a/an/the; collapse whitespace"
@@ -178,9 +183,14 @@ def judge_rule(mode: str, number_words: bool, sciq: str) -> dict:
             "correct iff normalised prediction == a normalised alias, or an alias is a whole-word span of it with "
             f"no negation word ({', '.join(sorted(NEGATIONS)[:6])}, ...) before the span")
     sciq_rule = ("options listed in the prompt; correct iff the answer equals the correct option; equal to a "
-                 "distractor or to no option = hallucinated" if sciq == "options" else
+                 "distractor = hallucinated; equal to no option = "
+                 + ("format failure (not scored)" if format_failure == "exclude" else "hallucinated")
+                 if sciq == "options" else
                  "no options in the prompt; judged like the open sources against the correct option")
     return {"normalisation": norm, "match": mode, "rule": rule, "sciq": sciq, "sciq_rule": sciq_rule,
             "label": "wrong answer = hallucinated (1), right answer = truthful (0); empty answers are kept in "
-                     "samples.jsonl but excluded from the statistics (no answer tokens)",
+                     "samples.jsonl but excluded from the statistics (no answer tokens)"
+                     + ("; answers of the wrong form (" + ", ".join(sorted(FORMAT_FAILURES)) + ") are labelled "
+                        "format_failure and excluded from both classes" if format_failure == "exclude" else ""),
+            "format_failure": format_failure,
             "source": "SQuAD v1.1 evaluate-v1.1.py normalize_answer, with the extensions listed"}

@@ -9,7 +9,8 @@ The AUROC of the out-of-fold decision values is reported overall and per source;
 ``auroc`` of a layer is the mean of the per-source AUROCs (``within-source``), because the pooled
 AUROC also rewards telling sources apart (sources differ in hallucination rate).
 
-Agreement with EAVSS is :func:`eavss.scores.agreement.rank_agreement`.
+Agreement with EAVSS is :func:`eavss.scores.agreement.rank_agreement`. What trivial features of
+the answer text achieve with the same folds is :mod:`eavss.hallucination.baselines`.
 """
 
 from __future__ import annotations
@@ -21,17 +22,47 @@ import numpy as np
 
 from eavss.errors import EavssError
 
-def _folds(y: np.ndarray, groups: np.ndarray, strata: np.ndarray, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+
+def cv_folds(y: np.ndarray, groups: np.ndarray, strata: np.ndarray, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The cross-validation folds of the probes (and of the surface baselines, which must use the same).
+
+    ``StratifiedGroupKFold(k, shuffle=True, random_state=seed)`` grouped by ``groups`` (question ids:
+    both answers of a pair stay in one fold) and stratified by ``strata`` x label; ``k`` is capped
+    at the number of groups. Deterministic in its arguments.
+
+    Returns:
+        ``[(train_indices, test_indices)]``, one per fold.
+    """
     from sklearn.model_selection import StratifiedGroupKFold
 
     code = np.array([f"{s}|{int(v)}" for s, v in zip(strata, y)])
     _, code_i = np.unique(code, return_inverse=True)
-    _, grp_i = np.unique(groups.astype(str), return_inverse=True)
+    _, grp_i = np.unique(np.asarray(groups).astype(str), return_inverse=True)
     k = min(k, len(np.unique(grp_i)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "least populated class has fewer than n_splits members"
         cv = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
         return [(tr, te) for tr, te in cv.split(np.zeros(len(y)), code_i, grp_i)]
+
+
+MIN_PER_CLASS_FOR_AUROC = 5
+"""A source enters the within-source mean AUROC if it has at least this many answers of each class."""
+
+
+def source_aurocs(y: np.ndarray, scores: np.ndarray, strata: np.ndarray) -> tuple[float, float, dict]:
+    """AUROC of out-of-fold ``scores`` ``(N,)`` for labels ``y``: ``(within-source mean, pooled,
+    {source: AUROC})``; sources with fewer than :data:`MIN_PER_CLASS_FOR_AUROC` answers of a class
+    are left out of the mean (the pooled value stands in when no source qualifies)."""
+    from sklearn.metrics import roc_auc_score
+
+    pooled = float(roc_auc_score(y, scores))
+    by_source = {}
+    for s in dict.fromkeys(strata.tolist()):
+        m = strata == s
+        if (y[m] == 0).sum() >= MIN_PER_CLASS_FOR_AUROC and (y[m] == 1).sum() >= MIN_PER_CLASS_FOR_AUROC:
+            by_source[s] = float(roc_auc_score(y[m], scores[m]))
+    within = float(np.mean(list(by_source.values()))) if by_source else pooled
+    return within, pooled, by_source
 
 
 def _fit_all(X: np.ndarray, y: np.ndarray, splits, oof: np.ndarray, C: float, max_iter: int, progress: bool) -> None:
@@ -88,7 +119,7 @@ def probe_layers(features: np.ndarray, y: np.ndarray, groups: np.ndarray, strata
                          f"{(y == 1).sum()} hallucinated; raise the limits")
     strata = np.asarray(strata, dtype=object)
     t0 = time.perf_counter()
-    splits = _folds(y, np.asarray(groups, dtype=object), strata, folds, seed)
+    splits = cv_folds(y, np.asarray(groups, dtype=object), strata, folds, seed)
     N, L, _ = X.shape
     oof = np.zeros((L, N))
     # one BLAS thread: these fits are tiny, and multi-threaded BLAS is 20-50x slower on a busy CPU
@@ -98,7 +129,7 @@ def probe_layers(features: np.ndarray, y: np.ndarray, groups: np.ndarray, strata
     by_source = {}
     for s in dict.fromkeys(strata.tolist()):
         m = strata == s
-        if (y[m] == 0).sum() >= 5 and (y[m] == 1).sum() >= 5:
+        if (y[m] == 0).sum() >= MIN_PER_CLASS_FOR_AUROC and (y[m] == 1).sum() >= MIN_PER_CLASS_FOR_AUROC:
             by_source[s] = np.array([roc_auc_score(y[m], oof[layer, m]) for layer in range(L)])
     within = np.mean(list(by_source.values()), axis=0) if by_source else pooled
     return {"auroc": within, "auroc_pooled": pooled, "auroc_by_source": by_source,

@@ -391,7 +391,9 @@ def convert_gguf(gguf: Path, out: Path, sha256: str, source_label: str | None = 
             tokenizer.save_pretrained(tmp)
             reloaded = _load_tokenizer_class(tmp, type(tokenizer).__name__)
             if reloaded(_TOKENIZER_CHECK_TEXT)["input_ids"] != tokenizer(_TOKENIZER_CHECK_TEXT)["input_ids"]:
-                raise RuntimeError(f"the tokenizer saved from {gguf} encodes differently after reloading")
+                raise EavssError(f"the tokenizer converted from {gguf} encodes differently after saving and reloading "
+                                 f"with transformers {_transformers_version()}; upgrade transformers (5.24 works) or "
+                                 "pass a converted HF model folder")
             write_json_atomic(
                 tmp / CACHE_MARKER,
                 {

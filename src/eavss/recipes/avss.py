@@ -51,12 +51,17 @@ class CalibrationSection:
 class StatsSection:
     """How activations become per-layer statistics (:mod:`eavss.stats`)."""
 
-    site: str = option("resid_post", "capture site: resid_post (decoder layer output) | resid_delta (output minus "
-                       "input: the block update) | mlp_act (MLP activation output)", flag="--site", choices=_SITES)
+    site: str = option("mlp_act", "capture site: mlp_act (MLP activation output; the AVSS reading that tracked the "
+                       "layer-skip ground truth best on SmolLM2 and Gemma-3, docs/method.md) | resid_post (decoder "
+                       "layer output, the official code's) | resid_delta (output minus input: the block update)",
+                       flag="--site", choices=_SITES)
     variance: str = option("element", "variance definition: element (all masked elements) | token | pooled "
                            "(official-code mean-pool variance)", flag="--variance",
                            choices="eavss.stats.accumulators:VARIANCE_DEFINITIONS")
     sparsity: SparsitySection = section(SparsitySection)
+    massive: float | None = option(None, "leave out massive-activation tokens (attention sinks): a token whose RMS "
+                                   "exceeds this multiple of the batch-median token RMS at a layer is excluded there "
+                                   "and counted (null = keep every token)", min=1)
     accum_dtype: str = option("float64", "accumulator dtype of the streaming sums", choices=("float64", "float32"))
     block_influence: bool = option(True, "also collect ShortGPT block influence (resid_post only)")
 
@@ -83,8 +88,9 @@ class GroundTruthSection:
 class PruneSection:
     """Layer selection (:mod:`eavss.prune.selection`)."""
 
-    score: str = option("avss", "score to prune by: avss, variance, density, block_influence", flag="--score",
-                        choices="eavss.scores.registry:SCORES")
+    score: str = option("block_influence", "score to prune by: block_influence (ShortGPT; tracked the layer-skip "
+                        "ground truth best on both measured models, docs/method.md) | avss | variance | density",
+                        flag="--score", choices="eavss.scores.registry:SCORES")
     rule: str = option("count", "count (remove floor(fraction * candidate layers)) | mass (cumulative normalised "
                        "score <= mass)", flag="--rule", choices="eavss.prune.selection:RULES")
     fraction: float = option(0.25, "share of the candidate (unprotected) layers to remove with rule=count",
@@ -181,6 +187,10 @@ class RunConfig(RunOptions):
     ground_truth: GroundTruthSection = section(GroundTruthSection)
     prune: PruneSection = section(PruneSection)
     eval: EvalSection = section(EvalSection)
+    compare_with: list[str] = option(
+        help="other selections of the same k layers evaluated beside prune.score, each skipped in place (no copy): "
+             "avss, block_influence, random (seeded); one equal to prune.score is skipped; [] = none",
+        choices=("avss", "block_influence", "random"), factory=lambda: ["avss", "block_influence", "random"])
     save_model: bool = option(True, "write the pruned model folder (pruned/)", flag="--no-save-model",
                               action="store_false")
 
@@ -258,6 +268,7 @@ def collect(cfg: ScoreConfig | RunConfig, model, tokenizer, texts: list[str] | N
     accum = {"float64": torch.float64, "float32": torch.float32}[cfg.stats.accum_dtype]
     stats, info = collect_statistics(model, batches, site=cfg.stats.site, rule=cfg.stats.sparsity.rule(),
                                      pooled=True, block_influence=cfg.stats.block_influence, accum_dtype=accum,
+                                     massive=cfg.stats.massive,
                                      progress=cfg.progress and edist.is_main(), total=len(batches),
                                      distributed=dist_on)
     return stats, cal_info, info
@@ -327,7 +338,17 @@ def statistics_section(stats, options, layer_paths: list[str]) -> tuple[dict, di
             "importance_rank": int(a["importance_rank"][i]), "guard_hit": bool(a["guard_hit"][i]),
             "block_influence": bi[i],
         })
+    from eavss.scores.diagnostics import sparsity_information
+    from eavss.stats.accumulators import F
+
+    info = sparsity_information(s.sparsity()[0], s.sums[0, :, F["near_zero"]], s.n_elements()[0])
+    for i, row in enumerate(rows):
+        row["near_zero_count"] = float(s.sums[0, i, F["near_zero"]])
+        row["massive_tokens"] = int(s.n_massive()[0, i])
     section_ = {
+        "massive": stats.massive, "sparsity_information": {k: info[k] for k in (
+            "ratio", "min_count_layer", "min_count_value", "low_count_layers", "zero_layers", "nearly_constant",
+            "informative", "warnings", "thresholds")},
         "site": stats.site, "variance_definition": options.variance, "normalisation": options.normalisation,
         "sparsity_guard": options.sparsity_guard, "sparsity_rule": stats.sparsity_rule,
         "guard_hit_layers": [int(i) for i in np.flatnonzero(a["guard_hit"])],
@@ -336,6 +357,48 @@ def statistics_section(stats, options, layer_paths: list[str]) -> tuple[dict, di
     }
     score_sec = {name: {"score": v["score"]} for name, v in scores.items()}
     return jsonable(section_), jsonable(score_sec)
+
+
+def select_for(scores: list[float], p: PruneSection) -> list[int]:
+    """The layers the prune section removes for per-layer ``scores`` (higher = keep)."""
+    from eavss.prune.selection import select_layers
+
+    return select_layers(scores, p.rule, p.fraction, p.mass, p.protect_first, p.protect_last)
+
+
+def alternative_selections(names: list[str], scores: dict, k: int, num_layers: int, seed: int,
+                           p: PruneSection) -> dict[str, list[int]]:
+    """The same number ``k`` of layers chosen by other rules, for the main job's comparison:
+    ``block_influence`` (the k lowest, from the same statistics pass, protection honoured) and
+    ``random`` (seeded, :func:`eavss.prune.baselines.random_layers`). A name equal to
+    ``prune.score`` or a score the statistics lack is left out."""
+    from eavss.prune.baselines import random_layers
+    from eavss.prune.selection import ascending_order
+
+    out = {}
+    cands = [i for i in range(num_layers) if p.protect_first <= i < num_layers - p.protect_last]
+    for name in names:
+        if name == p.score:
+            continue
+        if name == "random":
+            out[name] = random_layers(num_layers, k, seed, p.protect_first, p.protect_last)
+        elif name in scores:
+            out[name] = sorted(ascending_order(scores[name]["score"], cands)[:k])
+    return out
+
+
+def evaluate_without(model, tok, layers: list[int], original: dict, cfg, timings: dict, name: str) -> dict:
+    """Evaluate the model with ``layers`` skipped in place (restored after) and its retention."""
+    from eavss.evaluation.harness import retention
+    from eavss.models.surgery import skip_layers
+
+    with skip_layers(model, layers):
+        res, secs = evaluate_model(model, tok, cfg.eval, cfg.data_dir, cfg.seed)
+    timings.update({f"eval_{name}.{t}": v for t, v in secs.items()})
+    ret = retention(original, res)
+    vals = [r["retention_pct"] for r in ret.values() if r.get("retention_pct") is not None]
+    return jsonable({"removed": sorted(layers), "results": res, "retention": ret,
+                     "mean_retention_pct": float(np.mean(vals)) if vals else None})
 
 
 def prune_model(model, scores: list[float], p: PruneSection) -> dict:
@@ -517,6 +580,11 @@ def run(cfg: RunConfig) -> dict:
 
     original, secs = evaluate_model(model, tok, cfg.eval, cfg.data_dir, cfg.seed)
     timings.update({f"eval_original.{k}": v for k, v in secs.items()})
+    chosen = select_for(sc[cfg.prune.score]["score"], cfg.prune)
+    alternatives = {}
+    for name, layers in alternative_selections(cfg.compare_with, sc, len(chosen), stats.num_layers, cfg.seed,
+                                               cfg.prune).items():
+        alternatives[name] = evaluate_without(model, tok, layers, original, cfg, timings, name)
     with timed(timings, "pruning"):
         pr = prune_model(model, sc[cfg.prune.score]["score"], cfg.prune)
     pruned, secs = evaluate_model(model, tok, cfg.eval, cfg.data_dir, cfg.seed)
@@ -529,7 +597,7 @@ def run(cfg: RunConfig) -> dict:
         "model": model_sec, "calibration": {**cal_info, **col_info}, "statistics": st, "scores": sc,
         "ground_truth": gt, "pruning": pr,
         "evaluation": {"original": original, "pruned": pruned, "retention": ret, "limits": cfg.eval.limits,
-                       "mean_retention_pct": float(np.mean(vals)) if vals else None},
+                       "mean_retention_pct": float(np.mean(vals)) if vals else None, "alternatives": alternatives},
         "timings": timings, "threads": threads,
     })
     with atomic_dir(cfg.out, cfg.overwrite) as tmp:

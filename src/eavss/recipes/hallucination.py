@@ -3,13 +3,17 @@
 The command is :func:`run`, a sequence of named steps over library code:
 
 1. :func:`prepare` -- read the sources, split them (score/train/eval), build the samples;
-2. :func:`tokenise` -- prompt, answer, newline and EOS token ids;
+2. :func:`tokenise` -- prompt, answer, newline and EOS token ids; :func:`match_pair_lengths` --
+   length-matched teacher-forced pairs (``teacher_forced.match``);
 3. :func:`capture_answers` -- teacher-forced passes and greedy generation, with answer-token
    statistics (:mod:`eavss.stats`) and probe features captured in the same forward passes;
-4. :func:`judge_samples` -- label the generated answers (:mod:`eavss.evaluation.judge`);
-5. :func:`score_layers` -- HSAV/HSS/EAVSS, bootstrap, permutations, variants
-   (:mod:`eavss.scores.hallucination`);
-6. :func:`probe_check` -- per-layer linear probes and their rank agreement with EAVSS;
+4. :func:`judge_samples` -- label the generated answers (:mod:`eavss.evaluation.judge`), format
+   failures apart;
+5. :func:`score_layers` -- HSAV/HSS/EAVSS, permutation null and z, ranking (``scores.rank_by``),
+   bootstrap, variants (:mod:`eavss.scores.hallucination`);
+6. :func:`probe_check` -- per-layer linear probes and their rank agreement with the ranking;
+   :func:`baseline_check` -- surface baselines with the probe's folds
+   (:mod:`eavss.hallucination.baselines`);
 7. :func:`build_report` and :func:`write_outputs` -- ``report.json`` (kind ``hallucination``),
    ``report.md``, ``eavss.png``, ``separability.png``, ``splits.json`` (every question id by part,
    and those used here) and ``samples.jsonl`` (every labelled answer with its judge record),
@@ -81,6 +85,9 @@ class JudgeSection:
     number_words: bool = option(True, "map number words to digits before comparing (two -> 2)")
     sciq: str = option("options", "SciQ: options (the four options are listed; answer must equal the correct one) | "
                        "open (no options shown)", choices="eavss.evaluation.judge:SCIQ_MODES")
+    format_failure: str = option("exclude", "an answer of the wrong form (SciQ: names none of the options): exclude "
+                                 "(label format_failure, counted per source, not scored) | hallucinated (the old rule)",
+                                 choices=("exclude", "hallucinated"))
 
 
 @dataclass
@@ -90,6 +97,9 @@ class TeacherForcedSection:
     pairs_per_question: int = option(1, "(truthful, hallucinated) reference pairs per question", min=1)
     max_answer_tokens: int = option(48, "longer reference answers are cut to this many tokens", min=1)
     halueval_file: str = option("one-turn", "HaluEval QA file: one-turn | multi-turn", choices=("one-turn", "multi-turn"))
+    match: str = option("length", "which incorrect reference answer is paired with the truthful one: none (file order) "
+                        "| length (the one closest in token length; TruthfulQA has several, HaluEval one)",
+                        choices="eavss.hallucination.matching:MATCH_MODES")
 
 
 @dataclass
@@ -104,6 +114,19 @@ class HStatsSection:
     batch_size: int = option(32, "teacher-forced rows per forward pass", min=1)
     first_answer_tokens: int | None = option(None, "count only the first N answer tokens of every answer (a length "
                                              "control; null = all)", min=1)
+    massive: float | None = option(None, "PENDING engine option (being added to eavss.stats): leave out of the statistics "
+                                   "tokens whose RMS exceeds this multiple of the batch-median token RMS (and count "
+                                   "them); null = keep all. Refused until the collector accepts it", min=1)
+
+    def check(self) -> None:
+        if self.massive is not None:
+            import inspect
+
+            from eavss.stats import ActivationStatsCollector
+
+            if "massive" not in inspect.signature(ActivationStatsCollector.__init__).parameters:
+                raise EavssError("stats.massive is not available yet (the statistics engine does not accept it in this "
+                                 "version); leave stats.massive unset")
 
 
 @dataclass
@@ -121,10 +144,20 @@ class EavssScoresSection:
                           flag="--combine", choices=f"{_SCORES}:COMBINATIONS")
     with_avss: bool = option(False, "multiply EAVSS by the layer's normalised AVSS", flag="--with-avss",
                              action="store_true")
+    rank_by: str = option("z", "layer ranking: z (permutation z of each layer's EAVSS with HSAV and HSS in noise "
+                          "units: (observed - null mean) / null SD) | effect (raw EAVSS, the original ranking)",
+                          flag="--rank-by",
+                          choices=f"{_SCORES}:RANK_BY")
     top_k: int = option(5, "number of hallucination-prone layers listed", flag="--top-k", min=1)
     bootstrap: int = option(200, "question-level bootstrap resamples for CIs (0 = off)", min=0)
-    permutations: int = option(200, "label permutations for p-values (0 = off)", min=0)
+    permutations: int = option(200, "label permutations for p-values and the z ranking (0 = off; rank_by=z needs "
+                               ">= 2)", min=0)
     min_per_class: int = option(5, "a source needs this many answers in each class to count", min=2)
+
+    def check(self) -> None:
+        if self.rank_by == "z" and self.permutations < 2:
+            raise EavssError(f"scores.rank_by=z needs scores.permutations >= 2 (got {self.permutations}); "
+                             "raise it (200 recommended) or set scores.rank_by=effect")
 
 
 @dataclass
@@ -135,6 +168,19 @@ class ProbeSection:
     folds: int = option(5, "cross-validation folds, grouped by question", min=2)
     C: float = option(0.05, "inverse L2 strength of the logistic regression", min=1e-12)
     max_iter: int = option(500, "solver iterations", min=1)
+
+
+@dataclass
+class BaselinesSection:
+    """Surface baselines beside the probe: how well answer form alone predicts the label, with the
+    probe's folds (:mod:`eavss.hallucination.baselines`)."""
+
+    enabled: bool = option(True, "fit the surface baselines (answer length, first tokens, bag of tokens)",
+                           flag="--no-baselines", action="store_false")
+    first_tokens: int = option(3, "the first-token baseline one-hot encodes the first N answer token ids", min=1)
+    C: float = option(1.0, "inverse L2 strength of the baselines' logistic regressions", min=1e-12)
+    margin: float = option(0.05, "warn when the best probe layer's AUROC does not beat the best baseline's by this much",
+                           min=0)
 
 
 @dataclass
@@ -158,6 +204,7 @@ class HallucinationConfig(RunOptions):
     stats: HStatsSection = section(HStatsSection)
     scores: EavssScoresSection = section(EavssScoresSection)
     probe: ProbeSection = section(ProbeSection)
+    baselines: BaselinesSection = section(BaselinesSection)
 
     def check(self) -> None:
         if not self.sources:
@@ -170,7 +217,9 @@ class HallucinationConfig(RunOptions):
 # samples
 
 
-LABEL_NAMES = {0: "truthful", 1: "hallucinated", -1: "excluded"}
+FORMAT_FAILURE = 2
+"""Label of an answer of the wrong form (SciQ: names no option); not scored, counted per source."""
+LABEL_NAMES = {0: "truthful", 1: "hallucinated", -1: "excluded", FORMAT_FAILURE: "format_failure"}
 
 
 @dataclass
@@ -178,7 +227,10 @@ class Sample:
     """One labelled (or to-be-judged) answer.
 
     ``kind``: ``teacher_forced`` | ``generated``; ``label``: 0 truthful, 1 hallucinated, -1
-    excluded/not yet judged; ``reference``: which reference answer a teacher-forced sample is.
+    excluded/not yet judged, 2 format failure (:data:`FORMAT_FAILURE`); ``reference``: which
+    reference answer a teacher-forced sample is, ``reference_index`` its position in the source's
+    list, ``alternatives`` (hallucinated teacher-forced samples) every incorrect answer of the
+    question, for length matching.
     """
 
     index: int
@@ -197,14 +249,16 @@ class Sample:
     stop: str | None = None
     answer_ids: list[int] = field(default_factory=list)
     n_counted: int = 0
+    reference_index: int | None = None
+    alternatives: list[str] = field(default_factory=list)
 
     def record(self) -> dict:
         """JSON-able row of ``samples.jsonl``."""
         return {
             "index": self.index, "source": self.source, "qid": self.qid, "split": "score", "kind": self.kind,
             "question": self.question, "prompt_suffix": self.prompt.suffix, "prefix": self.prompt.prefix,
-            "answer": self.answer, "label": self.label if self.label >= 0 else None,
-            "label_name": LABEL_NAMES[self.label], "reference": self.reference,
+            "answer": self.answer, "label": self.label if self.label in (0, 1) else None,
+            "label_name": LABEL_NAMES[self.label], "reference": self.reference, "reference_index": self.reference_index,
             "golds": self.golds[:20], "options": self.options or None, "correct_option": self.correct,
             "judge": self.judge, "stop": self.stop, "n_answer_tokens": len(self.answer_ids),
             "n_counted_tokens": self.n_counted,
@@ -229,7 +283,8 @@ def build_samples(selected: dict[str, list[QAItem]], cfg: HallucinationConfig) -
 
     Teacher-forced: per question, ``pairs_per_question`` truthful references (TruthfulQA: the best
     answer first, then the other correct answers; HaluEval: the right answer) and as many
-    hallucinated ones (the incorrect answers in file order; HaluEval: the hallucinated answer). A
+    hallucinated ones (the incorrect answers in file order; HaluEval: the hallucinated answer;
+    :func:`match_pair_lengths` may swap them for length-matched ones after tokenisation). A
     single trailing period is stripped from every reference answer (HaluEval's hallucinated
     answers end in "." and its right answers do not -- a cue unrelated to hallucination).
     Generated: one sample per question; SciQ options are shuffled by a per-question seeded RNG.
@@ -241,11 +296,13 @@ def build_samples(selected: dict[str, list[QAItem]], cfg: HallucinationConfig) -
             if src in TEACHER_FORCED:
                 pr = qa_prompt(it.question)
                 pairs = list(zip(it.golds[:p], it.incorrect[:p]))
+                alts = [_strip_period(a) for a in it.incorrect]
                 for j, (good, bad) in enumerate(pairs):
                     for label, ans, ref in ((0, good, "best_answer" if j == 0 and src == "truthfulqa" else "correct_answer"),
                                             (1, bad, "incorrect_answer" if src == "truthfulqa" else "hallucinated_answer")):
                         samples.append(Sample(len(samples), src, it.qid, "teacher_forced", it.question, pr, list(it.golds),
-                                              answer=_strip_period(ans), label=label, reference=ref))
+                                              answer=_strip_period(ans), label=label, reference=ref, reference_index=j,
+                                              alternatives=alts if label == 1 else []))
             else:
                 if src == "sciq" and cfg.judge.sciq == "options":
                     opts = list(it.options)
@@ -260,8 +317,11 @@ def build_samples(selected: dict[str, list[QAItem]], cfg: HallucinationConfig) -
 
 
 def judge_samples(samples: list[Sample], cfg: HallucinationConfig) -> None:
-    """Label every generated sample in place (see :mod:`eavss.evaluation.judge`)."""
-    from eavss.evaluation.judge import judge_options, match_answer
+    """Label every generated sample in place (see :mod:`eavss.evaluation.judge`): 0 right, 1 wrong,
+    -1 empty, :data:`FORMAT_FAILURE` when the judge's detail is a format failure
+    (:data:`eavss.evaluation.judge.FORMAT_FAILURES`; SciQ ``no_option``) and
+    ``judge.format_failure=exclude``."""
+    from eavss.evaluation.judge import FORMAT_FAILURES, judge_options, match_answer
 
     j = cfg.judge
     for s in samples:
@@ -274,21 +334,25 @@ def judge_samples(samples: list[Sample], cfg: HallucinationConfig) -> None:
         s.judge = r
         if r["detail"] == "empty" or not s.answer_ids:
             s.label = -1
+        elif r["detail"] in FORMAT_FAILURES and j.format_failure == "exclude":
+            s.label = FORMAT_FAILURE
         else:
             s.label = 0 if r["correct"] else 1
 
 
-def _source_summary(samples: list[Sample]) -> dict:
+def _source_summary(samples: list[Sample], matching: dict | None = None) -> dict:
     out = {}
     for src in dict.fromkeys(s.source for s in samples):
         ss = [s for s in samples if s.source == src]
         n_t = sum(s.label == 0 for s in ss)
         n_h = sum(s.label == 1 for s in ss)
         n_x = sum(s.label == -1 for s in ss)
+        n_f = sum(s.label == FORMAT_FAILURE for s in ss)
         kind = ss[0].kind
         d = {"kind": kind, "questions": len({s.qid for s in ss}), "samples": len(ss), "truthful": n_t,
-             "hallucinated": n_h, "excluded": n_x,
+             "hallucinated": n_h, "excluded": n_x, "format_failures": n_f,
              "hallucination_rate": (n_h / (n_t + n_h)) if kind == "generated" and (n_t + n_h) else None,
+             "format_failure_rate": (n_f / (n_t + n_h + n_f)) if kind == "generated" and (n_t + n_h + n_f) else None,
              "mean_answer_tokens": {LABEL_NAMES[c]: float(np.mean([len(s.answer_ids) for s in ss if s.label == c]))
                                     for c in (0, 1) if any(s.label == c for s in ss)}}
         if kind == "generated":
@@ -299,6 +363,8 @@ def _source_summary(samples: list[Sample]) -> dict:
                 stops[s.stop] = stops.get(s.stop, 0) + 1
             d["judge_details"] = det
             d["stop_reasons"] = stops
+        if matching and src in matching:
+            d["length_match"] = matching[src]
         out[src] = d
     return out
 
@@ -358,6 +424,59 @@ def tokenise(samples: list[Sample], model, tok, prefix_cache: bool, max_answer_t
                   tok.pad_token_id if tok.pad_token_id is not None else 0)
 
 
+def match_pair_lengths(samples: list[Sample], tok, match: str, max_answer_tokens: int) -> dict:
+    """Pair each truthful teacher-forced answer with an incorrect one of similar length (``match="length"``,
+    :func:`eavss.hallucination.matching.match_by_length`); sets the hallucinated samples' answer,
+    ``answer_ids`` and ``reference_index``. Run after :func:`tokenise`.
+
+    Returns:
+        Per teacher-forced source: ``{"match", "questions", "candidates_per_question" (mean number
+        of incorrect answers), "questions_changed", "mean_tokens_before": {"truthful",
+        "hallucinated"} (file order, i.e. ``match="none"``), "mean_tokens_after",
+        "mean_abs_pair_difference_before", "mean_abs_pair_difference_after"`` (mean ``|len truthful -
+        len hallucinated|`` over the pairs)``}`` (token counts after the ``max_answer_tokens`` cut).
+    """
+    from eavss.hallucination.matching import match_by_length
+
+    def n_tok(text: str) -> list[int]:
+        return tok(ANSWER_TEMPLATE.format(answer=text), add_special_tokens=False)["input_ids"][:max_answer_tokens]
+
+    out: dict = {}
+    by_q: dict = {}
+    for s in samples:
+        if s.kind == "teacher_forced":
+            by_q.setdefault((s.source, s.qid), []).append(s)
+    for src in dict.fromkeys(k[0] for k in by_q):
+        qs = [v for k, v in by_q.items() if k[0] == src]
+        before = {c: [len(s.answer_ids) for v in qs for s in v if s.label == c] for c in (0, 1)}
+        gap_before = [abs(len(a.answer_ids) - len(b.answer_ids)) for v in qs
+                      for a, b in zip([s for s in v if s.label == 0], [s for s in v if s.label == 1])]
+        changed = 0
+        n_cand = []
+        for v in qs:
+            good = [s for s in v if s.label == 0]
+            bad = [s for s in v if s.label == 1]
+            n_cand.append(len(bad[0].alternatives) if bad else 0)
+            if match != "length" or not bad:
+                continue
+            cand_ids = [n_tok(a) for a in bad[0].alternatives]
+            pick = match_by_length([len(s.answer_ids) for s in good], [len(c) for c in cand_ids])
+            if pick != [s.reference_index for s in bad]:
+                changed += 1
+            for s, j in zip(bad, pick):
+                s.answer, s.answer_ids, s.reference_index = s.alternatives[j], cand_ids[j], j
+        after = {c: [len(s.answer_ids) for v in qs for s in v if s.label == c] for c in (0, 1)}
+        gap_after = [abs(len(a.answer_ids) - len(b.answer_ids)) for v in qs
+                     for a, b in zip([s for s in v if s.label == 0], [s for s in v if s.label == 1])]
+        out[src] = {"match": match, "questions": len(qs), "candidates_per_question": float(np.mean(n_cand)),
+                    "questions_changed": changed,
+                    "mean_abs_pair_difference_before": float(np.mean(gap_before)) if gap_before else None,
+                    "mean_abs_pair_difference_after": float(np.mean(gap_after)) if gap_after else None,
+                    "mean_tokens_before": {LABEL_NAMES[c]: float(np.mean(before[c])) for c in (0, 1) if before[c]},
+                    "mean_tokens_after": {LABEL_NAMES[c]: float(np.mean(after[c])) for c in (0, 1) if after[c]}}
+    return out
+
+
 def capture_answers(model, tok, samples: list[Sample], ids: Tokens, cfg: HallucinationConfig,
                     timings: dict) -> tuple[object, object, dict]:
     """Teacher-forced passes, then greedy generation, counting only answer tokens; sets each
@@ -372,8 +491,10 @@ def capture_answers(model, tok, samples: list[Sample], ids: Tokens, cfg: Halluci
     N = len(samples)
     used_prefixes = sorted({s.prompt.prefix for s in samples})
     caches = {p: PrefixCache(model, ids.prefix[p]) for p in used_prefixes} if cfg.generation.prefix_cache else {}
+    extra = {} if cfg.stats.massive is None else {"massive": cfg.stats.massive}  # pending engine option, see HStatsSection
     collector = ActivationStatsCollector(model, site=cfg.stats.site, rule=cfg.stats.sparsity.rule(),
-                                         group_names=[str(i) for i in range(N)], pooled=False, block_influence=False)
+                                         group_names=[str(i) for i in range(N)], pooled=False, block_influence=False,
+                                         **extra)
     features = PooledFeatures(model, N, cfg.stats.site) if cfg.probe.enabled else None
     capture = Capture(collector, features)
     passes: dict[str, dict] = {}
@@ -409,30 +530,37 @@ def capture_answers(model, tok, samples: list[Sample], ids: Tokens, cfg: Halluci
 
 
 def score_layers(samples: list[Sample], stats, cfg: HallucinationConfig) -> dict:
-    """HSAV/HSS/EAVSS, bootstrap CIs, permutation p-values and the variant table.
+    """HSAV/HSS/EAVSS, permutation null (p-values and z), the ranking (``scores.rank_by``),
+    bootstrap CIs and the variant table.
 
     Returns:
-        ``{"ss": SampleStatistics, "opts": EavssOptions, "result", "boot", "perm", "variants"}``.
+        ``{"ss": SampleStatistics, "opts": EavssOptions, "result", "perm", "ranked"
+        (:func:`eavss.scores.hallucination.rank_layers`), "boot", "variants"}``.
     """
     from threadpoolctl import threadpool_limits
 
     from eavss.scores.hallucination import (EavssOptions, SampleStatistics, bootstrap_eavss, compute_eavss,
-                                            permutation_test, variant_table)
+                                            permutation_test, rank_layers, variant_table)
 
     n_tok = stats.n_tokens()[:, 0]
     for s in samples:  # an answer whose tokens were all cut (should not happen) cannot be scored
         s.n_counted = int(n_tok[s.index])
-        if s.label >= 0 and n_tok[s.index] == 0:
+        if s.label in (0, 1) and n_tok[s.index] == 0:
             s.label = -1
-    ss = SampleStatistics(stats, np.array([s.label for s in samples]), np.array([s.source for s in samples], dtype=object),
+    labels = np.array([s.label if s.label in (0, 1) else -1 for s in samples])  # format failures are not scored
+    ss = SampleStatistics(stats, labels, np.array([s.source for s in samples], dtype=object),
                           np.array([f"{s.source}:{s.qid}" for s in samples], dtype=object))
     sc = cfg.scores
     opts = EavssOptions(hsav=sc.hsav, hss=sc.hss, pooling=sc.pooling, normalisation=sc.normalisation, combine=sc.combine,
                         with_avss=sc.with_avss, variance=cfg.stats.variance, min_per_class=sc.min_per_class, top_k=sc.top_k)
     with threadpool_limits(1):  # small numpy products: one BLAS thread is fastest (and much faster on a busy CPU)
-        return {"ss": ss, "opts": opts, "result": compute_eavss(ss, opts),
-                "boot": bootstrap_eavss(ss, opts, sc.bootstrap, cfg.seed),
-                "perm": permutation_test(ss, opts, sc.permutations, cfg.seed), "variants": variant_table(ss, opts)}
+        result = compute_eavss(ss, opts)
+        perm = permutation_test(ss, opts, sc.permutations, cfg.seed)
+        ranked = rank_layers(result["eavss"], sc.rank_by, perm.get("z_eavss"), sc.top_k)
+        by_z = sc.rank_by == "z"
+        boot = bootstrap_eavss(ss, opts, sc.bootstrap, cfg.seed, calibration=perm.get("calibration") if by_z else None)
+        variants = variant_table(ss, opts, rank_by=sc.rank_by, permutations=sc.permutations, seed=cfg.seed)
+    return {"ss": ss, "opts": opts, "result": result, "perm": perm, "ranked": ranked, "boot": boot, "variants": variants}
 
 
 def agreement_with_probe(score: np.ndarray, auroc: np.ndarray, k: int) -> dict:
@@ -452,7 +580,8 @@ def agreement_with_probe(score: np.ndarray, auroc: np.ndarray, k: int) -> dict:
 
 
 def probe_check(features, scored: dict, cfg: HallucinationConfig) -> tuple[dict | None, dict | None, dict]:
-    """Per-layer linear probes, their agreement with EAVSS, and the agreement of every variant.
+    """Per-layer linear probes, the agreement of the ranking statistic with them, and the agreement of
+    every variant (and of the other ranking statistic).
 
     Returns:
         ``(probe, agreement, variant_agreement)``; the first two are None when probes are off.
@@ -462,17 +591,22 @@ def probe_check(features, scored: dict, cfg: HallucinationConfig) -> tuple[dict 
 
     if not cfg.probe.enabled:
         return None, None, {}
-    ss, result, k = scored["ss"], scored["result"], cfg.scores.top_k
+    ss, result, ranked, k = scored["ss"], scored["result"], scored["ranked"], cfg.scores.top_k
     feats, counts = features.result()
     use = ss.used() & (counts.numpy() > 0)
     probe = probe_layers(feats.numpy()[use], ss.labels[use], ss.clusters[use], ss.strata[use], folds=cfg.probe.folds,
                          C=cfg.probe.C, max_iter=cfg.probe.max_iter, seed=cfg.seed, progress=cfg.progress,
                          site=cfg.stats.site)
-    agree = agreement_with_probe(result["eavss"], probe["auroc"], k)
-    agree["pooled_auroc"] = {kk: v for kk, v in rank_agreement(result["eavss"], probe["auroc_pooled"], k).items()
+    agree = agreement_with_probe(ranked["score"], probe["auroc"], k)
+    agree["ranked_by"] = ranked["rank_by"]
+    agree["pooled_auroc"] = {kk: v for kk, v in rank_agreement(ranked["score"], probe["auroc_pooled"], k).items()
                              if kk in ("spearman", "p_value", "top_k_overlap", "verdict")}
     variant_agreement = {}
-    candidates = [(name, v["eavss"]) for name, v in scored["variants"].items() if "eavss" in v]
+    candidates = [(name, v["score"]) for name, v in scored["variants"].items() if "score" in v]
+    z = scored["perm"].get("z_eavss")
+    candidates += [("rank_by=effect (raw EAVSS)", result["eavss"])]
+    if z is not None:
+        candidates += [("rank_by=z (permutation z of EAVSS)", z)]
     candidates += [("HSAV alone", result["hsav"]), ("HSS alone", result["hss"]), ("AVSS (importance)", result["avss_norm"])]
     for name, values in candidates:
         a = rank_agreement(values, probe["auroc"], k)
@@ -481,9 +615,36 @@ def probe_check(features, scored: dict, cfg: HallucinationConfig) -> tuple[dict 
     return probe, agree, variant_agreement
 
 
+def baseline_check(samples: list[Sample], scored: dict, probe: dict | None, cfg: HallucinationConfig) -> dict | None:
+    """Surface baselines (answer length, first tokens, bag of tokens) with the probe's folds, and
+    whether the best probe layer beats them (:mod:`eavss.hallucination.baselines`).
+
+    Returns:
+        :func:`eavss.hallucination.baselines.surface_baselines`'s dict plus ``"comparison"``
+        (:func:`~eavss.hallucination.baselines.compare_with_probe`, None without probes); None when
+        ``baselines.enabled`` is false.
+    """
+    from eavss.hallucination.baselines import compare_with_probe, surface_baselines
+
+    if not cfg.baselines.enabled:
+        return None
+    ss = scored["ss"]
+    use = ss.used()  # the probe's samples: labelled, with counted tokens (features exist exactly for these)
+    n_max = cfg.stats.first_answer_tokens
+    answers = [list(s.answer_ids[:n_max] if n_max else s.answer_ids) for s, u in zip(samples, use) if u]
+    out = surface_baselines(answers, ss.labels[use], ss.clusters[use], ss.strata[use], folds=cfg.probe.folds,
+                            seed=cfg.seed, first_tokens=cfg.baselines.first_tokens, C=cfg.baselines.C)
+    out["comparison"] = None if probe is None else compare_with_probe(probe["auroc"], probe["auroc_by_source"], out,
+                                                                      cfg.baselines.margin)
+    return out
+
+
 def per_layer_rows(scored: dict, probe: dict | None, layer_paths: list[str]) -> list[dict]:
-    """The report's per-layer table."""
-    result, boot, perm = scored["result"], scored["boot"], scored["perm"]
+    """The report's per-layer table: class statistics, effects, EAVSS, its permutation z and p
+    (``eavss_z``, ``p_eavss``, family-wise ``p_eavss_fwer``), the final ``rank`` (by
+    ``scores.rank_by``) and ``rank_effect`` (by raw EAVSS), bootstrap intervals, probe AUROC."""
+    result, boot, perm, ranked = scored["result"], scored["boot"], scored["perm"], scored["ranked"]
+    top = set(ranked["top_k"])
     rows = []
     for i in range(len(result["eavss"])):
         row = {"layer": i, "module": layer_paths[i] if i < len(layer_paths) else None}
@@ -491,9 +652,14 @@ def per_layer_rows(scored: dict, probe: dict | None, layer_paths: list[str]) -> 
                     "n_tokens_truthful", "n_tokens_hallucinated", "hsav_signed", "hsav", "hsav_norm", "hss_signed",
                     "hss", "hss_norm", "avss_norm", "eavss"):
             row[key] = result[key][i]
-        row["rank"] = int(result["rank"][i])
-        row["top_k"] = i in result["top_k"]
-        for key in ("eavss_lo", "eavss_hi", "rank_lo", "rank_hi", "p_top_k"):
+        for key, name in (("z_eavss", "eavss_z"), ("p_eavss", "p_eavss"), ("p_eavss_fwer", "p_eavss_fwer"),
+                          ("null_hsav_sd", "hsav_null_sd"), ("null_hss_sd", "hss_null_sd")):
+            if perm.get(key) is not None:
+                row[name] = perm[key][i]
+        row["rank"] = int(ranked["rank"][i])
+        row["rank_effect"] = int(result["rank"][i])
+        row["top_k"] = i in top
+        for key in ("eavss_lo", "eavss_hi", "z_lo", "z_hi", "rank_lo", "rank_hi", "p_top_k"):
             if key in boot:
                 row[key] = boot[key][i]
         for key in ("p_hsav", "p_hss"):
@@ -509,7 +675,8 @@ def per_layer_rows(scored: dict, probe: dict | None, layer_paths: list[str]) -> 
 
 
 def build_report(cfg: HallucinationConfig, loaded, samples: list[Sample], splits: dict, stats, ids: Tokens,
-                 passes: dict, scored: dict, probe, agree, variant_agreement, timings: dict, threads: dict) -> dict:
+                 passes: dict, scored: dict, probe, agree, variant_agreement, timings: dict, threads: dict,
+                 baselines: dict | None = None, matching: dict | None = None) -> dict:
     """The ``hallucination`` report (see :mod:`eavss.report.hallucination` for its sections)."""
     from eavss.evaluation.judge import judge_rule
     from eavss.models.layers import layer_module_paths
@@ -517,7 +684,7 @@ def build_report(cfg: HallucinationConfig, loaded, samples: list[Sample], splits
     from eavss.report.schema import jsonable, new_report
 
     ss, result, opts = scored["ss"], scored["result"], scored["opts"]
-    boot, perm, variants = scored["boot"], scored["perm"], scored["variants"]
+    boot, perm, variants, ranked = scored["boot"], scored["perm"], scored["variants"], scored["ranked"]
     sc = cfg.scores
     L = stats.num_layers
     class_stats = ss.class_statistics()
@@ -530,8 +697,8 @@ def build_report(cfg: HallucinationConfig, loaded, samples: list[Sample], splits
                     "text before the newline, stripped; the stop token is not an answer token",
                     "generation": {"batch_size": cfg.generation.batch_size, "padding": "left",
                                    "prefix_cache": cfg.generation.prefix_cache, "newline_token_count": len(ids.newline)}},
-        "judge": judge_rule(cfg.judge.match, cfg.judge.number_words, cfg.judge.sciq),
-        "sources": _source_summary(samples),
+        "judge": judge_rule(cfg.judge.match, cfg.judge.number_words, cfg.judge.sciq, cfg.judge.format_failure),
+        "sources": _source_summary(samples, matching or {}),
         "splits": {"file": "splits.json", "seed": splits["seed"], "fractions": splits["fractions"], "rule": splits["rule"],
                    "counts": {s: {**d["counts"], "used_here": d["n_used_here"]} for s, d in splits["sources"].items()}},
         "samples": {"file": "samples.jsonl", "counted_tokens_by_class": {
@@ -544,17 +711,20 @@ def build_report(cfg: HallucinationConfig, loaded, samples: list[Sample], splits
                        else f"first {cfg.stats.first_answer_tokens}",
                        "passes": passes, "class_sums": class_stats.to_dict()},
         "eavss": {"definitions": rep.definitions(opts), "options": to_dict(sc),
-                  "ranking": result["ranking"], "top_k": result["top_k"], "k": min(sc.top_k, L),
+                  "rank_by": ranked["rank_by"], "ranking": ranked["ranking"], "top_k": ranked["top_k"],
+                  "ranking_effect": result["ranking"], "top_k_effect": result["top_k"], "k": min(sc.top_k, L),
                   "per_layer": per_layer_rows(scored, probe, layer_module_paths(loaded.model)),
                   "per_source": result["per_source"], "degenerate": result["degenerate"],
-                  "bootstrap": {k: v for k, v in boot.items() if k in ("resamples", "failed")},
-                  "permutation": {k: v for k, v in perm.items() if k in ("permutations", "p_max_hsav", "p_max_hss")},
+                  "bootstrap": {k: v for k, v in boot.items() if k in ("resamples", "failed", "ranked_by")},
+                  "permutation": {k: v for k, v in perm.items() if k in ("permutations", "p_max_hsav", "p_max_hss",
+                                                                         "p_max_eavss")},
                   "variants": variants},
         "probe": None if probe is None else {
             k: probe[k] for k in ("protocol", "n", "n_hallucinated", "folds", "C", "sources_used", "auroc",
                                   "auroc_pooled", "auroc_by_source", "seconds")},
         "agreement": agree,
         "agreement_variants": variant_agreement,
+        "baselines": baselines,
         "timings": timings,
         "threads": threads,
     })
@@ -600,6 +770,7 @@ def run(cfg: HallucinationConfig) -> dict:
     model, tok = loaded.model, loaded.tokenizer
     with timed(timings, "tokenise"):
         ids = tokenise(samples, model, tok, cfg.generation.prefix_cache, cfg.teacher_forced.max_answer_tokens)
+        matching = match_pair_lengths(samples, tok, cfg.teacher_forced.match, cfg.teacher_forced.max_answer_tokens)
     stats, features, passes = capture_answers(model, tok, samples, ids, cfg, timings)
     judge_samples(samples, cfg)
     with timed(timings, "scores"):
@@ -608,9 +779,11 @@ def run(cfg: HallucinationConfig) -> dict:
         probe, agree, variant_agreement = probe_check(features, scored, cfg)
     if probe is None:
         del timings["probe"]
+    with timed(timings, "baselines"):
+        baselines = baseline_check(samples, scored, probe, cfg)
     timings["total_before_write"] = time.perf_counter() - t_all
     report = build_report(cfg, loaded, samples, splits, stats, ids, passes, scored, probe, agree, variant_agreement,
-                          timings, threads)
+                          timings, threads, baselines, matching)
     t0 = time.perf_counter()
     with atomic_dir(cfg.out, cfg.overwrite) as tmp:
         report["timings"]["write"] = time.perf_counter() - t0

@@ -112,6 +112,22 @@ def eval_table(evaluation: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def alternatives_table(report: dict) -> str:
+    """Markdown: the pruned model's retention beside other choices of the same number of layers."""
+    ev, pr = report["evaluation"], report["pruning"]
+    tasks = list(ev["retention"])
+    rows = [(f"**{pr['score']}** (this run)", pr["removed"], ev.get("mean_retention_pct"), ev["retention"])]
+    rows += [(name, a["removed"], a.get("mean_retention_pct"), a["retention"]) for name, a in ev["alternatives"].items()]
+    lines = [f"## The same {len(pr['removed'])} layers chosen another way\n",
+             "Each alternative is evaluated with its layers skipped in place, on the same tasks and items.\n",
+             "| selection | removed | mean retention % | " + " | ".join(f"{t} %" for t in tasks) + " |",
+             "|---|---|---|" + "---|" * len(tasks)]
+    for name, removed, mean, ret in rows:
+        cells = [_fmt((ret.get(t) or {}).get("retention_pct"), 1) for t in tasks]
+        lines.append(f"| {name} | {removed} | {_fmt(mean, 1)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def ground_truth_table(gt: dict) -> str:
     """Markdown: how well each score tracks the ground truth (single-layer skip cost)."""
     lines = ["## Does the score measure the layer? (ground truth)\n",
@@ -151,6 +167,12 @@ def render_markdown(report: dict) -> str:
     if st:
         out.append(f"- capture site: `{st['site']}`; variance: `{st['variance_definition']}`; sparsity: "
                    f"`{st['sparsity_rule'].get('rule')}`; normalisation: `{st['normalisation']}`")
+        if st.get("massive"):
+            n = sum(r.get("massive_tokens") or 0 for r in st["per_layer"])
+            out.append(f"- massive-activation tokens left out: RMS > {st['massive']}x the batch median at a layer "
+                       f"({n} token-layer exclusions in all; per layer in the table)")
+        for w in (st.get("sparsity_information") or {}).get("warnings", []):
+            out.append(f"- **sparsity warning:** {w}")
         hit = st.get("guard_hit_layers") or []
         out.append(f"- sparsity guard ({st.get('sparsity_guard')}): " + (f"**hit on layers {hit}** (sparsity 0 there; AVSS uses the floor 0.5/N)" if hit else "not hit"))
     pr = report.get("pruning")
@@ -177,6 +199,8 @@ def render_markdown(report: dict) -> str:
         mean = ev.get("mean_retention_pct")
         if mean is not None:
             out.append(f"Mean retention over tasks: **{mean:.1f}%** (paper claims > 90%).\n")
+        if ev.get("alternatives"):
+            out.append(alternatives_table(report))
     elif ev and ev.get("original"):
         out.append("## Evaluation\n")
         out.append(results_table(ev["original"]))

@@ -19,19 +19,26 @@ class SourceSummary(TypedDict, total=False):
     truthful: int
     hallucinated: int
     excluded: int
+    format_failures: int
     hallucination_rate: float | None
+    format_failure_rate: float | None
     mean_answer_tokens: dict
     judge_details: dict
     stop_reasons: dict
+    length_match: dict
 
 
 class EavssSection(TypedDict):
-    """``report["eavss"]``: definitions, ranking, per-layer table, per-source effects, resampling."""
+    """``report["eavss"]``: definitions, ranking (by ``rank_by``; ``ranking_effect``/``top_k_effect``:
+    by raw EAVSS), per-layer table, per-source effects, resampling."""
 
     definitions: dict
     options: dict
+    rank_by: str
     ranking: list[int]
     top_k: list[int]
+    ranking_effect: list[int]
+    top_k_effect: list[int]
     k: int
     per_layer: list[dict]
     per_source: dict
@@ -54,6 +61,26 @@ class AgreementSection(TypedDict, total=False):
     verdict: str
     warning: str | None
     pooled_auroc: dict
+    ranked_by: str
+
+
+class BaselinesSection(TypedDict, total=False):
+    """``report["baselines"]``: out-of-fold AUROC of surface features with the probe's folds
+    (:func:`eavss.hallucination.baselines.surface_baselines`) and the comparison with the probe."""
+
+    auroc: dict
+    auroc_pooled: dict
+    auroc_by_source: dict
+    sources_used: list[str]
+    best: str
+    features: dict
+    folds: int
+    first_tokens: int
+    C: float
+    mean_tokens: dict
+    seconds: float
+    protocol: str
+    comparison: dict | None
 
 
 def definitions(opts: EavssOptions) -> dict:
@@ -71,6 +98,8 @@ def definitions(opts: EavssOptions) -> dict:
         "normalisation": f"{opts.normalisation}: x / {'sum' if opts.normalisation == 'sum' else 'max'} over layers",
         "eavss": comb + (" * AVSS_norm" if opts.with_avss else "") + f", renormalised ({opts.normalisation})",
         "rank": "1 = most hallucination-prone (highest EAVSS); ties: lower layer first",
+        "rank_z": "1 = most hallucination-prone by the permutation z of EAVSS, (EAVSS - null mean) / null SD over "
+                  "label permutations; ties: lower layer first",
         "variance": opts.variance,
         "min_per_class": opts.min_per_class,
     }
@@ -100,6 +129,26 @@ def warnings(report: dict) -> list[str]:
     unstable = [r["layer"] for r in ev["per_layer"] if r.get("top_k") and r.get("p_top_k") is not None and r["p_top_k"] < 0.5]
     if unstable:
         out.append(f"Top-k layers {unstable} are in the top {ev['k']} in fewer than half of the bootstrap resamples.")
+    rows = {r["layer"]: r for r in ev["per_layer"]}
+    top_p = [(i, rows[i].get("p_eavss")) for i in ev["top_k"] if rows[i].get("p_eavss") is not None]
+    weak = [i for i, p in top_p if p > 0.05]
+    if weak:
+        out.append(f"Top-{ev['k']} layers {weak} are not significant on their own (permutation p of EAVSS > 0.05): "
+                   "their EAVSS is within what shuffled labels give.")
+    n_perm = perm.get("permutations") or 0
+    if ev.get("rank_by") == "z" and n_perm < 50:
+        out.append(f"The z ranking rests on {n_perm} label permutations; the null SD (and so z) is coarse below ~50.")
+    bl = report.get("baselines") or {}
+    comp = bl.get("comparison") or {}
+    if comp.get("warning"):
+        out.append(comp["warning"])
+    for src, d in report.get("sources", {}).items():
+        lm = d.get("length_match") or {}
+        after = lm.get("mean_tokens_after") or {}
+        if len(after) == 2 and min(after.values()) > 0 and max(after.values()) / min(after.values()) > 1.5:
+            out.append(f"Teacher-forced source {src}: its truthful and hallucinated answers differ in length "
+                       f"({after.get('truthful', 0):.1f} vs {after.get('hallucinated', 0):.1f} tokens after "
+                       f"teacher_forced.match={lm.get('match')}); class differences there are partly length differences.")
     deg = [k for k, v in (ev.get("degenerate") or {}).items() if v]
     if deg:
         out.append(f"{', '.join(deg)} is zero on every layer (no class difference at all); its normalised value is uniform.")
@@ -112,14 +161,20 @@ def _f(x, nd=3) -> str:
 
 def source_table(report: dict) -> str:
     """Markdown table: samples, classes and hallucination rate per source."""
-    lines = ["| source | kind | questions | samples | truthful | hallucinated | excluded (empty) | hallucination rate | judge details |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| source | kind | questions | samples | truthful | hallucinated | format failures | excluded (empty) | "
+             "hallucination rate | judge details |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for src, d in report["sources"].items():
         rate = d.get("hallucination_rate")
-        rate_s = f"**{100 * rate:.1f}%**" if rate is not None else "– (pairs, 50% by construction)"
+        if rate is not None:
+            rate_s = f"**{100 * rate:.1f}%**"
+        else:
+            rate_s = "– (pairs, 50% by construction)" if d["kind"] == "teacher_forced" else "– (no judged answer)"
+        if d.get("format_failure_rate"):
+            rate_s += f" ({100 * d['format_failure_rate']:.1f}% format failures)"
         det = ", ".join(f"{k} {v}" for k, v in sorted((d.get("judge_details") or {}).items()))
         lines.append(f"| {src} | {d['kind']} | {d['questions']} | {d['samples']} | {d['truthful']} | {d['hallucinated']} | "
-                     f"{d['excluded']} | {rate_s} | {det or '–'} |")
+                     f"{d.get('format_failures', 0)} | {d['excluded']} | {rate_s} | {det or '–'} |")
     return "\n".join(lines) + "\n"
 
 
@@ -129,7 +184,8 @@ def layer_table(report: dict) -> str:
     cols = [("layer", "layer"), ("variance_truthful", "var_t"), ("variance_hallucinated", "var_h"),
             ("hsav_signed", "HSAV±"), ("p_hsav", "p"), ("sparsity_truthful", "spars_t"),
             ("sparsity_hallucinated", "spars_h"), ("hss_signed", "HSS±"), ("p_hss", "p"), ("hsav_norm", "HSAV_n"),
-            ("hss_norm", "HSS_n"), ("eavss", "EAVSS"), ("eavss_ci", "95% CI"), ("rank", "rank"),
+            ("hss_norm", "HSS_n"), ("eavss", "EAVSS"), ("eavss_ci", "95% CI"), ("eavss_z", "z"), ("p_eavss", "p"),
+            ("p_eavss_fwer", "p (FWER)"), ("rank", "rank"), ("rank_effect", "rank (effect)"),
             ("p_top_k", f"P(top-{ev['k']})"), ("probe_auroc", "probe AUROC")]
     lines = ["| " + " | ".join(c[1] for c in cols) + " |", "|" + "---|" * len(cols)]
     for r in ev["per_layer"]:
@@ -139,12 +195,41 @@ def layer_table(report: dict) -> str:
                 cells.append(f"{_f(r.get('eavss_lo'))}–{_f(r.get('eavss_hi'))}" if r.get("eavss_lo") is not None else "–")
             elif k == "rank":
                 cells.append(f"**{r['rank']}**" if r.get("top_k") else str(r["rank"]))
-            elif k == "p_top_k":
+            elif k in ("p_top_k", "eavss_z"):
                 cells.append(_f(r.get(k), 2))
             else:
                 cells.append(_f(r.get(k)))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def baselines_lines(report: dict) -> list[str]:
+    """report.md lines: the probe's best layer next to the surface baselines, per source."""
+    bl = report.get("baselines")
+    if not bl:
+        return []
+    pr = report.get("probe") or {}
+    srcs = list(bl["sources_used"])
+    out = [f"**Surface baselines** (what answer form alone gives; {bl['protocol']}):\n",
+           "| model | within-source mean | pooled | " + " | ".join(srcs) + " |",
+           "|---|---|---|" + "---|" * len(srcs)]
+    if pr:
+        au = pr["auroc"]
+        best = max(range(len(au)), key=lambda i: au[i])
+        cells = [_f(pr["auroc_by_source"][s][best], 3) if s in pr["auroc_by_source"] else "–" for s in srcs]
+        out.append(f"| probe, best layer ({best}) | **{au[best]:.3f}** | {pr['auroc_pooled'][best]:.3f} | " + " | ".join(cells) + " |")
+    for name, desc in bl["features"].items():
+        cells = [_f(bl["auroc_by_source"][name].get(s), 3) for s in srcs]
+        out.append(f"| {name}: {desc} | **{bl['auroc'][name]:.3f}** | {bl['auroc_pooled'][name]:.3f} | " + " | ".join(cells) + " |")
+    comp = bl.get("comparison")
+    out.append("")
+    if comp:
+        verdict = (f"beats the best baseline ({comp['baseline']}, {comp['baseline_auroc']:.3f}) by {comp['gap']:.3f}"
+                   if comp["beats"] else
+                   f"does **not** beat the best baseline ({comp['baseline']}, {comp['baseline_auroc']:.3f}) by the margin "
+                   f"{comp['margin']:g} (gap {comp['gap']:.3f})")
+        out.append(f"The best probe layer {verdict}. (The probe's best layer is chosen after the fact, which favours it.)\n")
+    return out
 
 
 def render_markdown(report: dict) -> str:
@@ -166,7 +251,7 @@ def render_markdown(report: dict) -> str:
     out.append(f"- HSAV: {d['hsav']}")
     out.append(f"- HSS: {d['hss']}")
     out.append(f"- pooling over sources: {d['pooling']}")
-    out.append(f"- {d['eavss']}; {d['rank']}")
+    out.append(f"- {d['eavss']}; rank: {d['rank_z'] if ev.get('rank_by') == 'z' else d['rank']}")
     out.append(f"- total time: {report['timings'].get('total', report['timings'].get('total_before_write', 0)):.0f} s\n")
     if report.get("warnings"):
         out.append("## Warnings\n")
@@ -174,11 +259,39 @@ def render_markdown(report: dict) -> str:
         out.append("")
     out.append("## Hallucination rate per source\n")
     out.append(source_table(report))
-    out.append("Generated answers: wrong = hallucinated, right = truthful (judge below); teacher-forced sources give one "
-               "truthful and one hallucinated reference answer per question.\n")
+    out.append("Generated answers: wrong = hallucinated, right = truthful (judge below); an answer of the wrong form "
+               "(SciQ: names none of the options) is a format failure and is not scored (judge.format_failure); "
+               "teacher-forced sources give one truthful and one hallucinated reference answer per question.\n")
+    lm_rows = [(src, d["length_match"]) for src, d in report["sources"].items() if d.get("length_match")]
+    if lm_rows:
+        out.append("Teacher-forced answer lengths (tokens, mean; before = incorrect answers in file order, after = "
+                   "teacher_forced.match):\n")
+        out.append("| source | match | incorrect answers per question | questions changed | truthful before | "
+                   "hallucinated before | \\|pair difference\\| before | truthful after | hallucinated after | "
+                   "\\|pair difference\\| after |\n|---|---|---|---|---|---|---|---|---|---|")
+        for src, lm in lm_rows:
+            b, a = lm.get("mean_tokens_before", {}), lm.get("mean_tokens_after", {})
+            out.append(f"| {src} | {lm['match']} | {lm['candidates_per_question']:.1f} | {lm['questions_changed']} | "
+                       f"{_f(b.get('truthful'), 1)} | {_f(b.get('hallucinated'), 1)} | "
+                       f"{_f(lm.get('mean_abs_pair_difference_before'), 1)} | {_f(a.get('truthful'), 1)} | "
+                       f"{_f(a.get('hallucinated'), 1)} | {_f(lm.get('mean_abs_pair_difference_after'), 1)} |")
+        out.append("")
     out.append("## EAVSS ranking\n")
-    out.append(f"**Top-{ev['k']} hallucination-prone layers: {ev['top_k']}**\n")
+    rows = {r["layer"]: r for r in ev["per_layer"]}
+    by = ev.get("rank_by", "effect")
+    by_text = ("permutation z of EAVSS (noise-calibrated)" if by == "z" else "raw EAVSS (effect size)")
+    out.append(f"**Top-{ev['k']} hallucination-prone layers (ranked by {by_text}): {ev['top_k']}**\n")
+    if any(rows[i].get("p_eavss") is not None for i in ev["top_k"]):
+        out.append("| rank | layer | EAVSS | z | p | p (FWER) | significant (p ≤ 0.05) |\n|---|---|---|---|---|---|---|")
+        for i in ev["top_k"]:
+            r = rows[i]
+            sig = "yes" if (r.get("p_eavss") or 1) <= 0.05 else "**no**"
+            out.append(f"| {r['rank']} | {i} | {_f(r['eavss'])} | {_f(r.get('eavss_z'), 2)} | {_f(r.get('p_eavss'))} | "
+                       f"{_f(r.get('p_eavss_fwer'))} | {sig} |")
+        out.append("")
     out.append(f"Full ranking (most to least hallucination-prone): {ev['ranking']}\n")
+    if by == "z" and ev.get("ranking_effect"):
+        out.append(f"By raw EAVSS (scores.rank_by=effect) the top-{ev['k']} would be {ev['top_k_effect']}.\n")
     perm = ev.get("permutation") or {}
     if perm:
         out.append(f"Label-permutation test ({perm.get('permutations')} permutations): family-wise p for 'some layer's "
@@ -186,7 +299,9 @@ def render_markdown(report: dict) -> str:
     ag = report.get("agreement")
     out.append("## Does the ranking agree with separability?\n")
     if ag:
-        out.append(f"Spearman rank correlation over layers between EAVSS and the probe AUROC (mean within-source): "
+        stat = "the EAVSS z" if ag.get("ranked_by") == "z" else "EAVSS"
+        out.append(f"Spearman rank correlation over layers between {stat} (the ranking statistic) and the probe AUROC "
+                   f"(mean within-source): "
                    f"**rho = {_f(ag['spearman'], 2)}** (p = {_f(ag['p_value'], 3)}) -- **{ag['verdict']}**. "
                    f"Top-{ev['k']} overlap: {ag['top_k_overlap']} (chance {ag['top_k_chance']:.1f}); probe top-{ev['k']}: "
                    f"{ag['top_k_reference']}.")
@@ -198,6 +313,7 @@ def render_markdown(report: dict) -> str:
         best = max(range(len(au)), key=lambda i: au[i])
         out.append(f"Probe: {pr['protocol']}. n = {pr['n']} ({pr['n_hallucinated']} hallucinated); best layer {best} "
                    f"(AUROC {au[best]:.3f}); sources in the within-source mean: {pr['sources_used']}.\n")
+        out += baselines_lines(report)
         va = report.get("agreement_variants") or {}
         if va:
             out.append("Other definitions (each changes one option of the default) against the same probe AUROC:\n")
@@ -207,6 +323,7 @@ def render_markdown(report: dict) -> str:
             out.append("")
     else:
         out.append("Probes were disabled (probe.enabled=false).\n")
+        out += baselines_lines(report)
     out.append("## Per-layer table\n")
     out.append("var/spars: class variance and sparsity of answer tokens; HSAV± / HSS±: pooled signed effects (> 0: larger "
                "on hallucinated answers) with label-permutation p; _n: normalised across layers; CI and P(top-k): "
@@ -265,7 +382,15 @@ def summary(report: dict) -> list[str]:
                       if d.get("hallucination_rate") is not None)
     lines.append(f"hallucination rate: {rates or '–'}")
     ev = report["eavss"]
-    lines.append(f"EAVSS top-{ev['k']} layers: {ev['top_k']}  (ranking {ev['ranking']})")
+    rows = {r["layer"]: r for r in ev["per_layer"]}
+    sig = ", ".join(f"{i} (z {rows[i]['eavss_z']:.1f}, p {rows[i]['p_eavss']:.2g})" for i in ev["top_k"]
+                    if rows[i].get("eavss_z") is not None)
+    lines.append(f"EAVSS top-{ev['k']} layers (by {ev.get('rank_by', 'effect')}): {ev['top_k']}  (ranking {ev['ranking']})")
+    if sig:
+        lines.append(f"  top-{ev['k']} significance: {sig}")
+    bl = report.get("baselines") or {}
+    if bl:
+        lines.append("surface baselines (within-source AUROC): " + ", ".join(f"{k} {v:.3f}" for k, v in bl["auroc"].items()))
     ag = report.get("agreement")
     if ag:
         lines.append(f"EAVSS vs probe AUROC: Spearman {ag['spearman']:.2f} (p {ag['p_value']:.2g}), {ag['verdict']}")
@@ -280,8 +405,11 @@ def plot_eavss(report: dict, path: str | os.PathLike) -> None:
     rows = report["eavss"]["per_layer"]
     layers = [r["layer"] for r in rows]
     colours = ["tab:red" if r.get("top_k") else "tab:blue" for r in rows]
-    fig, axes = plt.subplots(3, 1, figsize=(max(6, 0.3 * len(layers) + 2), 7.5), sharex=True)
-    for ax, key, label in zip(axes, ("hsav_norm", "hss_norm", "eavss"), ("HSAV (normalised)", "HSS (normalised)", "EAVSS")):
+    panels = [("hsav_norm", "HSAV (normalised)"), ("hss_norm", "HSS (normalised)"), ("eavss", "EAVSS")]
+    if rows and rows[0].get("eavss_z") is not None:
+        panels.append(("eavss_z", "EAVSS permutation z"))
+    fig, axes = plt.subplots(len(panels), 1, figsize=(max(6, 0.3 * len(layers) + 2), 2.5 * len(panels)), sharex=True)
+    for ax, (key, label) in zip(axes, panels):
         vals = [r.get(key) or 0.0 for r in rows]
         ax.bar(layers, vals, color=colours)
         ax.set_ylabel(label)
@@ -289,7 +417,10 @@ def plot_eavss(report: dict, path: str | os.PathLike) -> None:
             lo = [max(0.0, v - (r.get("eavss_lo") or v)) for v, r in zip(vals, rows)]
             hi = [max(0.0, (r.get("eavss_hi") or v) - v) for v, r in zip(vals, rows)]
             ax.errorbar(layers, vals, yerr=[lo, hi], fmt="none", ecolor="black", elinewidth=0.8, capsize=2)
-    axes[-1].set_xlabel(f"decoder layer (0-based); red = top-{report['eavss']['k']}; whiskers = bootstrap 95% CI")
+        if key == "eavss_z":
+            ax.axhline(0, color="grey", lw=0.6)
+    axes[-1].set_xlabel(f"decoder layer (0-based); red = top-{report['eavss']['k']} (by {report['eavss'].get('rank_by', 'effect')}); "
+                        "whiskers = bootstrap 95% CI")
     m = report.get("model", {})
     fig.suptitle(f"EAVSS per layer: {m.get('model_id')} ({report['eavss']['options']['hsav']}, "
                  f"{report['eavss']['options']['hss']}, {report['eavss']['options']['combine']})")

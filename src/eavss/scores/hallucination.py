@@ -30,14 +30,21 @@ Pooling over sources (:data:`POOLINGS`), with precision weights ``w_s = n_h n_t 
 ``HSAV(l)`` and ``HSS(l)`` are these non-negative values; ``HSAV_norm``/``HSS_norm`` divide by
 their sum over layers (``normalisation="sum"``) or maximum (``"max"``). ``EAVSS`` combines them
 (:data:`COMBINATIONS`; default ``mean``: ``(HSAV_norm + HSS_norm) / 2``), optionally times the
-normalised AVSS of the layer (``with_avss``), and is renormalised. Rank 1 = most
+normalised AVSS of the layer (``with_avss``), and is renormalised.
+
+Ranking (:data:`RANK_BY`, :func:`rank_layers`). ``z`` (default): the layer's permutation z,
+``z(l) = (EAVSS(l) - mean_perm EAVSS(l)) / sd_perm EAVSS(l)`` over label permutations
+(:func:`permutation_test`, :func:`calibrate`): how far the observed value stands above what the
+same layer gives when the labels carry no information. A layer whose EAVSS is large only because
+its statistics are noisy (a few answer tokens with massive activations decide its variance) has a
+large null spread and a small z. ``effect``: the raw EAVSS (the original ranking). Rank 1 = most
 hallucination-prone.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -102,7 +109,8 @@ class SampleStatistics:
         sums = self.stats.sums
         out = np.stack([np.tensordot(w * (sel & (y == c)), sums, axes=(0, 0)) for c in (0, 1)])
         s = self.stats
-        return LayerStatistics(out, s.width, s.site, list(CLASS_NAMES), dict(s.sparsity_rule), s.has_block_influence)
+        return LayerStatistics(out, s.width, s.site, list(CLASS_NAMES), dict(s.sparsity_rule), s.has_block_influence,
+                               s.massive)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,6 +227,11 @@ COMBINATIONS.register("geometric", lambda a, b: np.sqrt(a * b), help="sqrt(HSAV_
 COMBINATIONS.register("hsav_only", lambda a, b: a.copy(), help="HSAV_norm alone (ablation)")
 COMBINATIONS.register("hss_only", lambda a, b: b.copy(), help="HSS_norm alone (ablation)")
 
+RANK_BY = choices(
+    ("z", "permutation z of the layer's EAVSS, (observed - null mean) / null SD: noise-calibrated"),
+    ("effect", "the raw EAVSS value (original ranking; a noisy layer with a large chance effect ranks high)"),
+    kind="ranking statistic", key="scores.rank_by")
+
 
 @dataclass(frozen=True)
 class EavssOptions:
@@ -284,7 +297,8 @@ def _stratum(prep: _Prepared, sel: np.ndarray, w: np.ndarray, y: np.ndarray) -> 
     flat = prep.flat[idx]  # (n, L*F): only this stratum's rows (a full-N product per class is 10x slower)
     sums = np.stack([((w[idx] * (y[idx] == c)) @ flat).reshape(ss.stats.sums.shape[1:]) for c in (0, 1)])
     st = ss.stats
-    cls = LayerStatistics(sums, st.width, st.site, list(CLASS_NAMES), dict(st.sparsity_rule), st.has_block_influence)
+    cls = LayerStatistics(sums, st.width, st.site, list(CLASS_NAMES), dict(st.sparsity_rule), st.has_block_influence,
+                          st.massive)
     return StratumData(cls=cls, variance=cls.variance(prep.variance), sparsity=cls.sparsity(),
                        n_elements=cls.n_elements(), x_var=prep.x_var[idx], x_sparsity=prep.x_sp[idx],
                        y=y[idx], w=w[idx])
@@ -340,6 +354,36 @@ def _combine(hsav: np.ndarray, hss: np.ndarray, opts: EavssOptions, avss_norm: n
         e = e * avss_norm
     e, de = normalise_layers(e, opts.normalisation)
     return {"hsav_norm": hv, "hss_norm": hs, "eavss": e, "degenerate": {"hsav": dv, "hss": ds, "eavss": de}}
+
+
+def _noise_units(x: np.ndarray, sd: np.ndarray) -> np.ndarray:
+    """``x / sd`` per layer (the last axis); 0 where the part has no null spread (it carries no evidence)."""
+    ok = sd > 0
+    return np.where(ok, x / np.where(ok, sd, 1.0), 0.0)
+
+
+def calibrated_statistic(hsav: np.ndarray, hss: np.ndarray, sd_hsav: np.ndarray, sd_hss: np.ndarray,
+                         combine: str = "mean") -> np.ndarray:
+    """EAVSS with its parts put on the same footing by their *noise* instead of their sum over layers.
+
+    ``T(l) = combine(HSAV(l) / sd_perm HSAV(l), HSS(l) / sd_perm HSS(l))`` -- the statistic whose
+    permutation z ranks the layers under ``rank_by=z`` (:func:`permutation_test`). EAVSS divides
+    each part by its sum over layers, so a part that is pure noise at a layer (sparsity, whose
+    near-zero counts are small) weighs as much as a part with a steady difference; in noise units a
+    noisy part contributes noise of the same size as every other layer's, and a steady difference
+    stands out. The multiplication by AVSS (``with_avss``) is a label-free constant per layer and
+    changes no z, so it is left out.
+
+    Args:
+        hsav, hss: ``(..., L)`` non-negative pooled parts (observed: ``(L,)``; a null: ``(P, L)``).
+        sd_hsav, sd_hss: ``(L,)`` their permutation-null SDs (a part with SD 0 counts as 0).
+        combine: an EAVSS combination (:data:`COMBINATIONS`).
+
+    Returns:
+        ``(..., L)`` array.
+    """
+    return COMBINATIONS[combine](_noise_units(np.asarray(hsav, dtype=np.float64), sd_hsav),
+                                 _noise_units(np.asarray(hss, dtype=np.float64), sd_hss))
 
 
 def layer_avss(ss: SampleStatistics, variance: str = "element") -> dict:
@@ -402,14 +446,83 @@ def _cluster_index(ss: SampleStatistics, used: np.ndarray) -> dict:
     return out
 
 
-def bootstrap_eavss(ss: SampleStatistics, opts: EavssOptions, resamples: int, seed: int = 0) -> dict:
-    """Cluster bootstrap of EAVSS: resample questions with replacement within each source.
+def _zscore(x: np.ndarray, mean: np.ndarray, sd: np.ndarray) -> np.ndarray:
+    """``(x - mean) / sd`` per layer; 0 where the null has no spread (``sd <= 1e-12 * max(1, |mean|)``)."""
+    ok = sd > 1e-12 * np.maximum(1.0, np.abs(mean))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(ok, (x - mean) / np.where(ok, sd, 1.0), 0.0)
+
+
+def calibrate(observed: np.ndarray, null: np.ndarray) -> dict:
+    """Noise calibration of a per-layer statistic (larger = more extreme) against its permutation null.
+
+    Args:
+        observed: ``(L,)`` the statistic on the real labels (e.g. EAVSS).
+        null: ``(P, L)`` the same statistic under ``P >= 2`` label permutations.
 
     Returns:
-        ``{"resamples", "eavss_lo", "eavss_hi"`` (2.5 / 97.5 percentiles, ``(L,)``),
-        ``"hsav_lo", "hsav_hi", "hss_lo", "hss_hi"``, ``"p_top_k"`` (fraction of resamples in which
-        each layer is in the top k), ``"rank_lo", "rank_hi"``, ``"failed"`` (resamples without
-        enough samples)}; empty dict when ``resamples == 0``.
+        ``{"z": (L,)`` ``(observed - null_mean) / null_sd`` (SD with ``ddof=1``; 0 where the null
+        has no spread), ``"p": (L,)`` one-sided ``(1 + #{null >= observed}) / (1 + P)``,
+        ``"p_fwer": (L,)`` family-wise p of each layer by the standardised max statistic
+        (``(1 + #{max_l z_null[:, l] >= z(l)}) / (1 + P)``, Westfall & Young 1993's single-step
+        max-T), ``"p_max"`` (family-wise p of the largest z), ``"null_mean", "null_sd"}``.
+
+    Raises:
+        EavssError: fewer than 2 permutations or shapes that disagree.
+    """
+    obs = np.asarray(observed, dtype=np.float64)
+    N = np.asarray(null, dtype=np.float64)
+    if N.ndim != 2 or N.shape[1] != obs.shape[0] or N.shape[0] < 2:
+        raise EavssError(f"calibration needs a (P >= 2, L) null for an (L,) statistic; got {N.shape} and {obs.shape}")
+    P = N.shape[0]
+    mean, sd = N.mean(0), N.std(0, ddof=1)
+    z = _zscore(obs, mean, sd)
+    z_null_max = _zscore(N, mean, sd).max(1)
+    return {"z": z, "p": (1 + (N >= obs).sum(0)) / (1 + P),
+            "p_fwer": (1 + (z_null_max[:, None] >= z[None, :]).sum(0)) / (1 + P),
+            "p_max": float((1 + (z_null_max >= z.max()).sum()) / (1 + P)), "null_mean": mean, "null_sd": sd}
+
+
+def rank_layers(eavss: np.ndarray, rank_by: str, z: np.ndarray | None, top_k: int) -> dict:
+    """The final layer ranking.
+
+    Args:
+        eavss: ``(L,)`` EAVSS values. z: ``(L,)`` their permutation z (:func:`calibrate`), or None.
+        rank_by: ``z`` | ``effect`` (:data:`RANK_BY`). top_k: size of the top set.
+
+    Returns:
+        ``{"rank_by", "score": (L,)`` the ranked statistic, ``"rank": (L,)`` 1 = most
+        hallucination-prone (ties: lower layer first), ``"ranking"`` (layers, most prone first),
+        ``"top_k"}``.
+
+    Raises:
+        EavssError: unknown ``rank_by``, or ``rank_by="z"`` without z (no permutations).
+    """
+    RANK_BY.entry(rank_by)
+    if rank_by == "z" and z is None:
+        raise EavssError("scores.rank_by=z needs the permutation test; set scores.permutations >= 2 "
+                         "(200 recommended) or scores.rank_by=effect")
+    score = np.asarray(z if rank_by == "z" else eavss, dtype=np.float64)
+    rank = importance_rank(score)
+    order = [int(i) for i in np.argsort(rank)]
+    return {"rank_by": rank_by, "score": score, "rank": rank, "ranking": order, "top_k": order[:min(top_k, len(order))]}
+
+
+def bootstrap_eavss(ss: SampleStatistics, opts: EavssOptions, resamples: int, seed: int = 0,
+                    calibration: dict | None = None) -> dict:
+    """Cluster bootstrap of EAVSS: resample questions with replacement within each source.
+
+    Args:
+        calibration: :func:`permutation_test`'s ``calibration`` (null SDs of HSAV and HSS, null mean
+            and SD of the calibrated statistic). When given (``rank_by=z``), every resample is
+            ranked by its z against this fixed null (the noise scale is estimated once, on the real
+            labels) and ``z_lo``/``z_hi`` are added; otherwise resamples are ranked by EAVSS.
+
+    Returns:
+        ``{"resamples", "ranked_by" ("z" | "effect"), "eavss_lo", "eavss_hi"`` (2.5 / 97.5
+        percentiles, ``(L,)``), ``"hsav_lo", "hsav_hi", "hss_lo", "hss_hi"``, ``"p_top_k"``
+        (fraction of resamples in which each layer is in the top k), ``"rank_lo", "rank_hi"``,
+        ``"failed"`` (resamples without enough samples)}; empty dict when ``resamples == 0``.
     """
     if resamples <= 0:
         return {}
@@ -418,9 +531,10 @@ def bootstrap_eavss(ss: SampleStatistics, opts: EavssOptions, resamples: int, se
     clusters = _cluster_index(ss, prep.used)
     rng = np.random.default_rng(seed)
     av = layer_avss(ss, opts.variance)["avss_norm"] if opts.with_avss else None
+    by_z = calibration is not None
     L = ss.num_layers
     k = min(opts.top_k, L)
-    E, V, S, R = [], [], [], []
+    E, V, S, R, Z = [], [], [], [], []
     failed = 0
     # per source: the sample indices and, for each, the number of its question among the source's questions
     coded = [(np.concatenate(g), np.repeat(np.arange(len(g)), [len(x) for x in g]), len(g)) for g in clusters.values()]
@@ -438,42 +552,36 @@ def bootstrap_eavss(ss: SampleStatistics, opts: EavssOptions, resamples: int, se
         E.append(comb["eavss"])
         V.append(eff["hsav"])
         S.append(eff["hss"])
-        R.append(importance_rank(comb["eavss"]))
+        if by_z:
+            c = calibration
+            t = calibrated_statistic(eff["hsav"], eff["hss"], c["sd_hsav"], c["sd_hss"], opts.combine)
+            Z.append(_zscore(t, c["mean"], c["sd"]))
+        R.append(importance_rank(Z[-1] if by_z else comb["eavss"]))
     if not E:
-        return {"resamples": resamples, "failed": failed}
+        return {"resamples": resamples, "failed": failed, "ranked_by": "z" if by_z else "effect"}
     E, V, S, R = map(np.array, (E, V, S, R))
-    return {"resamples": resamples, "failed": failed,
-            "eavss_lo": np.percentile(E, 2.5, 0), "eavss_hi": np.percentile(E, 97.5, 0),
-            "hsav_lo": np.percentile(V, 2.5, 0), "hsav_hi": np.percentile(V, 97.5, 0),
-            "hss_lo": np.percentile(S, 2.5, 0), "hss_hi": np.percentile(S, 97.5, 0),
-            "rank_lo": np.percentile(R, 2.5, 0), "rank_hi": np.percentile(R, 97.5, 0),
-            "p_top_k": (R <= k).mean(0)}
+    out = {"resamples": resamples, "failed": failed, "ranked_by": "z" if by_z else "effect",
+           "eavss_lo": np.percentile(E, 2.5, 0), "eavss_hi": np.percentile(E, 97.5, 0),
+           "hsav_lo": np.percentile(V, 2.5, 0), "hsav_hi": np.percentile(V, 97.5, 0),
+           "hss_lo": np.percentile(S, 2.5, 0), "hss_hi": np.percentile(S, 97.5, 0),
+           "rank_lo": np.percentile(R, 2.5, 0), "rank_hi": np.percentile(R, 97.5, 0),
+           "p_top_k": (R <= k).mean(0)}
+    if by_z:
+        out["z_lo"], out["z_hi"] = np.percentile(Z, 2.5, 0), np.percentile(Z, 97.5, 0)
+    return out
 
 
-def permutation_test(ss: SampleStatistics, opts: EavssOptions, permutations: int, seed: int = 0) -> dict:
-    """Label-permutation null for HSAV and HSS (are the class differences larger than chance?).
+def permuted_labels(ss: SampleStatistics, permutations: int, seed: int = 0) -> Iterator[np.ndarray]:
+    """The label permutations of :func:`permutation_test`, one ``(N,)`` label array at a time.
 
-    Labels are permuted within each source; for questions with several answers (teacher-forced
-    pairs) they are permuted within the question, which keeps one truthful and one hallucinated
-    answer per question. ``p = (1 + #{null >= observed}) / (1 + permutations)`` per layer, and a
-    family-wise ``p_max`` for "some layer differs" from the maximum over layers.
-
-    Returns:
-        ``{"permutations", "p_hsav", "p_hss"`` (``(L,)``), ``"p_max_hsav", "p_max_hss",
-        "null_hsav_mean", "null_hss_mean"`` (``(L,)`` mean of the null)}; empty dict when 0.
+    Labels of used samples are permuted within each source; in a source where some question has
+    several answers (teacher-forced pairs) they are permuted within each question instead, which
+    keeps one truthful and one hallucinated answer per question. Unused samples keep their label.
+    Deterministic in ``seed`` (the generator is ``default_rng(seed + 1)``).
     """
-    if permutations <= 0:
-        return {}
-    opts.check()
-    prep = _Prepared(ss, opts.variance)
-    clusters = _cluster_index(ss, prep.used)
+    used = ss.used()
+    clusters = _cluster_index(ss, used)
     rng = np.random.default_rng(seed + 1)
-    w = np.ones(len(ss.labels))
-    obs = _effects(prep, opts, w, ss.labels)
-    ge_v = np.zeros(ss.num_layers)
-    ge_s = np.zeros(ss.num_layers)
-    max_v = max_s = 0
-    nv, ns = [], []
     for _ in range(permutations):
         y = ss.labels.copy()
         for groups in clusters.values():
@@ -483,6 +591,40 @@ def permutation_test(ss: SampleStatistics, opts: EavssOptions, permutations: int
             else:
                 for g in groups:
                     y[g] = y[rng.permutation(g)]
+        yield y
+
+
+def permutation_test(ss: SampleStatistics, opts: EavssOptions, permutations: int, seed: int = 0) -> dict:
+    """Label-permutation null for HSAV, HSS and EAVSS (are the class differences larger than chance?).
+
+    Labels are permuted as in :func:`permuted_labels`. Per layer
+    ``p = (1 + #{null >= observed}) / (1 + permutations)`` for HSAV and HSS, a family-wise
+    ``p_max`` for "some layer differs" from the maximum over layers, and the noise calibration of
+    EAVSS that ``rank_by=z`` ranks by: the null SDs ``sd_V(l)``, ``sd_S(l)`` of HSAV and HSS, the
+    calibrated statistic ``T(l) = combine(HSAV(l) / sd_V(l), HSS(l) / sd_S(l))``
+    (:func:`calibrated_statistic`) on the real and on every permuted labelling, and its z, p and
+    family-wise p per layer (:func:`calibrate`). A permutation in which a source loses its classes
+    (cannot happen for the schemes above) is skipped.
+
+    Returns:
+        ``{"permutations", "p_hsav", "p_hss"`` (``(L,)``), ``"p_max_hsav", "p_max_hss",
+        "null_hsav_mean", "null_hss_mean"`` (``(L,)`` mean of the null), ``"null_hsav_sd",
+        "null_hss_sd", "z_eavss", "p_eavss", "p_eavss_fwer"`` (``(L,)``: z, p and family-wise p of
+        ``T``), ``"p_max_eavss", "calibration"`` (``{"sd_hsav", "sd_hss", "mean", "sd"}``, for
+        :func:`bootstrap_eavss`)}`` (the calibration keys need at least 2 valid permutations);
+        empty dict when 0.
+    """
+    if permutations <= 0:
+        return {}
+    opts.check()
+    prep = _Prepared(ss, opts.variance)
+    w = np.ones(len(ss.labels))
+    obs = _effects(prep, opts, w, ss.labels)
+    ge_v = np.zeros(ss.num_layers)
+    ge_s = np.zeros(ss.num_layers)
+    max_v = max_s = 0
+    nv, ns = [], []
+    for y in permuted_labels(ss, permutations, seed):
         try:
             eff = _effects(prep, opts, w, y)
         except EavssError:
@@ -494,20 +636,33 @@ def permutation_test(ss: SampleStatistics, opts: EavssOptions, permutations: int
         nv.append(eff["hsav"])
         ns.append(eff["hss"])
     P = permutations
-    return {"permutations": P, "p_hsav": (1 + ge_v) / (1 + P), "p_hss": (1 + ge_s) / (1 + P),
-            "p_max_hsav": (1 + max_v) / (1 + P), "p_max_hss": (1 + max_s) / (1 + P),
-            "null_hsav_mean": np.mean(nv, 0) if nv else None, "null_hss_mean": np.mean(ns, 0) if ns else None}
+    out = {"permutations": P, "p_hsav": (1 + ge_v) / (1 + P), "p_hss": (1 + ge_s) / (1 + P),
+           "p_max_hsav": (1 + max_v) / (1 + P), "p_max_hss": (1 + max_s) / (1 + P),
+           "null_hsav_mean": np.mean(nv, 0) if nv else None, "null_hss_mean": np.mean(ns, 0) if ns else None}
+    if len(nv) >= 2:
+        NV, NS = np.array(nv), np.array(ns)
+        sd_v, sd_s = NV.std(0, ddof=1), NS.std(0, ddof=1)
+        c = calibrate(calibrated_statistic(obs["hsav"], obs["hss"], sd_v, sd_s, opts.combine),
+                      calibrated_statistic(NV, NS, sd_v, sd_s, opts.combine))
+        out.update(z_eavss=c["z"], p_eavss=c["p"], p_eavss_fwer=c["p_fwer"], p_max_eavss=c["p_max"],
+                   null_hsav_sd=sd_v, null_hss_sd=sd_s,
+                   calibration={"sd_hsav": sd_v, "sd_hss": sd_s, "mean": c["null_mean"], "sd": c["null_sd"]})
+    return out
 
 
-def variant_table(ss: SampleStatistics, base: EavssOptions, names: Sequence[tuple[str, dict]] | None = None) -> dict:
+def variant_table(ss: SampleStatistics, base: EavssOptions, names: Sequence[tuple[str, dict]] | None = None,
+                  rank_by: str = "effect", permutations: int = 0, seed: int = 0) -> dict:
     """EAVSS under alternative definitions (for the report's comparison with the probe).
 
     Args:
         names: ``[(label, overrides)]``; default: every HSAV and HSS method, every pooling and
             every combination, each changed alone from ``base``.
+        rank_by: ``effect`` | ``z``; with ``z`` every variant gets its own permutation test
+            (``permutations`` label permutations, ``seed``) and is ranked by its z.
 
     Returns:
-        ``{label: {"options": dict, "eavss": (L,), "top_k": [...]} }`` (failed variants hold ``"error"``).
+        ``{label: {"options": dict, "eavss": (L,), "score": (L,)`` the ranked statistic,
+        ``"top_k": [...]} }`` (``"z"`` too with ``rank_by="z"``; failed variants hold ``"error"``).
     """
     import dataclasses
 
@@ -523,7 +678,11 @@ def variant_table(ss: SampleStatistics, base: EavssOptions, names: Sequence[tupl
         o = dataclasses.replace(base, **ov)
         try:
             r = compute_eavss(ss, o)
-            out[label] = {"options": ov, "eavss": r["eavss"], "top_k": r["top_k"]}
+            z = permutation_test(ss, o, permutations, seed).get("z_eavss") if rank_by == "z" else None
+            ranked = rank_layers(r["eavss"], rank_by, z, o.top_k)
+            out[label] = {"options": ov, "eavss": r["eavss"], "score": ranked["score"], "top_k": ranked["top_k"]}
+            if z is not None:
+                out[label]["z"] = z
         except EavssError as e:
             out[label] = {"options": ov, "error": str(e)}
     return out

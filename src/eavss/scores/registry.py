@@ -77,7 +77,7 @@ def _density(stats: LayerStatistics, options: ScoreOptions) -> dict:
 def _needs_block_influence(stats: LayerStatistics) -> str | None:
     if stats.has_block_influence and np.all(np.isfinite(_single(stats).block_influence()[0])):
         return None
-    return "block influence is collected only at site resid_post with stats.block_influence=true"
+    return "block influence was not collected; collect the statistics with stats.block_influence=true"
 
 
 @register_score("block_influence", "ShortGPT block influence 1 - cos(input, output), token-weighted "

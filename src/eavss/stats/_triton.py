@@ -1,7 +1,8 @@
 """Fused Triton kernel behind :func:`eavss.stats.reduce.reduce_activations` on CUDA tensors.
 
 Imported lazily (only when a CUDA activation arrives); importing this module fails where Triton
-is missing, and the eager implementation is used instead.
+is missing, and the eager implementation is used instead. Massive-token exclusion is not
+implemented here (``n_massive`` is written as 0); with it on, the eager implementation runs.
 
 One kernel launch per layer and batch. Program ``(b, p)`` owns tokens ``[p*TPP, (p+1)*TPP)`` of
 sequence ``b`` and walks them ``BLOCK_T`` rows at a time. For each row it computes, in float32:
@@ -40,7 +41,7 @@ def _token_stats_kernel(
     REL: tl.constexpr, HAS_X: tl.constexpr, POOLED: tl.constexpr, SINGLE: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, K: tl.constexpr, FLT_MAX: tl.constexpr,
     I_N: tl.constexpr, I_M2: tl.constexpr, I_MU: tl.constexpr, I_MU2: tl.constexpr, I_NZ: tl.constexpr,
-    I_BI: tl.constexpr, I_NF: tl.constexpr, I_OK: tl.constexpr,
+    I_BI: tl.constexpr, I_NF: tl.constexpr, I_OK: tl.constexpr, I_MS: tl.constexpr,
 ):
     b = tl.program_id(0)
     p = tl.program_id(1)
@@ -149,6 +150,7 @@ def _token_stats_kernel(
     tl.store(out + I_BI, tl.sum(acc_bi, axis=0))
     tl.store(out + I_NF, tl.sum(acc_nf, axis=0))
     tl.store(out + I_OK, tl.sum(acc_ok, axis=0))
+    tl.store(out + I_MS, 0.0)  # n_massive: exclusion is eager-only; OUT is uninitialised memory
     if SINGLE:
         if POOLED:
             tl.store(pool_base + rd, pool_acc, mask=dmask0)
@@ -284,7 +286,7 @@ def fused_reduce(act: torch.Tensor, mask: torch.Tensor, rule, layer_input: torch
                 REL=rel, HAS_X=x is not None, POOLED=do_pool, SINGLE=cfg["SINGLE"],
                 BLOCK_T=cfg["BLOCK_T"], BLOCK_D=cfg["BLOCK_D"], K=_K, FLT_MAX=_FLT_MAX,
                 I_N=F["n_tokens"], I_M2=F["within_m2"], I_MU=F["sum_mean"], I_MU2=F["sum_mean_sq"],
-                I_NZ=F["near_zero"], I_BI=F["bi_sum"], I_NF=F["nonfinite"], I_OK=_I_OK,
+                I_NZ=F["near_zero"], I_BI=F["bi_sum"], I_NF=F["nonfinite"], I_OK=_I_OK, I_MS=F["n_massive"],
                 num_warps=cfg["num_warps"],
             )
     else:

@@ -28,7 +28,12 @@ field                 definition                                                
 ``n_seqs``            sequences with at least one masked token                    sequences
 ``pooled_var_sum``    ``sum_b var_d(mean_t a_{b,t})`` (unbiased over ``D``)         act^2
 ``nonfinite``         masked tokens whose activations hold NaN/Inf                tokens
+``n_massive``         masked tokens excluded as massive (0 unless ``massive`` on) tokens
 ====================  ==========================================================  =========
+
+With massive-token exclusion on (``massive = k``, see :func:`eavss.stats.reduce.reduce_activations`
+and ``docs/method.md``), "masked tokens" in every row above means masked tokens that are *not*
+massive at that layer: ``n_tokens + n_massive`` is then the number of masked tokens.
 
 The variance of all masked elements of a layer follows exactly (law of total variance):
 ``N = D * n_tokens``, ``mu = sum_mean / n_tokens``,
@@ -54,9 +59,11 @@ FIELDS: tuple[str, ...] = (
     "n_seqs",
     "pooled_var_sum",
     "nonfinite",
+    "n_massive",
 )
 F = {name: i for i, name in enumerate(FIELDS)}
 NUM_FIELDS = len(FIELDS)
+_ZERO_IF_MISSING = ("n_massive",)  # fields added later whose value was 0 in statistics written before them
 
 
 def new_accumulator(num_groups: int, num_layers: int, device: torch.device | str = "cpu",
@@ -85,6 +92,8 @@ class LayerStatistics:
         sparsity_rule: description of the near-zero threshold used (for the report).
         has_block_influence: whether ``bi_sum`` was collected (``resid_post`` with block
             influence on); :meth:`block_influence` is NaN otherwise.
+        massive: the massive-token factor ``k`` the statistics were collected with (None: off);
+            see :meth:`n_massive`.
     """
 
     sums: np.ndarray
@@ -93,6 +102,7 @@ class LayerStatistics:
     group_names: list[str]
     sparsity_rule: dict = field(default_factory=dict)
     has_block_influence: bool = True
+    massive: float | None = None
 
     # --- views ---------------------------------------------------------------------------
     def _f(self, name: str) -> np.ndarray:
@@ -110,17 +120,27 @@ class LayerStatistics:
         """Statistics of one group only (shape ``(1, L, NUM_FIELDS)``)."""
         i = self.group_names.index(name)
         return LayerStatistics(self.sums[i:i + 1].copy(), self.width, self.site, [name], dict(self.sparsity_rule),
-                               self.has_block_influence)
+                               self.has_block_influence, self.massive)
 
     def pooled(self) -> "LayerStatistics":
         """All groups summed into one (``group_names == ["all"]``)."""
         return LayerStatistics(self.sums.sum(axis=0, keepdims=True), self.width, self.site, ["all"],
-                               dict(self.sparsity_rule), self.has_block_influence)
+                               dict(self.sparsity_rule), self.has_block_influence, self.massive)
 
     # --- derived per-layer quantities, shape (G, L) ---------------------------------------
     def n_tokens(self) -> np.ndarray:
-        """Masked tokens per group and layer, ``(G, L)``."""
+        """Masked tokens per group and layer, ``(G, L)`` (massive tokens excluded, see :meth:`n_massive`)."""
         return self._f("n_tokens")
+
+    def n_massive(self) -> np.ndarray:
+        """Masked tokens left out of every statistic as massive, per group and layer, ``(G, L)``
+        (all 0 when the statistics were collected with ``massive`` off)."""
+        return self._f("n_massive")
+
+    def massive_fraction(self) -> np.ndarray:
+        """``n_massive / (n_tokens + n_massive)``: the fraction of masked tokens left out, ``(G, L)``."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return self._f("n_massive") / (self._f("n_tokens") + self._f("n_massive"))
 
     def n_elements(self) -> np.ndarray:
         """Masked elements ``D * n_tokens`` per group and layer, ``(G, L)``."""
@@ -199,17 +219,29 @@ class LayerStatistics:
             "sums": self.sums.tolist(),
             "sparsity_rule": dict(self.sparsity_rule),
             "has_block_influence": self.has_block_influence,
+            "massive": self.massive,
         }
 
     @classmethod
     def from_dict(cls, d: dict) -> "LayerStatistics":
-        """Inverse of :meth:`to_dict`."""
-        if list(d["fields"]) != list(FIELDS):
-            from eavss.errors import EavssError
+        """Inverse of :meth:`to_dict`. Fields are matched by name; statistics written before
+        ``n_massive`` existed load with ``n_massive = 0`` (they were collected without exclusion)."""
+        from eavss.errors import EavssError
 
+        names = list(d["fields"])
+        missing = [f for f in FIELDS if f not in names]
+        if len(set(names)) != len(names) or set(names) - set(FIELDS) or set(missing) - set(_ZERO_IF_MISSING):
             raise EavssError("statistics were written by an incompatible eavss version (fields differ); re-run `eavss score`")
-        return cls(np.asarray(d["sums"], dtype=np.float64), np.asarray(d["width"], dtype=np.int64), d["site"],
-                   list(d["group_names"]), dict(d.get("sparsity_rule", {})), bool(d.get("has_block_influence", True)))
+        raw = np.asarray(d["sums"], dtype=np.float64)
+        if raw.ndim != 3 or raw.shape[-1] != len(names):
+            raise EavssError(f"statistics sums have shape {raw.shape}, expected (groups, layers, {len(names)})")
+        sums = np.zeros(raw.shape[:2] + (NUM_FIELDS,), dtype=np.float64)
+        for j, name in enumerate(names):
+            sums[..., F[name]] = raw[..., j]
+        massive = d.get("massive")
+        return cls(sums, np.asarray(d["width"], dtype=np.int64), d["site"], list(d["group_names"]),
+                   dict(d.get("sparsity_rule", {})), bool(d.get("has_block_influence", True)),
+                   None if massive is None else float(massive))
 
 
 from eavss.registry import Registry  # noqa: E402  (the registry is filled from the class above)

@@ -18,7 +18,7 @@ import torch
 
 from eavss.errors import EavssError, NonFiniteActivationError
 from eavss.stats.accumulators import NUM_FIELDS, F, LayerStatistics
-from eavss.stats.reduce import SparsityRule, reduce_activations_ext
+from eavss.stats.reduce import SparsityRule, block_influence_sums, massive_factor, reduce_activations_ext
 from eavss.stats.sites import SiteHooks, input_tensor
 
 
@@ -41,12 +41,19 @@ class ActivationStatsCollector:
         rule: near-zero threshold for sparsity.
         group_names: names of the ``G`` groups; :meth:`set_batch` assigns each sequence to one.
         pooled: also accumulate the official-code pooled variance.
-        block_influence: also accumulate ShortGPT block influence (``resid_post`` only).
+        block_influence: also accumulate ShortGPT block influence (at ``resid_post`` from the site
+            reduction; at another site from a second hook on the decoder layer's output, so one
+            pass gives both).
         accum_dtype: float64 (default) or float32 accumulator.
         layers: optional explicit ``(path, ModuleList)``; found automatically otherwise.
+        massive: massive-token factor ``k`` (None or 0: off, the default): at each layer, tokens
+            whose RMS exceeds ``k`` times the median token RMS of the batch are left out of every
+            statistic of that layer and counted in ``n_massive``
+            (:func:`eavss.stats.reduce.reduce_activations`). On, the eager reduction runs on
+            every device (the fused GPU kernel does not implement it).
 
     Raises:
-        EavssError: no decoder layers found, unknown site.
+        EavssError: no decoder layers found, unknown site, invalid ``massive``.
     """
 
     def __init__(
@@ -59,6 +66,7 @@ class ActivationStatsCollector:
         block_influence: bool = True,
         accum_dtype: torch.dtype = torch.float64,
         layers: tuple[str, torch.nn.ModuleList] | None = None,
+        massive: float | None = None,
     ):
         from eavss.models.layers import find_decoder_layers
 
@@ -69,11 +77,15 @@ class ActivationStatsCollector:
         if len(set(self.group_names)) != len(self.group_names) or not self.group_names:
             raise EavssError(f"group names must be unique and non-empty, got {self.group_names}")
         self.pooled = pooled
-        self.block_influence = block_influence and site == "resid_post"
+        self.block_influence = block_influence
         self.accum_dtype = accum_dtype
+        self.massive = massive_factor(massive)
         self.layers_path, self.layers = layers if layers is not None else find_decoder_layers(model)
         self._hooks = SiteHooks(model, site, self._on_activation, self.layers)
         self.modules = self._hooks.modules
+        # block influence at another site: a second hook on the decoder layers' outputs
+        self._bi_hooks = SiteHooks(model, "resid_post", self._on_layer_output, self.layers) \
+            if block_influence and site != "resid_post" else None
         self.width = np.zeros(len(self.layers), dtype=np.int64)
         self._acc: torch.Tensor | None = None
         self._mask: torch.Tensor | None = None
@@ -92,10 +104,12 @@ class ActivationStatsCollector:
         mask = self._mask_on.get(act.device)
         if mask is None:
             mask = self._mask_on[act.device] = self._mask.to(act.device, non_blocking=True)
+        if act.dim() == 2 and act.shape[0] == mask.numel():  # MLPs that flatten tokens (OPT): (B*T, D)
+            act = act.view(*mask.shape, act.shape[-1])
         if act.shape[:2] != mask.shape:
             raise EavssError(f"layer {index}: activation shape {tuple(act.shape)} does not match the token mask "
                              f"{tuple(mask.shape)}; pass the batch's attention_mask to set_batch")
-        x_in = input_tensor(args, kwargs) if self.block_influence else None
+        x_in = input_tensor(args, kwargs) if self.block_influence and self._bi_hooks is None else None
         x_sq = None
         if x_in is not None and self._prev is not None:
             ref, version, sq = self._prev
@@ -105,10 +119,28 @@ class ActivationStatsCollector:
             self._acc = torch.zeros(len(self.layers), len(self.group_names), NUM_FIELDS, device=act.device,
                                     dtype=self.accum_dtype)
         _, act_sq = reduce_activations_ext(act, mask, self.rule, layer_input=x_in, pooled=self.pooled,
-                                           input_sq=x_sq, acc=self._acc[index], groups=self._groups)
+                                           input_sq=x_sq, acc=self._acc[index], groups=self._groups,
+                                           massive=self.massive)
         keep = act_sq is not None and x_in is not None
         self._prev = (weakref.ref(act), _version(act), act_sq) if keep else None
         self.width[index] = act.shape[-1]
+
+    def _on_layer_output(self, index: int, out: torch.Tensor, args: tuple, kwargs: dict) -> None:
+        """Block influence of layer ``index`` when the site is not ``resid_post``."""
+        if self._mask is None:
+            return
+        x = input_tensor(args, kwargs)
+        if x is None or x.shape != out.shape:
+            return
+        mask = self._mask_on.get(out.device)
+        if mask is None:
+            mask = self._mask_on[out.device] = self._mask.to(out.device, non_blocking=True)
+        if self._acc is None:
+            self._acc = torch.zeros(len(self.layers), len(self.group_names), NUM_FIELDS, device=out.device,
+                                    dtype=self.accum_dtype)
+        bi = block_influence_sums(out, x, mask).to(self._acc.device, self._acc.dtype)
+        groups = self._groups if self._groups is not None else torch.zeros(len(bi), dtype=torch.long, device=bi.device)
+        self._acc[index, :, F["bi_sum"]].index_add_(0, groups.to(self._acc.device), bi)
 
     def __enter__(self) -> "ActivationStatsCollector":
         self.attach()
@@ -120,10 +152,14 @@ class ActivationStatsCollector:
     def attach(self) -> None:
         """Register the forward hooks (idempotent)."""
         self._hooks.attach()
+        if self._bi_hooks is not None:
+            self._bi_hooks.attach()
 
     def detach(self) -> None:
         """Remove the forward hooks."""
         self._hooks.detach()
+        if self._bi_hooks is not None:
+            self._bi_hooks.detach()
         self._prev = None
         self._mask_on = {}
 
@@ -225,12 +261,12 @@ class ActivationStatsCollector:
         Raises:
             EavssError: no token was seen (empty calibration set or all-zero masks).
         """
-        if self._acc is None or float(self._acc[:, :, F["n_tokens"]].sum()) == 0:
+        if self._acc is None or float(self._acc[:, :, [F["n_tokens"], F["n_massive"]]].sum()) == 0:
             raise EavssError("no tokens were collected: the calibration set is empty or every token was masked out; "
                              "check the calibration dataset and its length limits")
         sums = self._acc.detach().to("cpu", torch.float64).numpy().transpose(1, 0, 2).copy()
         return LayerStatistics(sums, self.width.copy(), self.site, list(self.group_names), self.rule.describe(),
-                               self.block_influence)
+                               self.block_influence, self.massive)
 
 
 def input_device(model: torch.nn.Module) -> torch.device:
@@ -288,6 +324,7 @@ def collect_statistics(
     progress: bool = True,
     total: int | None = None,
     distributed: bool = False,
+    massive: float | None = None,
 ) -> tuple[LayerStatistics, dict]:
     """Run the model over ``batches`` and return per-layer statistics.
 
@@ -305,10 +342,13 @@ def collect_statistics(
             shard (:func:`eavss.distributed.shard`): the sums of all ranks are all-reduced before
             the result, so every rank returns the statistics of the whole calibration set, and
             ``info`` counts all ranks (``seconds``: the slowest rank's loop).
+        massive: massive-token factor (see :class:`ActivationStatsCollector`; None: off). Batches
+            are the unit of its median, so the result depends on how sequences are batched.
 
     Returns:
         ``(stats, info)`` where ``info`` has ``num_batches``, ``num_sequences``, ``num_tokens``
-        (masked tokens counted), ``seconds`` and ``tokens_per_second`` (all tokens forwarded).
+        (masked tokens, massive ones included), ``seconds`` and ``tokens_per_second`` (all tokens
+        forwarded).
 
     Raises:
         EavssError: empty input; NonFiniteActivationError: NaN/Inf activations.
@@ -324,7 +364,7 @@ def collect_statistics(
     except (TypeError, ValueError):
         with_positions = False
     col = ActivationStatsCollector(model, site=site, rule=rule, group_names=group_names, pooled=pooled,
-                                   block_influence=block_influence, accum_dtype=accum_dtype)
+                                   block_influence=block_influence, accum_dtype=accum_dtype, massive=massive)
     n_seq = n_fwd_tok = 0
     t0 = time.perf_counter()
     with col:
@@ -361,7 +401,7 @@ def collect_statistics(
         secs = edist.all_reduce_numbers({"s": secs}, "max", col.accumulator.device)["s"]
     info = {
         **counts,
-        "num_tokens": int(stats.n_tokens()[:, 0].sum()),
+        "num_tokens": int((stats.n_tokens() + stats.n_massive())[:, 0].sum()),
         "seconds": secs,
         "tokens_per_second": counts["num_forward_tokens"] / secs if secs > 0 else float("nan"),
     }

@@ -23,6 +23,15 @@ Padding carries exactly zero weight: per-token quantities are selected with
 ``torch.where(mask, value, 0)`` (or the kernel's equivalent), never multiplied by the mask, so
 whatever a padding position holds (even NaN or Inf) never reaches a sum. Set the environment
 variable ``EAVSS_REDUCE=eager`` to force the eager implementation everywhere.
+
+**Massive-token exclusion** (``massive=k``, off by default; Sun et al. 2024, *Massive Activations
+in Large Language Models*, arXiv 2402.17762): token ``t`` of a batch is *massive* at this capture
+site when ``rms_t = sqrt(mean_d a_t[d]^2)`` exceeds ``k`` times the median of ``rms`` over the
+batch's counted tokens (mask True and finite, every sequence and group of the batch together;
+the lower median, i.e. the ``ceil(n/2)``-th smallest of ``n`` values). Massive tokens are left out
+of every sum (they count neither in ``n_tokens`` nor in any other field) and counted in
+``n_massive``. Only the eager implementation has it: with ``massive`` on, ``auto`` uses the eager
+one on every device (sync-free there too; see :func:`massive_tokens`), and ``fused`` is refused.
 """
 
 from __future__ import annotations
@@ -68,6 +77,50 @@ class SparsityRule:
         return {"mode": "relative", "tau": self.tau, "rule": f"|a_t[d]| < {self.tau:g} * RMS(a_t)"}
 
 
+def massive_factor(massive: float | None) -> float | None:
+    """Validated massive-token factor ``k``: None when off (None or 0), else a float ``> 1``.
+
+    ``k > 1`` keeps the median token (and everything below it) in, so a batch with counted tokens
+    always keeps at least one; ``k <= 1`` would leave out about half of every batch or more.
+
+    Raises:
+        EavssError: ``massive`` is negative, in ``(0, 1]``, or not finite.
+    """
+    if massive is None or massive == 0:
+        return None
+    k = float(massive)
+    if not (k > 1.0) or k == float("inf"):
+        raise EavssError(f"massive (the massive-token factor k, a multiple of the median token RMS) must be a finite "
+                         f"number > 1, or 0/None for off; got {massive!r}")
+    return k
+
+
+def massive_tokens(act_sq: torch.Tensor, ok: torch.Tensor, width: int, k: float) -> torch.Tensor:
+    """``(B, T)`` bool: the tokens of ``ok`` whose RMS exceeds ``k`` times the batch's median RMS.
+
+    Args:
+        act_sq: ``(B, T)`` ``|a_t|^2`` (any float dtype; compared in float64).
+        ok: ``(B, T)`` bool, the counted finite tokens; the median is over these only, so padding
+            (and NaN/Inf rows) never moves it.
+        width: ``D``, the number of elements per token.
+        k: the factor (> 1).
+
+    The median is the lower median of the ``n`` counted tokens (the ``ceil(n/2)``-th smallest), taken
+    from a sort with the other positions set to +inf and indexed with a device tensor: no host sync.
+    The per-batch median is a streaming proxy for the median over the whole calibration set, so the
+    result depends on which sequences share a batch.
+    """
+    if ok.numel() == 0:
+        return ok.clone()
+    f64 = torch.float64
+    rms = torch.sqrt(act_sq.to(f64) / width)
+    inf = torch.full((), float("inf"), dtype=f64, device=rms.device)
+    srt = torch.where(ok, rms, inf).flatten().sort().values
+    n = ok.sum()
+    med = srt.gather(0, ((n - 1).clamp_min(0) // 2).reshape(1))  # +inf when n == 0: nothing is massive
+    return ok & (rms > k * med)
+
+
 IMPLEMENTATIONS = ("auto", "fused", "eager")
 
 
@@ -111,6 +164,7 @@ def reduce_activations(
     rule: SparsityRule,
     layer_input: torch.Tensor | None = None,
     pooled: bool = True,
+    massive: float | None = None,
 ) -> torch.Tensor:
     """Per-sequence additive sums of one layer's activations.
 
@@ -122,6 +176,9 @@ def reduce_activations(
         rule: near-zero threshold.
         layer_input: optional ``(B, T, D)`` input hidden state of the layer, for block influence.
         pooled: also compute the official-code pooled variance.
+        massive: massive-token factor ``k`` (None or 0: off, the default). Tokens whose RMS exceeds
+            ``k`` times the batch's median token RMS are left out of every field and counted in
+            ``n_massive`` (module doc; :func:`massive_tokens`). Eager implementation only.
 
     Returns:
         ``(B, NUM_FIELDS)`` float64 tensor on ``act.device``; field order as
@@ -130,8 +187,9 @@ def reduce_activations(
 
     Raises:
         ValueError: shapes of ``act`` and ``mask`` (or ``layer_input``) disagree.
+        EavssError: an invalid ``massive`` (see :func:`massive_factor`).
     """
-    return reduce_activations_ext(act, mask, rule, layer_input=layer_input, pooled=pooled)[0]
+    return reduce_activations_ext(act, mask, rule, layer_input=layer_input, pooled=pooled, massive=massive)[0]
 
 
 @torch.no_grad()
@@ -145,6 +203,7 @@ def reduce_activations_ext(
     implementation: str | None = None,
     acc: torch.Tensor | None = None,
     groups: torch.Tensor | None = None,
+    massive: float | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """:func:`reduce_activations` plus a reusable by-product and in-place accumulation, for the
     collector's hooks.
@@ -158,6 +217,8 @@ def reduce_activations_ext(
             sequence ``b`` into ``acc[groups[b]]`` instead of returning them (on CUDA, by a second
             small kernel: no further launches).
         groups: ``(B,)`` int64 group of each sequence (None: group 0), used with ``acc``.
+        massive: massive-token factor (see :func:`reduce_activations`); when on, ``auto`` picks the
+            eager implementation on every device and ``fused`` raises.
 
     Returns:
         ``(sums, act_sq)``: the ``(B, NUM_FIELDS)`` float64 sums (None when ``acc`` was given),
@@ -178,7 +239,11 @@ def reduce_activations_ext(
             raise ValueError(f"acc must be a contiguous (groups, {NUM_FIELDS}) tensor, got {tuple(acc.shape)}")
         if groups is not None and groups.device != act.device:
             groups = groups.to(act.device, non_blocking=True)
-    if reduce_backend(act.device, implementation) == "fused":
+    k = massive_factor(massive)
+    if k is not None and (implementation or os.environ.get("EAVSS_REDUCE", "auto")) == "fused":
+        raise EavssError("the fused reduction does not implement massive-token exclusion; use the eager one "
+                         "(EAVSS_REDUCE=eager or auto) or massive=None")
+    if k is None and reduce_backend(act.device, implementation) == "fused":
         from eavss.stats._triton import fused_reduce
 
         if acc is not None and acc.device == act.device:
@@ -187,7 +252,7 @@ def reduce_activations_ext(
         red, act_sq = fused_reduce(act, m, rule, layer_input, pooled), None
     else:
         with _one_thread(act.device):
-            red, act_sq = _eager_reduce(act, m, rule, layer_input, pooled, input_sq)
+            red, act_sq = _eager_reduce(act, m, rule, layer_input, pooled, input_sq, k)
     if acc is None:
         return red, act_sq
     red = red.to(acc.device, non_blocking=True)
@@ -229,7 +294,7 @@ def _row_sq(t: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(t, dim=-1).square_()
 
 
-def _eager_reduce(act, m, rule, layer_input, pooled, input_sq):
+def _eager_reduce(act, m, rule, layer_input, pooled, input_sq, massive=None):
     B, T, D = act.shape
     # float32 (or float64) activations are read in place; other dtypes are upcast once.
     a = act if act.dtype in (torch.float32, torch.float64) else act.float()
@@ -243,6 +308,10 @@ def _eager_reduce(act, m, rule, layer_input, pooled, input_sq):
     aa = _row_sq(a)  # (B, T) |a_t|^2
     finite = torch.isfinite(aa)  # NaN/Inf anywhere in the row -> NaN/Inf here
     ok = m & finite
+    big = None
+    if massive is not None:  # leave massive tokens out of everything below, count them apart
+        big = massive_tokens(aa, ok, D, massive)
+        ok = ok & ~big
     s64 = s.to(f64)
     mu = s64 / D
     m2 = (aa.to(f64) - s64 * mu).clamp_min(0.0)  # D * s2_t
@@ -274,13 +343,15 @@ def _eager_reduce(act, m, rule, layer_input, pooled, input_sq):
     per_tok = torch.stack([cols[k] for k in names], dim=-1)  # (B, T, k) float64
     sums = torch.where(ok.unsqueeze(-1), per_tok, zero).sum(dim=1)  # (B, k)
 
-    n_tok = m.sum(dim=1).to(f64)
+    n_tok = (m if big is None else m & ~big).sum(dim=1).to(f64)
     fields = [zero.expand(B)] * NUM_FIELDS
     fields[F["n_tokens"]] = n_tok
     for j, k in enumerate(names):
         fields[F[k]] = sums[:, j]
     fields[F["nonfinite"]] = (m & ~finite).sum(dim=1).to(f64)
     fields[F["n_seqs"]] = (n_tok > 0).to(f64)
+    if big is not None:
+        fields[F["n_massive"]] = big.sum(dim=1).to(f64)
     if pooled and D > 1:
         fields[F["pooled_var_sum"]] = _pooled_var(a, ok, finite, n_tok)
     return torch.stack(fields, dim=1), aa
@@ -299,3 +370,30 @@ def _pooled_var(a: torch.Tensor, ok: torch.Tensor, finite: torch.Tensor, n_tok: 
     pooled_vec = pooled_vec / cnt
     pv = pooled_vec.to(torch.float64).var(dim=-1, correction=1)
     return torch.where(n_tok > 0, pv, torch.zeros((), dtype=torch.float64, device=a.device))
+
+
+@torch.no_grad()
+def block_influence_sums(out: torch.Tensor, layer_input: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-sequence block influence sums ``sum_t (1 - cos(x_t, a_t))`` over counted tokens.
+
+    ShortGPT's block influence (Men et al. 2024, arXiv 2403.03853, Eq. 2), token-weighted: ``x_t``
+    is the decoder layer's input hidden state and ``a_t`` its output. Used when the statistics are
+    captured at another site than ``resid_post`` (the site reduction computes it otherwise).
+
+    Args:
+        out: ``(B, T, D)`` layer output. layer_input: ``(B, T, D)`` layer input. mask: ``(B, T)``
+            bool, tokens that count; tokens with a non-finite value are left out.
+
+    Returns:
+        ``(B,)`` float64 sums (unit: 1).
+    """
+    a = out.float() if out.dtype not in (torch.float32, torch.float64) else out
+    x = layer_input.to(a.dtype)
+    if x.device != a.device:
+        x = x.to(a.device)
+    f64 = torch.float64
+    dot = (x * a).sum(-1).to(f64)
+    nn_ = (_row_sq(x).to(f64) * _row_sq(a).to(f64)).sqrt().clamp_min(1e-30)
+    cos = dot / nn_
+    ok = mask.to(a.device).bool() & torch.isfinite(cos)
+    return torch.where(ok, 1.0 - cos, torch.zeros((), dtype=f64, device=a.device)).sum(dim=1)
