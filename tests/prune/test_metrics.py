@@ -57,6 +57,19 @@ def test_avss_readings_remove_the_k_lowest_avss_of_their_site(setup, name, site)
     assert out["shared"] == [f"statistics:{site}"] and out["details"]["site"] == site
 
 
+def test_the_statistics_settings_reach_the_pass(setup):
+    from eavss.scores.registry import ScoreOptions, compute_scores
+    from eavss.stats import SparsityRule, collect_statistics
+
+    lm, batches, _ = setup
+    rule = SparsityRule(mode="absolute", epsilon=1e-3)
+    opts = ScoreOptions(variance="token", normalisation="max")
+    stats, _ = collect_statistics(lm.model, batches, site="resid_post", rule=rule, massive=2.0, progress=False)
+    ref = compute_scores(stats, opts, ["avss"])[0]["avss"]["score"]
+    out = METRICS["avss"](_ctx(setup, sparsity_rule=rule, score_options=opts, massive=2.0), K)
+    np.testing.assert_allclose(out["score"], ref, rtol=1e-12)
+
+
 def test_block_influence_removes_the_k_lowest_bi_layers(setup):
     from eavss.stats import collect_statistics
 

@@ -20,8 +20,8 @@ Entries and their sources (metadata: ``needs`` = "statistics" when the metric re
 ``direction``; ``seeded``; ``help`` with the paper):
 
 =================  =================================================================================
-``avss``           AVSS on the residual stream (``resid_post``), the default reading (Song et al. 2024,
-                   arXiv 2411.02117)
+``avss``           AVSS on the residual stream (``resid_post``), the official code's reading (Song et al.
+                   2024, arXiv 2411.02117)
 ``avss_delta``     AVSS on the block update (``resid_delta``: output minus input)
 ``avss_mlp``       AVSS on the MLP activation (``mlp_act``)
 ``block_influence`` ShortGPT block influence ``1 - cos(x_in, x_out)`` (Men et al. 2024, arXiv 2403.03853),
@@ -81,6 +81,8 @@ class MetricContext:
         sparsity_rule: :class:`eavss.stats.SparsityRule` of the statistics passes (None = relative
             ``|a| < 0.01 RMS``).
         accum_dtype: accumulator dtype of the statistics passes.
+        massive: massive-token factor of the statistics passes (None = keep every token; see
+            :func:`eavss.stats.collect_statistics`).
         progress: progress bars.
         stats: site -> :class:`eavss.stats.LayerStatistics` of one pass over ``batches`` (filled by
             :func:`statistics`, or given).
@@ -97,6 +99,7 @@ class MetricContext:
     score_options: Any = None
     sparsity_rule: Any = None
     accum_dtype: torch.dtype = torch.float64
+    massive: float | None = None
     progress: bool = False
     stats: dict[str, Any] = field(default_factory=dict)
     skip_loss: dict | None = None
@@ -127,7 +130,7 @@ def statistics(ctx: MetricContext, site: str):
         t0 = time.perf_counter()
         stats, _ = collect_statistics(ctx.model, ctx.batches, site=site, rule=ctx.sparsity_rule, pooled=True,
                                       block_influence=site == "resid_post", accum_dtype=ctx.accum_dtype,
-                                      progress=ctx.progress, total=len(ctx.batches))
+                                      massive=ctx.massive, progress=ctx.progress, total=len(ctx.batches))
         dt = time.perf_counter() - t0
         ctx.stats[site] = stats
         ctx.shared_seconds[key] = dt
@@ -255,7 +258,7 @@ def _avss_at(site: str, name: str):
 
 
 register_metric("avss", "AVSS = normalised variance / normalised sparsity on the residual stream (resid_post), the "
-                "default reading (Song et al. 2024, arXiv 2411.02117)", needs="statistics", site="resid_post")(
+                "official code's reading (Song et al. 2024, arXiv 2411.02117)", needs="statistics", site="resid_post")(
     _avss_at("resid_post", "avss"))
 register_metric("avss_delta", "AVSS on the block update resid_delta = layer output - input (arXiv 2411.02117 "
                 "formula, another capture site)", needs="statistics", site="resid_delta")(

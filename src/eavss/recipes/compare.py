@@ -83,6 +83,9 @@ class CompareStatsSection:
     variance: str = option("element", "variance definition: element | token | pooled", flag="--variance",
                            choices="eavss.stats.accumulators:VARIANCE_DEFINITIONS")
     sparsity: SparsitySection = section(SparsitySection)
+    massive: float | None = option(None, "leave out massive-activation tokens (attention sinks) from the statistics: a "
+                                   "token whose RMS exceeds this multiple of the batch-median token RMS at a layer "
+                                   "(null = keep every token)", min=1)
     accum_dtype: str = option("float64", "accumulator dtype of the streaming sums", choices=("float64", "float32"))
 
 
@@ -204,7 +207,7 @@ def metric_context(cfg: CompareConfig, model, tokenizer, texts: list[str]):
                                    sparsity_guard=cfg.scores.sparsity_guard),
         sparsity_rule=cfg.stats.sparsity.rule(),
         accum_dtype={"float64": torch.float64, "float32": torch.float32}[cfg.stats.accum_dtype],
-        progress=cfg.progress)
+        massive=cfg.stats.massive, progress=cfg.progress)
     return ctx, info, loss_info
 
 
