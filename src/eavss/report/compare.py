@@ -114,6 +114,8 @@ def _pct(entry: dict | None) -> str:
     s = "–" if v is None else f"{v:.1f}"
     if ci and ci[0] is not None and ci[1] is not None:
         s += f" [{ci[0]:.1f}, {ci[1]:.1f}]"
+    if entry.get("near_chance"):
+        s += " (original near chance)"
     return s
 
 
