@@ -56,7 +56,7 @@ def test_choices_registry():
     ("eavss.data.calibration", "CALIBRATION_SETS"), ("eavss.data.qa", "QA_SOURCES"), ("eavss.models.loading", "ALIASES"),
     ("eavss.scores.hallucination", "HSAV_METHODS"), ("eavss.scores.hallucination", "HSS_METHODS"),
     ("eavss.scores.hallucination", "COMBINATIONS"), ("eavss.scores.hallucination", "POOLINGS"),
-    ("eavss.stats.accumulators", "VARIANCE_DEFINITIONS"), ("eavss.recipes", "RECIPES"),
+    ("eavss.stats.accumulators", "VARIANCE_DEFINITIONS"), ("eavss.recipes", "RECIPES"), ("eavss.prune.metrics", "METRICS"),
 ])
 def test_every_registry_is_a_registry_with_help(module, name):
     import importlib

@@ -99,3 +99,25 @@ register_recipe(Recipe(
                 "eavss.png, separability.png, splits.json and samples.jsonl into --out.",
     epilog="Definitions: docs/hallucination.md. Example: eavss hallucination --sources truthfulqa,nq_open --limit 50 "
            "--out runs/h scores.combine=product"))
+_CMP = "eavss.recipes.compare"
+register_recipe(Recipe(
+    "compare", f"{_CMP}:CompareConfig", f"{_CMP}:run", summary=f"{_CMP}:summary",
+    help="AVSS against the field's depth-pruning metrics, side by side (and healed with --heal)",
+    description="Every metric of compare.metrics (AVSS on three sites, block influence, angular distance, layer-skip "
+                "loss, SLEB, random, last) chooses k = floor(fraction * L) layers; each set is removed from a fresh copy "
+                "of the model and evaluated on the same tasks and items; the report holds each set's ground-truth cost "
+                "(single-layer skip loss), its joint loss, retention per task and the metrics' rank agreement "
+                "(report.json, report.md, compare.png). --heal also heals every pruned model and the unpruned control "
+                "with the same budget and evaluates again.",
+    epilog="Definitions: docs/method.md, 'Comparing pruning metrics and healing'. Example (CPU smoke): eavss compare "
+           "--metrics avss,block_influence,layer_ppl,last --num-samples 8 --tasks ppl --limit 2 "
+           "eval.ppl_context_length=256 --out runs/cmp"))
+_HEAL = "eavss.recipes.heal"
+register_recipe(Recipe(
+    "heal", f"{_HEAL}:HealConfig", f"{_HEAL}:run", summary=f"{_HEAL}:summary",
+    help="short LM fine-tune of a pruned model (LoRA on every layer, merged); writes a HF folder",
+    description="Heal a (pruned) model folder: fine-tune it on WikiText-2 validation text (never test; or a file of "
+                "your own outside the data folder) for heal.steps steps with LoRA on every layer (or full "
+                "fine-tuning of chosen layers), merge the adapters and save a folder that "
+                "AutoModelForCausalLM.from_pretrained loads with no custom code, with eavss_healing.json/.md.",
+    epilog="Example: eavss heal --model runs/x/pruned --out runs/x/healed --heal-steps 100"))

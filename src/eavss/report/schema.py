@@ -11,7 +11,8 @@ beside their renderers (:mod:`eavss.report.avss`, :mod:`eavss.report.hallucinati
 Version history: 1.0 -- first release. 2.0 -- one command stack: the ``code`` and ``tokenizer``
 header fields; configs are per command (a ``score`` report's config has no prune/eval sections);
 the variance definition is ``stats.variance`` in every command (was ``scores.variance`` for
-AVSS); agreement keys ``top_k_score``/``top_k_reference``. A reader refuses a report whose major
+AVSS); agreement keys ``top_k_score``/``top_k_reference``. 2.1 -- kinds ``compare``
+(:mod:`eavss.report.compare`) and ``heal`` (:mod:`eavss.report.heal`). A reader refuses a report whose major
 version differs from :data:`SCHEMA_VERSION`'s (:func:`read_report`).
 """
 
@@ -33,8 +34,8 @@ import numpy as np
 from eavss.errors import EavssError
 
 SCHEMA = "eavss.report"
-SCHEMA_VERSION = "2.0"
-KINDS = ("score", "prune", "eval", "run", "hallucination")
+SCHEMA_VERSION = "2.1"
+KINDS = ("score", "prune", "eval", "run", "hallucination", "compare", "heal")
 
 
 class Header(TypedDict):

@@ -1,0 +1,188 @@
+"""`eavss compare` on a tiny model: seeded runs repeat to the last digit, every number in the report
+is what the library gives, and bad input is one line with nothing written."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from eavss.cli import main
+
+_VOLATILE = {"created", "timings", "threads", "seconds", "load_seconds", "tokens_per_second", "peak_memory_bytes",
+             "statistics_passes", "code", "environment", "out"}
+
+
+def _stable(obj):
+    """The report without wall-clock times, dates and machine state."""
+    if isinstance(obj, dict):
+        return {k: _stable(v) for k, v in obj.items() if k not in _VOLATILE}
+    if isinstance(obj, list):
+        return [_stable(v) for v in obj]
+    return obj
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    from eavss.models.surgery import save_model
+    from eavss.testing import tiny_loaded
+    from eavss.testing.tiny import TINY_TEXT
+
+    d = tmp_path_factory.mktemp("cmp")
+    lm = tiny_loaded("llama", seed=3, num_layers=5)
+    save_model(lm.model, lm.tokenizer, d / "m")
+    cal = d / "cal.txt"
+    cal.write_text("\n".join(ln for ln in TINY_TEXT.splitlines() if ln.strip()))
+    return d / "m", cal
+
+
+def _argv(model, cal, out, *extra):
+    return ["compare", "--model", str(model), "--calib", f"text:{cal}", "--num-samples", "8", "--max-length", "32",
+            "ground_truth.num_samples=4", "--fraction", "0.4", "--tasks", "ppl,sciq", "--limit", "2",
+            "eval.ppl_context_length=64", "eval.ppl_max_tokens=128", "--threads", "1", "--no-progress",
+            "--out", str(out), *extra]
+
+
+_HEAL = ["--heal", "heal.num_samples=6", "heal.max_length=32", "heal.held_out=2", "heal.packing=documents",
+         "heal.batch_size=2", "--heal-steps", "2", "--heal-lr", "0.01"]
+
+
+@pytest.fixture(scope="module")
+def healed_runs(tiny_folder, tmp_path_factory):
+    """Two identical seeded runs with healing (a subset of metrics keeps the test short)."""
+    model, cal = tiny_folder
+    d = tmp_path_factory.mktemp("runs")
+    outs = []
+    for name in ("a", "b"):
+        out = d / name
+        assert main(_argv(model, cal, out, "--metrics", "avss,block_influence,layer_ppl,sleb,random,last",
+                          "--random-seeds", "2", "--heal-data", f"text:{cal}", *_HEAL)) == 0
+        outs.append(out)
+    return outs
+
+
+def test_seeded_runs_repeat_to_the_last_digit(healed_runs):
+    a, b = (json.loads((o / "report.json").read_text()) for o in healed_runs)
+    assert _stable(a) == _stable(b)
+    assert (healed_runs[0] / "report.md").is_file() and (healed_runs[0] / "compare.png").stat().st_size > 0
+
+
+def test_report_numbers_are_the_library_numbers(healed_runs, tiny_folder):
+    from eavss.data.calibration import calibration_batches, load_calibration_texts
+    from eavss.evaluation.harness import retention
+    from eavss.models.loading import load_model
+    from eavss.models.surgery import remove_layers, skip_layers
+    from eavss.prune.metrics import METRICS, MetricContext
+    from eavss.scores.ablation import calibration_loss, layer_skip_loss
+    from eavss.scores.agreement import rank_agreement, removal_cost
+
+    model_dir, cal = tiny_folder
+    rep = json.loads((healed_runs[0] / "report.json").read_text())
+    assert rep["kind"] == "compare" and rep["settings"]["k"] == 2 and rep["settings"]["num_layers"] == 5
+    lm = load_model(str(model_dir))
+    texts = load_calibration_texts(f"text:{cal}")
+    batches, _ = calibration_batches(lm.tokenizer, f"text:{cal}", 8, 32, 8, "documents", 0, texts=texts)
+    loss_batches, _ = calibration_batches(lm.tokenizer, f"text:{cal}", 4, 32, 8, "documents", 0, texts=texts)
+
+    skip = layer_skip_loss(lm.model, loss_batches)
+    gt = rep["ground_truth"]
+    np.testing.assert_allclose(gt["delta"], skip["delta"], rtol=1e-9, atol=1e-12)
+    assert gt["oracle_removed"] == removal_cost(skip["delta"], skip["delta"], 2)["oracle_removed"]
+
+    ctx = MetricContext(lm.model, batches, loss_batches=loss_batches)
+    assert list(rep["rows"]) == ["avss", "block_influence", "layer_ppl", "sleb", "random(seed=0)", "random(seed=1)",
+                                 "last"]
+    for row, r in rep["rows"].items():
+        ctx.seed = r["seed"] if r["seed"] is not None else 0
+        ref = METRICS[r["metric"]](ctx, 2)
+        assert r["removed"] == ref["removed"], row
+        if ref["score"] is not None:
+            np.testing.assert_allclose(r["score"], ref["score"], rtol=1e-9)
+            ra = rank_agreement(ref["score"], skip["delta"], 2)
+            assert r["ground_truth_cost"]["spearman_with_ground_truth"] == pytest.approx(ra["spearman"])
+        c = r["ground_truth_cost"]
+        assert c["cost"] == pytest.approx(float(np.sum(np.asarray(skip["delta"])[r["removed"]])))
+        with skip_layers(lm.model, r["removed"]):
+            joint = calibration_loss(lm.model, loss_batches)["loss"]
+        assert c["joint_loss_increase"] == pytest.approx(joint - skip["base_loss"])
+        # retention is the harness's, against the one evaluation of the original
+        ret = retention(rep["evaluation"]["original"], r["evaluation"])
+        for task, e in ret.items():
+            assert r["retention"][task]["retention_pct"] == pytest.approx(e["retention_pct"])
+        assert r["params_after"] < r["params_before"]
+        h = r["healing"]
+        assert h["train"]["steps"] == 2 and set(h["vs_healed_unpruned"]["retention"]) == {"ppl", "sciq"}
+    # the parameter count of a pruned copy
+    m = load_model(str(model_dir)).model
+    remove_layers(m, rep["rows"]["last"]["removed"])
+    assert rep["rows"]["last"]["params_after"] == sum(p.numel() for p in m.parameters())
+    # the agreement matrix: symmetric, ones on the diagonal, over the rows that have a score
+    ag = rep["agreement"]
+    assert ag["scored"] == ["avss", "block_influence", "layer_ppl"]
+    rho = np.array(ag["spearman"], dtype=float)
+    np.testing.assert_allclose(rho, rho.T) and np.testing.assert_allclose(np.diag(rho), 1.0)
+    assert rep["random"]["random"]["seeds"] == [0, 1]
+    assert rep["healing"]["unpruned"]["train"]["steps"] == 2
+    md = (healed_runs[0] / "report.md").read_text()
+    for needle in ("Which layers each metric removes", "Retention", "Do the metrics agree", "Control: the unpruned",
+                   "against the healed unpruned model", "oracle"):
+        assert needle in md, needle
+
+
+def test_every_metric_in_one_run_without_healing(tiny_folder, tmp_path, capsys):
+    model, cal = tiny_folder
+    out = tmp_path / "all"
+    assert main(_argv(model, cal, out, "--random-seeds", "1", "--tasks", "ppl")) == 0
+    rep = json.loads((out / "report.json").read_text())
+    from eavss.prune.metrics import METRICS
+
+    assert [r["metric"] for r in rep["rows"].values()] == METRICS.names() and rep["healing"] is None
+    assert all(len(r["removed"]) == 2 for r in rep["rows"].values())
+    assert "k = 2 of 5 layers" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--metrics", "avss,nope"], "compare.metrics='nope' is not valid"),
+    (["--fraction", "0.1"], "rounds down to k=0"),
+    (["--metrics", ""], "--metrics is empty"),
+    (["--heal", "--heal-data", "sst2"], "ptb and sst2 are evaluation domains"),
+    (["--tasks", "nosuchtask"], "eval.tasks='nosuchtask' is not valid"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(tiny_folder, tmp_path, capsys, extra, needle):
+    model, cal = tiny_folder
+    out = tmp_path / "o"
+    rc = main(_argv(model, cal, out, *extra))
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("eavss: error: ") and "\n" not in err and needle in err, err
+    assert not out.exists()
+
+
+def test_heal_on_a_folder_that_is_not_a_model_is_one_line(tmp_path, tiny_folder, capsys):
+    _, cal = tiny_folder
+    bad = tmp_path / "notamodel"
+    bad.mkdir()
+    (bad / "weights.txt").write_text("no")
+    out = tmp_path / "o"
+    rc = main(_argv(bad, cal, out, "--heal"))
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err and "has no config.json" in err
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_compare_and_heal_end_to_end_on_default_model(tmp_path, capsys, default_model):
+    out = tmp_path / "cmp"
+    rc = main(["compare", "--metrics", "avss,block_influence,layer_ppl,angular,last", "--num-samples", "4",
+               "--max-length", "32", "ground_truth.num_samples=2", "--tasks", "ppl", "--limit", "1",
+               "eval.ppl_context_length=128", "--heal", "--heal-steps", "1", "heal.num_samples=2", "heal.max_length=32",
+               "heal.held_out=1", "heal.batch_size=2", "--no-progress", "--out", str(out)])
+    assert rc == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["settings"] == {"num_layers": 30, "k": 7, "fraction": 0.25,
+                               "rule": "k = floor(fraction * L) layers removed by every metric"}
+    assert rep["rows"]["last"]["removed"] == list(range(22, 29))
+    assert rep["healing"]["text"]["disjoint_from_evaluation"] is True
+    for r in rep["rows"].values():
+        assert r["retention"]["ppl"]["retention_pct"] is not None and r["healing"]["vs_healed_unpruned"]
+    assert (out / "compare.png").stat().st_size > 0
