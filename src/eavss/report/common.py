@@ -41,6 +41,9 @@ def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 110) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
     os.close(fd)
     try:
+        from eavss.io import follow_umask
+
+        follow_umask(tmp)
         fig.savefig(tmp, dpi=dpi, format="png")
         os.replace(tmp, path)
     finally:
