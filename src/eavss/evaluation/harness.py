@@ -243,6 +243,10 @@ def _per_item_from_samples(task_obj: Any, logged: Sequence[Mapping[str, Any]], m
     keep = "none" if "none" in filters else (filters[0] if filters else "none")
     rows = sorted((x for x in logged if str(x.get("filter", "none")) == keep), key=lambda x: int(x["doc_id"]))
     ids = [int(x["doc_id"]) for x in rows]
+    docs = task_obj.eval_docs
+    if any(i >= len(docs) or ("doc" in x and x["doc"] != docs[i]) for i, x in zip(ids, rows)):
+        raise EavssError(f"lm-eval logged documents of {task_obj.config.task} under the wrong ids; "
+                         "this lm-eval version handles `samples` differently: pin lm-eval 0.4.13")
     agg_names = {}
     for entry in getattr(task_obj.config, "metric_list", None) or []:
         agg = entry.get("aggregation")
