@@ -609,10 +609,10 @@ def evaluate(
             give the same items, so an original and a pruned model are scored on the same ones.
         data_dir: dataset root (--data-dir); None uses ``EAVSS_DATA_DIR`` or ``shared/data``.
         batch_size: lm-eval batch size (results move slightly with it through padding numerics;
-            it is recorded). ``ppl`` uses min(batch_size, 4) windows per pass unless set.
-        seed: seed of the item sample, of the bootstrap (with the task name: ``(seed,
-            crc32(task))``) and the Python/NumPy/torch/few-shot seed given to lm-eval (all tasks
-            are greedy/zero-shot).
+            it is recorded). ``ppl``/``ptb`` use min(batch_size, 4) windows per pass unless set.
+        seed: seed of the item sample, of the bootstrap (with the task name:
+            :func:`bootstrap_seed`) and the Python/NumPy/torch/few-shot seed given to lm-eval
+            (all tasks are greedy/zero-shot).
         max_gen_toks: generation budget for ``squad``.
         max_length: lm-eval context window (rolling-window size for ``wikitext2``, left
             truncation for the others); None uses the model's ``max_position_embeddings``.
@@ -710,9 +710,9 @@ def evaluate(
             "item_ids": item_ids,
             "per_item": per_item,
             "sampling": {
-                "rule": "all items" if limit is None or (n_total is not None and limit >= n_total) else
-                "seeded random sample without replacement over the whole set: numpy default_rng(seed)"
-                ".choice(n_total, limit, replace=False), sorted",
+                "rule": "all items" if item_ids is not None and n_total is not None and len(item_ids) >= n_total
+                else "seeded random sample without replacement over the whole set: numpy default_rng(seed)"
+                ".choice(n_total, n_samples, replace=False), sorted",
                 "seed": ctx.seed, "limit": limit, "n_total": n_total,
             },
             "bootstrap": {"method": "percentile bootstrap over items (perplexities from resampled sums)",
