@@ -100,7 +100,7 @@ class EvalSection:
     capped by ``ppl_max_tokens // ppl_context_length``."""
 
     tasks: list[str] = option(help="evaluation tasks: ppl, wikitext2, squad, sst2, ptb, sciq", flag="--tasks",
-                              choices=_TASKS, factory=lambda: ["ppl", "wikitext2", "squad", "sst2"])
+                              choices=_TASKS, factory=lambda: ["ppl", "wikitext2", "squad", "sst2", "ptb"])
     limits: dict[str, int | None] = option(
         help="items per task, a seeded random sample over the whole set (null = the whole set); --limit N sets "
         "every task in eval.tasks", flag="--limit", broadcast="eval.tasks", keys=_TASKS, min=1,
@@ -116,7 +116,7 @@ class EvalSection:
 
     def check(self) -> None:
         if not self.tasks:
-            raise EavssError("eval.tasks is empty; pass e.g. --tasks ppl,wikitext2,squad,sst2")
+            raise EavssError("eval.tasks is empty; pass e.g. --tasks ppl,wikitext2,squad,sst2,ptb")
 
 
 @dataclass
