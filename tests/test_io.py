@@ -81,3 +81,17 @@ def test_a_late_write_failure_keeps_the_results_and_says_where(tmp_path):
     kept = msg.rsplit("kept in ", 1)[1]
     assert (os.path.join(kept, "report.json")) and os.path.isfile(os.path.join(kept, "report.json"))
     assert not (tmp_path / "o").exists() and not list(tmp_path.glob(".o.*.partial"))
+
+
+def test_json_with_inline_scalar_lists_is_the_same_value(tmp_path):
+    import json
+
+    import numpy as np
+
+    obj = {"a": [1, 2.5, None, True, "x"], "b": {"c": [[1, 2], []], "d": {}}, "e": [{"f": np.arange(3)}]}
+    write_json_atomic(tmp_path / "r.json", obj, inline_scalar_lists=True)
+    text = (tmp_path / "r.json").read_text()
+    assert '"a": [1, 2.5, null, true, "x"]' in text and '"f": [0, 1, 2]' in text  # one line each
+    assert json.loads(text) == {**obj, "e": [{"f": [0, 1, 2]}]}
+    with pytest.raises(ValueError):
+        write_json_atomic(tmp_path / "n.json", {"a": [float("nan")]}, inline_scalar_lists=True)

@@ -49,9 +49,35 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
         raise
 
 
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Serialise ``obj`` as indented JSON (NaN/Inf refused) and write it atomically."""
-    write_text_atomic(path, json.dumps(obj, indent=2, allow_nan=False, default=_json_default) + "\n")
+def write_json_atomic(path: str | os.PathLike, obj: Any, inline_scalar_lists: bool = False) -> None:
+    """Serialise ``obj`` as indented JSON (NaN/Inf refused) and write it atomically.
+
+    ``inline_scalar_lists`` writes every list that holds no list or object on one line (compact
+    per-item arrays); the JSON value is the same either way.
+    """
+    if inline_scalar_lists:
+        text = _dumps_inline(obj, 0)
+    else:
+        text = json.dumps(obj, indent=2, allow_nan=False, default=_json_default)
+    write_text_atomic(path, text + "\n")
+
+
+def _dumps_inline(obj: Any, level: int, indent: int = 2) -> str:
+    """Indented JSON with scalar-only lists on one line."""
+    if hasattr(obj, "tolist") or isinstance(obj, Path):
+        obj = _json_default(obj)
+    pad, inner = " " * (indent * level), " " * (indent * (level + 1))
+    if isinstance(obj, dict):
+        if not obj:
+            return "{}"
+        items = [f"{inner}{json.dumps(str(k))}: {_dumps_inline(v, level + 1, indent)}" for k, v in obj.items()]
+        return "{\n" + ",\n".join(items) + "\n" + pad + "}"
+    if isinstance(obj, (list, tuple)):
+        if not any(isinstance(v, (dict, list, tuple)) or hasattr(v, "tolist") for v in obj):
+            return json.dumps(list(obj), allow_nan=False, default=_json_default)
+        items = [inner + _dumps_inline(v, level + 1, indent) for v in obj]
+        return "[\n" + ",\n".join(items) + "\n" + pad + "]"
+    return json.dumps(obj, allow_nan=False, default=_json_default)
 
 
 def _json_default(o: Any) -> Any:

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from eavss.errors import EavssError
-from eavss.evaluation import harness
+from eavss.evaluation import harness, intervals
 from eavss.evaluation.perplexity import load_wikitext2_test_text, token_perplexity
 from eavss.evaluation.tasks import TASKS_DIR
 from eavss.evaluation.tasks import utils as tu
@@ -247,7 +247,16 @@ def test_harness_all_tasks_tiny(model, tok):
     assert res["wikitext2"]["n_total"] == 62 and res["squad"]["n_total"] == 10_565 and res["sst2"]["n_total"] == 872
     assert 0 <= res["squad"]["metrics"]["exact_match"] <= res["squad"]["metrics"]["f1"] <= 100
     assert 0 <= res["sst2"]["metrics"]["acc"] <= 1 and res["sst2"]["stderr"]["acc"] is not None
-    assert res["ppl"]["details"]["num_tokens"] == 4 * 64
+    # ppl: 4 windows of 64 tokens drawn from a plan over the whole test text (not its first 256 tokens)
+    assert res["ppl"]["details"]["num_tokens"] > 100_000 and res["ppl"]["n_total"] > 1000
+    assert res["ppl"]["details"]["num_tokens_scored"] == 4 * 63
+    for name, r in res.items():  # every metric has a CI and per-item values that give it back
+        assert len(r["item_ids"]) == 4 and r["item_ids"] == sorted(set(r["item_ids"]))
+        assert r["item_ids"] != list(range(4)), name
+        for m, v in r["metrics"].items():
+            lo, hi = r["ci"][m]
+            assert lo <= v * (1 + 1e-9) and v <= hi * (1 + 1e-9), (name, m, v, lo, hi)
+            assert intervals.metric_from_items(r["per_item"], m) == pytest.approx(v, rel=1e-9), (name, m)
     assert res["wikitext2"]["details"]["max_length"] == 128 and res["wikitext2"]["details"]["batch_size"] == 4
     assert res["squad"]["details"]["max_length"] == 256  # the override is for wikitext2 only
 
@@ -272,14 +281,20 @@ def test_retention_math():
     assert r["wikitext2"]["secondary"]["bits_per_byte"]["retention_pct"] == pytest.approx(70.0)
     assert r["squad"]["metric"] == "f1" and r["squad"]["retention_pct"] == pytest.approx(50.0)
     assert r["squad"]["secondary"]["exact_match"]["retention_pct"] == pytest.approx(0.0)
-    assert r["sst2"]["retention_pct"] == pytest.approx(75.0)
+    # sst2 is chance-corrected (chance 0.5): 100 * (0.6 - 0.5) / (0.8 - 0.5); the raw ratio is kept
+    assert r["sst2"]["retention_pct"] == pytest.approx(100 / 3) and r["sst2"]["retention_raw_pct"] == pytest.approx(75.0)
+    assert r["sst2"]["chance"] == 0.5 and r["sst2"]["near_chance"] is False and r["sst2"]["ci"] is None
     assert r["ppl"]["retention_pct"] == pytest.approx(80.0) and r["ppl"]["higher_is_better"] is False
-    zero = harness.retention({"sst2": {"acc": 0.0}}, {"sst2": {"acc": 0.5}})
-    assert zero["sst2"]["retention_pct"] is None
+    assert r["squad"]["chance_corrected"] is False and r["squad"]["retention_raw_pct"] == r["squad"]["retention_pct"]
+    zero = harness.retention({"squad": {"f1": 0.0}}, {"squad": {"f1": 5.0}})
+    assert zero["squad"]["retention_pct"] is None
+    at_chance = harness.retention({"sst2": {"acc": 0.5}}, {"sst2": {"acc": 0.6}})["sst2"]
+    assert at_chance["retention_pct"] is None and at_chance["near_chance"] is True and "chance" in at_chance["note"]
     with pytest.raises(EavssError, match="share no task"):
         harness.retention({"sst2": {"acc": 1}}, {"squad": {"f1": 1}})
     assert harness.PRIMARY_METRICS == {
         "wikitext2": "word_perplexity", "squad": "f1", "sst2": "acc", "ppl": "token_perplexity",
+        "ptb": "token_perplexity", "sciq": "acc",
     }
 
 
@@ -300,7 +315,7 @@ def test_unknown_task_error(model, tok):
     with pytest.raises(EavssError) as exc:
         harness.evaluate(model, tok, ["sst2", "hellaswag"])
     msg = str(exc.value)
-    assert "hellaswag" in msg and all(t in msg for t in ("ppl", "squad", "sst2", "wikitext2"))
+    assert "hellaswag" in msg and all(t in msg for t in ("ppl", "squad", "sst2", "wikitext2", "ptb", "sciq"))
     with pytest.raises(EavssError, match="limit"):
         harness.evaluate(model, tok, ["sst2"], limit=0)
     with pytest.raises(EavssError, match="task_options"):

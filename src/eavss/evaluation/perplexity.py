@@ -1,9 +1,10 @@
-"""Token-level perplexity of the concatenated WikiText-2 test set (the number papers quote).
+"""Token-level perplexity of a concatenated test set (the number papers quote): WikiText-2, PTB.
 
 Convention (GPTQ, SparseGPT, Wanda, ShortGPT, SliceGPT ... all tokenise the same string): the
 Hugging Face ``wikitext-2-raw-v1`` test rows joined with ``"\\n\\n"``
-(:func:`load_wikitext2_test_text`), tokenised once with the model's tokenizer and its default
-special tokens, then cut into windows of ``context_length`` tokens.
+(:func:`load_wikitext2_test_text`), or the ``ptb_text_only`` test sentences joined with ``" "``
+(GPTQ's ``ptb-new``; :func:`load_ptb_test_text`), tokenised once with the model's tokenizer and
+its default special tokens, then cut into windows of ``context_length`` tokens.
 
 * ``stride == context_length`` (default): non-overlapping windows ``[0, L), [L, 2L), ...``. Every
   token except the first of each window is scored with the tokens before it in its window, as
@@ -14,8 +15,13 @@ special tokens, then cut into windows of ``context_length`` tokens.
   earlier window (the last ``S`` targets, all of them in the first window), so every scored
   token sees at least ``L - S`` tokens of context.
 
-PPL = exp(sum NLL / N) with the per-token NLL taken from a float32 log-softmax of the logits and
-summed in float64.
+The window plan always covers the whole text. ``num_windows`` scores a seeded random sample of
+its windows (:func:`eavss.evaluation.intervals.sample_item_ids`; the same seed and tokenizer give
+the same windows for an original and a pruned model) instead of the whole plan.
+
+PPL = exp(sum NLL / N) over the scored windows, with the per-token NLL taken from a float32
+log-softmax of the logits and summed in float64; each window's NLL sum and token count are
+returned too (per-window values for bootstrap intervals).
 """
 
 from __future__ import annotations
@@ -46,6 +52,21 @@ def load_wikitext2_test_text(data_dir: str | os.PathLike | None = None) -> str:
     return "\n\n".join(wikitext2_hf_rows(data_dir))
 
 
+def load_ptb_test_text(data_dir: str | os.PathLike | None = None) -> str:
+    """Penn Treebank test as GPTQ's ``ptb-new`` tokenises it: ``" ".join(sentences)``.
+
+    Sentences are the 3,761 stripped lines of Mikolov's ``ptb.test.txt`` (the rows of Hugging
+    Face ``ptb_text_only`` test: its builder strips every line), lower-cased, with ``<unk>`` and
+    ``N`` tokens as in the file (see :func:`eavss.evaluation.tasks.utils.ptb_test_sentences`).
+
+    Raises:
+        EavssError: the data root or ``ptb/github_wojzaremba-lstm/ptb.test.txt`` is missing.
+    """
+    from eavss.evaluation.tasks.utils import ptb_test_sentences
+
+    return " ".join(ptb_test_sentences(data_dir))
+
+
 def _window_plan(n_tokens: int, context_length: int, stride: int, drop_last: bool) -> list[tuple[int, int, int]]:
     """Windows as ``(begin, end, first_scored)``: positions ``first_scored..end-1`` are targets."""
     plan: list[tuple[int, int, int]] = []
@@ -73,30 +94,41 @@ def token_perplexity(
     batch_size: int = 4,
     device=None,
     drop_last: bool = False,
+    num_windows: int | None = None,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Token-level perplexity of ``text`` under a causal LM with fixed-length windows.
 
     Args:
         model: a Hugging Face causal LM (``model(input_ids).logits`` of shape [B, T, V]).
         tokenizer: its tokenizer; ``tokenizer(text)`` with default special tokens.
-        text: the text, e.g. :func:`load_wikitext2_test_text`.
+        text: the text, e.g. :func:`load_wikitext2_test_text` or :func:`load_ptb_test_text`.
         context_length: window length L in tokens (must not exceed the model's
             ``max_position_embeddings`` when the config has one).
         stride: step S between window starts, 1 <= S <= L; None means S = L (non-overlapping).
-        max_tokens: keep only the first ``max_tokens`` tokens of the tokenised text (None: all).
+        max_tokens: keep only the first ``max_tokens`` tokens of the tokenised text (None: all);
+            the window plan covers what is kept.
         batch_size: windows per forward pass (windows of equal length are batched; no padding).
         device: where to run; None uses the device of the model's first parameter.
         drop_last: skip a final window shorter than L (GPTQ does; default keeps it).
+        num_windows: score a seeded random sample of this many windows of the plan
+            (:func:`eavss.evaluation.intervals.sample_item_ids` with ``seed``); None scores all.
+        seed: seed of that sample.
 
     Returns:
-        ``{"token_perplexity": exp(nll_per_token), "nll_per_token": mean NLL in nats,
-        "num_tokens_scored": N, "num_tokens": tokens after truncation, "num_windows",
-        "context_length", "stride", "max_tokens", "drop_last", "seconds"}``.
+        ``{"token_perplexity": exp(nll_per_token), "nll_per_token": mean NLL in nats over the
+        scored tokens, "num_tokens_scored": N, "num_tokens": tokens after truncation,
+        "num_windows": windows scored, "num_windows_total": windows in the plan, "window_ids":
+        [ids into the plan, ascending], "window_nll": [float64 NLL sum per scored window, nats],
+        "window_tokens": [scored tokens per window], "context_length", "stride", "max_tokens",
+        "drop_last", "seconds"}``.
 
     Raises:
-        EavssError: bad ``context_length``/``stride``/``max_tokens``/``batch_size``, or a text
-            too short to score any token.
+        EavssError: bad ``context_length``/``stride``/``max_tokens``/``batch_size``/
+            ``num_windows``, or a text too short to score any token.
     """
+    from eavss.evaluation.intervals import sample_item_ids
+
     if context_length < 2:
         raise EavssError(f"context_length={context_length} is too small; pass at least 2 (papers use 1024-4096)")
     stride = context_length if stride is None else int(stride)
@@ -106,6 +138,8 @@ def token_perplexity(
         raise EavssError(f"max_tokens={max_tokens} is too small; pass at least 2 or None for the whole text")
     if batch_size < 1:
         raise EavssError(f"batch_size={batch_size} must be at least 1")
+    if num_windows is not None and num_windows < 1:
+        raise EavssError(f"num_windows={num_windows} must be at least 1 or None (every window)")
     max_pos = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     if isinstance(max_pos, int) and context_length > max_pos:
         raise EavssError(
@@ -118,20 +152,22 @@ def token_perplexity(
     if max_tokens is not None:
         ids = ids[:max_tokens]
     n_tokens = int(ids.numel())
-    plan = _window_plan(n_tokens, context_length, stride, drop_last)
-    if not plan:
+    full_plan = _window_plan(n_tokens, context_length, stride, drop_last)
+    if not full_plan:
         raise EavssError(
             f"text has {n_tokens} tokens, too few to score with context_length={context_length}"
             f"{' and drop_last=True' if drop_last else ''}; pass more text, a larger max_tokens or a smaller context length"
         )
+    window_ids = sample_item_ids(len(full_plan), num_windows, seed)
+    plan = [full_plan[i] for i in window_ids]
     if device is None:
         device = next(model.parameters()).device
     device = torch.device(device)
 
     was_training = model.training
     model.eval()
-    total_nll = torch.zeros((), dtype=torch.float64)
-    n_scored = 0
+    window_nll: list[float] = []
+    window_tokens: list[int] = []
     try:
         with torch.inference_mode():
             i = 0
@@ -148,21 +184,27 @@ def token_perplexity(
                     pred = logits[row, first - b - 1 : e - b - 1].float()
                     target = batch[row, first - b : e - b]
                     nll = torch.nn.functional.cross_entropy(pred, target, reduction="none")
-                    total_nll += nll.to(torch.float64).sum().cpu()
-                    n_scored += int(target.numel())
+                    window_nll.append(float(nll.to(torch.float64).sum().cpu()))
+                    window_tokens.append(int(target.numel()))
                 del logits
                 i = j
     finally:
         if was_training:
             model.train()
 
-    nll_per_token = float(total_nll) / n_scored
+    total_nll = math.fsum(window_nll)
+    n_scored = sum(window_tokens)
+    nll_per_token = total_nll / n_scored
     return {
         "token_perplexity": math.exp(nll_per_token),
         "nll_per_token": nll_per_token,
         "num_tokens_scored": n_scored,
         "num_tokens": n_tokens,
         "num_windows": len(plan),
+        "num_windows_total": len(full_plan),
+        "window_ids": window_ids,
+        "window_nll": window_nll,
+        "window_tokens": window_tokens,
         "context_length": context_length,
         "stride": stride,
         "max_tokens": max_tokens,

@@ -108,26 +108,29 @@ class PruneSection:
 
 @dataclass
 class EvalSection:
-    """Retention evaluation (:mod:`eavss.evaluation.harness`). ``limits`` caps items per task (null =
-    the whole set): wikitext2 articles, squad questions, sst2 sentences; ``ppl`` is capped by
-    ``ppl_max_tokens`` instead."""
+    """Retention evaluation (:mod:`eavss.evaluation.harness`). ``limits`` is the number of items per
+    task, a seeded random sample (run seed) over the whole set (null = the whole set): wikitext2
+    articles, squad questions, sst2 sentences, sciq questions; for ``ppl``/``ptb`` windows, also
+    capped by ``ppl_max_tokens // ppl_context_length``."""
 
-    tasks: list[str] = option(help="evaluation tasks: ppl, wikitext2, squad, sst2", flag="--tasks", choices=_TASKS,
-                              factory=lambda: ["ppl", "wikitext2", "squad", "sst2"])
+    tasks: list[str] = option(help="evaluation tasks: ppl, wikitext2, squad, sst2, ptb, sciq", flag="--tasks",
+                              choices=_TASKS, factory=lambda: ["ppl", "wikitext2", "squad", "sst2", "ptb"])
     limits: dict[str, int | None] = option(
-        help="items per task (null = the whole set); --limit N sets every task in eval.tasks", flag="--limit",
-        broadcast="eval.tasks", keys=_TASKS, min=1,
-        factory=lambda: {"ppl": None, "wikitext2": 2, "squad": 40, "sst2": 200})
+        help="items per task, a seeded random sample over the whole set (null = the whole set); --limit N sets "
+        "every task in eval.tasks", flag="--limit", broadcast="eval.tasks", keys=_TASKS, min=1,
+        factory=lambda: {"ppl": None, "wikitext2": 2, "squad": 40, "sst2": 200, "ptb": None, "sciq": 200})
     batch_size: int = option(8, "evaluation batch size", flag="--batch-size", min=1)
     max_length: int | None = option(None, "lm-eval context window (rolling-window size for wikitext2); null = "
                                     "min(2048, the model's context)", min=1)
-    ppl_context_length: int = option(1024, "ppl: tokens per window", min=2)
-    ppl_max_tokens: int | None = option(8192, "ppl: first N test tokens (null = all)", min=2)
+    ppl_context_length: int = option(1024, "ppl/ptb: tokens per window", min=2)
+    ppl_max_tokens: int | None = option(8192, "ppl/ptb: token budget: score ppl_max_tokens // ppl_context_length "
+                                        "windows drawn at random over the whole test text (null = every window)",
+                                        min=2)
     max_gen_toks: int = option(32, "squad: generation budget in tokens", min=1)
 
     def check(self) -> None:
         if not self.tasks:
-            raise EavssError("eval.tasks is empty; pass e.g. --tasks ppl,wikitext2,squad,sst2")
+            raise EavssError("eval.tasks is empty; pass e.g. --tasks ppl,wikitext2,squad,sst2,ptb")
 
 
 @dataclass
@@ -389,16 +392,16 @@ def alternative_selections(names: list[str], scores: dict, k: int, num_layers: i
 
 def evaluate_without(model, tok, layers: list[int], original: dict, cfg, timings: dict, name: str) -> dict:
     """Evaluate the model with ``layers`` skipped in place (restored after) and its retention."""
-    from eavss.evaluation.harness import retention
+    from eavss.evaluation.harness import mean_retention, retention
     from eavss.models.surgery import skip_layers
 
     with skip_layers(model, layers):
         res, secs = evaluate_model(model, tok, cfg.eval, cfg.data_dir, cfg.seed)
     timings.update({f"eval_{name}.{t}": v for t, v in secs.items()})
-    ret = retention(original, res)
-    vals = [r["retention_pct"] for r in ret.values() if r.get("retention_pct") is not None]
+    ret = retention(original, res, seed=cfg.seed)
+    mean = mean_retention(ret)
     return jsonable({"removed": sorted(layers), "results": res, "retention": ret,
-                     "mean_retention_pct": float(np.mean(vals)) if vals else None})
+                     "mean_retention_pct": mean["mean_pct"], "mean_retention": mean})
 
 
 def prune_model(model, scores: list[float], p: PruneSection) -> dict:
@@ -421,12 +424,14 @@ def prune_model(model, scores: list[float], p: PruneSection) -> dict:
 
 
 def evaluate_model(model, tokenizer, e: EvalSection, data_dir: str | None, seed: int) -> tuple[dict, dict]:
-    """Run each evaluation task with its own limit. Returns ``(results_by_task, seconds_by_task)``."""
+    """Run each evaluation task with its own limit (a seeded random sample of items, seed ``seed``:
+    the same items for the original and the pruned model). Returns ``(results_by_task,
+    seconds_by_task)``."""
     from eavss.evaluation.harness import evaluate
 
     results, secs = {}, {}
     for task in e.tasks:
-        opts = {"ppl": {"context_length": e.ppl_context_length, "max_tokens": e.ppl_max_tokens}} if task == "ppl" else {}
+        opts = {task: {"context_length": e.ppl_context_length, "max_tokens": e.ppl_max_tokens}} if task in ("ppl", "ptb") else {}
         with timed(secs, task):
             res = evaluate(model, tokenizer, [task], limit=e.limits.get(task), data_dir=data_dir,
                            batch_size=e.batch_size, seed=seed, max_gen_toks=e.max_gen_toks, max_length=e.max_length,
@@ -439,7 +444,7 @@ def write_outputs(out: Path, report: dict, plot: bool = True) -> None:
     """report.json, report.md and (for reports with statistics) avss.png into ``out``."""
     from eavss.report.avss import plot_avss, render_markdown
 
-    write_json_atomic(out / "report.json", jsonable(report))
+    write_json_atomic(out / "report.json", jsonable(report), inline_scalar_lists=True)  # per-item arrays on one line
     write_text_atomic(out / "report.md", render_markdown(report))
     st = report.get("statistics")
     if plot and st:
@@ -552,7 +557,7 @@ def run(cfg: RunConfig) -> dict:
     import time
 
     from eavss import distributed as edist
-    from eavss.evaluation.harness import retention
+    from eavss.evaluation.harness import mean_retention, retention
     from eavss.models.layers import layer_module_paths
     from eavss.models.surgery import save_model_files
 
@@ -589,15 +594,16 @@ def run(cfg: RunConfig) -> dict:
         pr = prune_model(model, sc[cfg.prune.score]["score"], cfg.prune)
     pruned, secs = evaluate_model(model, tok, cfg.eval, cfg.data_dir, cfg.seed)
     timings.update({f"eval_pruned.{k}": v for k, v in secs.items()})
-    ret = retention(original, pruned)
-    vals = [r["retention_pct"] for r in ret.values() if r.get("retention_pct") is not None]
+    ret = retention(original, pruned, seed=cfg.seed)
+    mean = mean_retention(ret)
 
     report = new_report("run", to_dict(cfg), cfg.seed, tok)
     report.update({
         "model": model_sec, "calibration": {**cal_info, **col_info}, "statistics": st, "scores": sc,
         "ground_truth": gt, "pruning": pr,
-        "evaluation": {"original": original, "pruned": pruned, "retention": ret, "limits": cfg.eval.limits,
-                       "mean_retention_pct": float(np.mean(vals)) if vals else None, "alternatives": alternatives},
+        "evaluation": {"original": original, "pruned": pruned, "retention": jsonable(ret), "limits": cfg.eval.limits,
+                       "mean_retention_pct": mean["mean_pct"], "mean_retention": jsonable(mean),
+                       "alternatives": alternatives},
         "timings": timings, "threads": threads,
     })
     with atomic_dir(cfg.out, cfg.overwrite) as tmp:

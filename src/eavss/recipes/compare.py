@@ -35,7 +35,6 @@ import numpy as np
 
 from eavss.config import ModelSection, RunOptions, SparsitySection, option, section, to_dict, validate
 from eavss.errors import EavssError
-from eavss.recipes import compare_eval  # noqa: F401 -- registers the interim ptb/sciq tasks before validation
 from eavss.recipes.avss import CalibrationSection, EvalSection, ScoresSection
 from eavss.recipes.common import load, model_section, start, timed
 from eavss.recipes.heal import HealSection
@@ -480,8 +479,6 @@ def run(cfg: CompareConfig) -> dict:
     metrics_meta = {m: {"help": METRICS.entry(m).help, **{key: METRICS.entry(m).meta.get(key)
                                                           for key in ("needs", "direction", "seeded", "site")}}
                     for m in cfg.compare.metrics}
-    from eavss.recipes.compare_eval import INTERIM_TASKS
-
     report = new_report("compare", to_dict(cfg), cfg.seed, tok)
     report.update({
         "model": model_sec,
@@ -494,8 +491,7 @@ def run(cfg: CompareConfig) -> dict:
         "rows": rows,
         "agreement": agree,
         "random": random_summary(rows),
-        "evaluation": {"original": ev["original"], "tasks": cfg.eval.tasks, "limits": cfg.eval.limits,
-                       "interim_tasks": INTERIM_TASKS},
+        "evaluation": {"original": ev["original"], "tasks": cfg.eval.tasks, "limits": cfg.eval.limits},
         "healing": None if not cfg.compare.heal else {
             "text": {**text_info, **data_info},
             "note": healing_note(text_info),

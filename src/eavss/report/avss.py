@@ -74,6 +74,7 @@ class EvaluationSection(TypedDict, total=False):
     retention: dict
     limits: dict
     mean_retention_pct: float | None
+    mean_retention: dict
 
 
 def layer_table(rows: list[dict], removed: set[int] | None = None, skip_delta: list | None = None) -> str:
@@ -97,19 +98,75 @@ def layer_table(rows: list[dict], removed: set[int] | None = None, skip_delta: l
     return head + body
 
 
+def _with_ci(value, ci, nd: int = 4) -> str:
+    """``value [lo, hi]`` (``value`` alone without an interval)."""
+    if value is None:
+        return "–"
+    text = _fmt(value, nd)
+    if ci and len(ci) == 2 and ci[0] is not None and ci[1] is not None:
+        text += f" [{_fmt(ci[0], nd)}, {_fmt(ci[1], nd)}]"
+    return text
+
+
+def _items(result: dict) -> str:
+    n, total = result.get("n_samples"), result.get("n_total")
+    if n is None:
+        return "–"
+    return f"{n} of {total}" if total is not None and total != n else str(n)
+
+
 def eval_table(evaluation: dict) -> str:
-    """Markdown table of original vs pruned metrics and retention."""
+    """Markdown table of original vs pruned metrics (value [95% CI]), items, retention [95% CI]
+    and chance-corrected retention where it applies, then notes: originals not clearly above
+    chance, and the tasks left out of the mean as duplicate capabilities."""
     orig = evaluation.get("original", {})
     pruned = evaluation.get("pruned", {})
     ret = evaluation.get("retention", {})
-    lines = ["| task | metric | original | pruned | retention % | items |", "|---|---|---|---|---|---|"]
+    level = next((r.get("bootstrap", {}).get("level") for r in orig.values() if r.get("bootstrap")), 0.95)
+    pct = f"{100 * level:.0f}% CI"
+    lines = [f"| task | metric | original [{pct}] | pruned [{pct}] | items | retention % [{pct}] | "
+             f"chance-corrected retention % [{pct}] |", "|---|---|---|---|---|---|---|"]
+    notes = []
     for task, r in ret.items():
-        metric = r.get("metric")
-        o = orig.get(task, {}).get("metrics", {}).get(metric)
-        p = pruned.get(task, {}).get("metrics", {}).get(metric)
-        n = orig.get(task, {}).get("n_samples", orig.get(task, {}).get("num_tokens_scored"))
-        lines.append(f"| {task} | {metric} | {_fmt(o)} | {_fmt(p)} | {_fmt(r.get('retention_pct'), 1)} | {_fmt(n)} |")
-    return "\n".join(lines) + "\n"
+        o_res, p_res = orig.get(task, {}), pruned.get(task, {})
+        rows = [(r.get("metric"), r)] + list((r.get("secondary") or {}).items())
+        for i, (metric, e) in enumerate(rows):
+            o = o_res.get("metrics", {}).get(metric, e.get("original"))
+            p = p_res.get("metrics", {}).get(metric, e.get("pruned"))
+            o_ci = (o_res.get("ci") or {}).get(metric) or e.get("original_ci")
+            p_ci = (p_res.get("ci") or {}).get(metric) or e.get("pruned_ci")
+            if e.get("chance_corrected"):
+                raw = _with_ci(e.get("retention_raw_pct"), e.get("ci_raw"), 1)
+                cc = _with_ci(e.get("retention_pct"), e.get("ci"), 1) + f" (chance {e.get('chance'):g})"
+                if e.get("near_chance"):
+                    cc += " ⚠"
+            else:
+                raw, cc = _with_ci(e.get("retention_pct"), e.get("ci"), 1), "–"
+            name = task if i == 0 else ""
+            lines.append(f"| {name} | {metric} | {_with_ci(o, o_ci)} | {_with_ci(p, p_ci)} | "
+                         f"{_items(o_res) if i == 0 else ''} | {raw} | {cc} |")
+            if e.get("note"):
+                notes.append(f"- ⚠ {e['note']}.")
+    text = "\n".join(lines) + "\n"
+    mean = evaluation.get("mean_retention") or {}
+    dup = mean.get("tasks_skipped_duplicate_capability") or []
+    caps = mean.get("capabilities") or {}
+    if dup:
+        parts = []
+        for t in dup:
+            cap = (ret.get(t) or {}).get("capability", "?")
+            parts.append(f"{t} ({cap}: counted through {caps.get(cap, '?')})")
+        notes.append("- Excluded from the mean as duplicate capabilities: " + "; ".join(parts) + ".")
+    near = mean.get("tasks_skipped_near_chance") or []
+    if near:
+        notes.append(f"- Excluded from the mean because the original is not clearly above chance: {', '.join(near)}.")
+    undefined = mean.get("tasks_skipped_undefined") or []
+    if undefined:
+        notes.append(f"- Excluded from the mean because retention is undefined (a division by zero or a missing value): "
+                     f"{', '.join(undefined)}.")
+    if notes:
+        text += "\n" + "\n".join(notes) + "\n"
+    return text
 
 
 def alternatives_table(report: dict) -> str:
@@ -147,11 +204,12 @@ def ground_truth_table(gt: dict) -> str:
 
 
 def results_table(results: dict) -> str:
-    """Markdown table of every metric of one model's evaluation results."""
-    lines = ["| task | metric | value |", "|---|---|---|"]
+    """Markdown table of every metric of one model's evaluation results (value [95% CI], items)."""
+    lines = ["| task | metric | value [95% CI] | items |", "|---|---|---|---|"]
     for task, r in results.items():
-        for k, v in (r.get("metrics") or {}).items():
-            lines.append(f"| {task} | {k} | {_fmt(v)} |")
+        for i, (k, v) in enumerate((r.get("metrics") or {}).items()):
+            lines.append(f"| {task if i == 0 else ''} | {k} | {_with_ci(v, (r.get('ci') or {}).get(k))} | "
+                         f"{_items(r) if i == 0 else ''} |")
     return "\n".join(lines) + "\n"
 
 
@@ -196,9 +254,16 @@ def render_markdown(report: dict) -> str:
     if ev and ev.get("retention"):
         out.append("## Retention after pruning\n")
         out.append(eval_table(ev))
-        mean = ev.get("mean_retention_pct")
+        m = ev.get("mean_retention") or {}
+        mean = m.get("mean_pct", ev.get("mean_retention_pct"))
         if mean is not None:
-            out.append(f"Mean retention over tasks: **{mean:.1f}%** (paper claims > 90%).\n")
+            ci = m.get("ci")
+            ci_text = f" [{ci[0]:.1f}, {ci[1]:.1f}] ({100 * m.get('level', 0.95):.0f}% CI)" if ci else ""
+            used = f" over {', '.join(m['tasks_used'])} (one task per capability)" if m.get("tasks_used") else ""
+            out.append(f"Mean retention{used}: **{mean:.1f}%**{ci_text} (paper claims > 90%).\n")
+        out.append("Items are a seeded random sample of each set (the same items for both models); CIs are "
+                   "percentile bootstrap intervals over items, paired for retention; per-item values are in "
+                   "report.json.\n")
         if ev.get("alternatives"):
             out.append(alternatives_table(report))
     elif ev and ev.get("original"):

