@@ -257,3 +257,45 @@ def test_a_model_that_needs_custom_code_says_how_to_opt_in(tmp_path, capsys):
                                                 "auto_map": {"AutoConfig": "conf.C", "AutoModelForCausalLM": "mod.M"}}))
     err = _err(capsys, ["score", "--model", str(d), "--out", str(tmp_path / "o")])
     assert "model.trust_remote_code=true" in err and "runs Python code" in err
+
+
+def test_every_input_file_is_protected_from_overwrite(tmp_path, tiny_dir, capsys):
+    """The calibration text, the --config file and a built-in alias's package folder are inputs too;
+    and --overwrite replaces only folders eavss wrote."""
+    model, cal = tiny_dir
+    d = tmp_path / "cal_dir"
+    d.mkdir()
+    (d / "c.txt").write_text(cal.read_text())
+    err = _err(capsys, ["score", "--model", str(model), "--calib", f"text:{d / 'c.txt'}", "--out", str(d), "--overwrite"])
+    assert "is or contains the input" in err and (d / "c.txt").exists()
+    cfgd = tmp_path / "cfg_dir"
+    cfgd.mkdir()
+    (cfgd / "x.yaml").write_text("seed: 1\n")
+    err = _err(capsys, ["score", "--config", str(cfgd / "x.yaml"), "--model", str(model), "--out", str(cfgd),
+                        "--overwrite"])
+    assert "is or contains the input" in err and (cfgd / "x.yaml").exists()
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.txt").write_text("years of work")
+    err = _err(capsys, ["score", "--model", str(model), "--calib", f"text:{cal}", "--out", str(precious), "--overwrite"])
+    assert "eavss did not write" in err and (precious / "thesis.txt").exists()
+
+    from eavss.models.loading import ALIASES
+
+    pkg = Path(ALIASES["smollm2-135m"].locate()[0]).parent
+    err = _err(capsys, ["score", "--out", str(pkg), "--overwrite"])
+    assert "is or contains the input" in err and any(pkg.glob("*.gguf"))
+
+
+def test_yaml_text_values_stay_text_and_the_mass_rule_runs(tmp_path, tiny_dir, capsys):
+    model, cal = tiny_dir
+    f = tmp_path / "c.yaml"
+    f.write_text(f"out: 0123\nseed: 7\nmodel:\n  name: {model}\ncalibration:\n  dataset: text:{cal}\n"
+                 "  num_samples: 4\n  max_length: 16\n")
+    assert main(["config", "score", "--config", str(f)]) == 0
+    out = capsys.readouterr().out
+    assert "out: '0123'" in out and "seed: 7" in out
+    run = tmp_path / "run"
+    assert _score(model, cal, run) == 0
+    assert main(["prune", "--from", str(run), "--rule", "mass", "--mass", "0.3", "--score", "avss",
+                 "--out", str(tmp_path / "pm"), "--no-progress"]) == 0

@@ -35,7 +35,7 @@ def test_typed_values_win_over_overrides():
     ("prune=3", "is a section"), ("stats.site=resid_pre", "stats.site='resid_pre' is not valid"),
     ("stats.variance=pooledd", "stats.variance='pooledd' is not valid"), ("prune.score=avs", "prune.score='avs'"),
     ("eval.tasks=[ppl, nosuch]", "eval.tasks='nosuch'"), ("eval.limits.sqaud=5", "unknown key eval.limits.sqaud"),
-    ("eval.limits.squad=0", "eval.limits must be >= 1"), ("calibration.num_samples=0", "calibration.num_samples must be >= 1"),
+    ("eval.limits.squad=0", "eval.limits.squad must be >= 1"), ("calibration.num_samples=0", "calibration.num_samples must be >= 1"),
     ("prune.fraction=1.0", "fraction must be in (0, 1)"), ("threads=0", "threads must be >= 1"),
     ("calibration.dataset=wikitext3", "calibration.dataset='wikitext3'"), ("model.dtype=float8", "model.dtype"),
 ])

@@ -60,7 +60,8 @@ def add_config_flags(p: argparse.ArgumentParser, cfg_cls: type) -> None:
         dest = "f:" + key
         help_text = md.get("help", "")
         if md.get("action"):
-            p.add_argument(flag, dest=dest, action=md["action"], default=None, help=help_text)
+            p.add_argument(flag, dest=dest, action=md["action"], default=None,
+                       help=f"turn off: {help_text}" if md["action"] == "store_false" else help_text)
             continue
         if md.get("broadcast"):
             p.add_argument(flag, dest=dest, type=int, default=None, metavar="N", help=help_text)
@@ -148,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _command_parser(recipe, p: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     """The parser of one command (a new top-level one named ``eavss NAME`` when ``p`` is None)."""
     if p is None:
-        p = _Parser(prog=f"eavss {recipe.name}", description=recipe.description, epilog=recipe.epilog or None)
+        p = _Parser(prog=f"eavss {recipe.name}", description=recipe.description, epilog=recipe.epilog or None,
+                    allow_abbrev=False)
     add_config_flags(p, recipe.config_class())
     return p
 
@@ -188,6 +190,10 @@ def _run_command(name: str, args: argparse.Namespace) -> int:
 
     recipe = RECIPES[name]
     cfg = resolve(recipe, args)
+    if getattr(args, "config", None):  # the config file is an input: --out must not hold it
+        from eavss.io import check_not_inside
+
+        check_not_inside(cfg.out, args.config)
     if edist.env_rank()[1] > 1:  # --- torchrun: one process per device
         if not recipe.torchrun:
             raise EavssError(f"`eavss {name}` does not run under torchrun; start it as one process")

@@ -129,9 +129,10 @@ class RunOptions:
     out: str = option("runs/out", "output folder (refused if it exists and is not empty, unless --overwrite)",
                       flag="--out")
     overwrite: bool = option(False, "replace an existing --out folder", flag="--overwrite", action="store_true")
-    seed: int = option(0, "seed of every random choice (sampling, splits, bootstrap, torch)", flag="--seed")
+    seed: int = option(0, "seed of every random choice (sampling, splits, bootstrap, torch)", flag="--seed",
+                       min=-(2**63), max=2**63 - 1)
     threads: int | None = option(None, "torch CPU threads; null = the idle cores (cpu_count - round(load average), "
-                                 ">= 1)", flag="--threads", min=1)
+                                 ">= 1)", flag="--threads", min=1, max=4096)
     data_dir: str | None = option(None, "folder with the offline datasets (default $EAVSS_DATA_DIR, else "
                                   "../shared/data)", flag="--data-dir")
     progress: bool = option(True, "progress bars", flag="--no-progress", action="store_false")
@@ -317,6 +318,9 @@ def _apply_tree(obj: Any, data: dict, prefix: str, text: bool) -> None:
                     raise EavssError(f"config key {key}.{kk} must be a single value, not a mapping")
                 merged[str(kk)] = parse_text(vv, val_t, f"{key}.{kk}") if text else coerce(vv, val_t, f"{key}.{kk}")
             setattr(obj, k, merged)
+        elif text and isinstance(v, list) and typing.get_origin(base) is list:
+            elem = (typing.get_args(base) or (str,))[0]
+            setattr(obj, k, [parse_text(x, elem, key) if isinstance(x, str) else coerce(x, elem, key) for x in v])
         else:
             setattr(obj, k, parse_text(v, typ, key) if text and isinstance(v, str) else coerce(v, typ, key))
 
@@ -355,7 +359,9 @@ def read_yaml_file(path: str | Path) -> dict:
     if not p.is_file():
         raise EavssError(f"config file {p} does not exist; pass --config path/to/file.yaml")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        # every scalar as text (BaseLoader), parsed by the key's declared type like an override: "0123"
+        # stays "0123" for a text key, instead of YAML 1.1's octal 83
+        data = yaml.load(p.read_text(encoding="utf-8"), Loader=yaml.BaseLoader) or {}
     except UnicodeDecodeError:
         raise EavssError(f"config file {p} is not UTF-8 text; pass a YAML file") from None
     except yaml.YAMLError as e:
@@ -375,7 +381,7 @@ def load_config(cls: type, path: str | None = None, overrides: list[str] | None 
     """
     cfg = cls()
     if path:
-        _apply_tree(cfg, read_yaml_file(path), "", text=False)
+        _apply_tree(cfg, read_yaml_file(path), "", text=True)
     for item in overrides or []:
         _apply_tree(cfg, parse_override(item), "", text=True)
     hints = {k: t for k, _, t in iter_fields(cls)}
@@ -432,8 +438,12 @@ def validate(cfg: Any, _prefix: str = "") -> Any:
                 if k not in opts:
                     names = opts.names() if hasattr(opts, "names") else list(opts)
                     raise EavssError(f"unknown key {key}.{k}; valid keys: {names}")
-        for item in (v.values() if isinstance(v, dict) else v if isinstance(v, list) else [v]):
-            _check_bounds(key, item, md)
+        if isinstance(v, dict):
+            for kk, item in v.items():
+                _check_bounds(f"{key}.{kk}", item, md)
+        else:
+            for item in (v if isinstance(v, list) else [v]):
+                _check_bounds(key, item, md)
     check = getattr(cfg, "check", None)
     if callable(check):
         check()

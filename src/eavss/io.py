@@ -88,6 +88,10 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
+OUTPUT_MARKERS = ("report.json", "eavss_pruning.json", "eavss_healing.json", "eavss_mitigation.json")
+"""Files by which an existing folder is recognised as an eavss output that ``--overwrite`` may replace."""
+
+
 def check_out_dir(out: str | os.PathLike, overwrite: bool) -> Path:
     """Refuse an existing, non-empty output folder unless ``overwrite``.
 
@@ -96,7 +100,10 @@ def check_out_dir(out: str | os.PathLike, overwrite: bool) -> Path:
     """
     if not str(out).strip():
         raise EavssError("--out is empty; pass an output folder path")
-    out = Path(out).expanduser().resolve()
+    try:
+        out = Path(out).expanduser().resolve()
+    except RuntimeError as e:  # "~user" of no such user
+        raise EavssError(f"--out {out}: {e}; pass a path without ~user") from None
     if out.exists() and not out.is_dir():
         raise EavssError(f"--out {out} is a file; pass a folder path")
     if out.exists() and any(out.iterdir()) and not overwrite:
@@ -110,6 +117,19 @@ def check_out_dir(out: str | os.PathLike, overwrite: bool) -> Path:
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise EavssError(f"cannot write --out {out}: {parent} is not a writable folder; choose another --out")
     return out
+
+
+def check_replaceable(out: str | os.PathLike) -> None:
+    """Refuse to replace (``--overwrite``) an existing non-empty folder that eavss did not write:
+    only a folder holding one of :data:`OUTPUT_MARKERS` is an eavss output.
+
+    Raises:
+        EavssError: ``out`` holds files but no eavss report or marker.
+    """
+    o = Path(out).expanduser().resolve()
+    if o.is_dir() and any(o.iterdir()) and not any((o / m).exists() for m in OUTPUT_MARKERS):
+        raise EavssError(f"--out {o} is a folder eavss did not write (no {' / '.join(OUTPUT_MARKERS)}); --overwrite "
+                         "replaces only eavss outputs: choose a new --out")
 
 
 def check_not_inside(out: str | os.PathLike, *inputs: str | os.PathLike | None,

@@ -290,6 +290,14 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 
+def _close_alias(name: str) -> str | None:
+    """The built-in alias ``name`` is a near miss of (a typo), if any."""
+    import difflib
+
+    hits = difflib.get_close_matches(name, ALIASES.names(), n=1, cutoff=0.8)
+    return hits[0] if hits else None
+
+
 def _load_error(what: str, exc: BaseException, fix: str) -> EavssError:
     """The one-line error of a failed load; a model that needs custom code gets the opt-in hint."""
     msg = str(exc)
@@ -615,6 +623,9 @@ def load_model(
                     model, tokenizer = _from_folder(p, torch_dtype, trust_remote_code, attn_implementation, device)
                 except Exception as exc:  # noqa: BLE001
                     raise _load_error(f"model folder {p}", exc, "check that it holds a causal LM and its tokenizer") from exc
+        elif "/" not in spec_str and _close_alias(spec_str):
+            raise EavssError(f"unknown model {spec_str!r}; did you mean the alias {_close_alias(spec_str)!r}? "
+                             f"(aliases: {', '.join(ALIASES)})")
         elif looks_like_path(spec_str):
             raise EavssError(f"model path {spec_str} does not exist; pass an existing .gguf file or model folder, or an alias ({', '.join(ALIASES)})")
         else:

@@ -264,11 +264,16 @@ def save_model_files(model: nn.Module, tokenizer: Any, folder: str | os.PathLike
     """Write ``model`` (safetensors) and ``tokenizer`` into ``folder`` (created if missing), not
     atomically: for use inside an :func:`eavss.io.atomic_dir` that holds other outputs too.
     :func:`save_model` is the atomic form."""
+    from eavss.io import follow_umask
+
     strip_quantization(model)
     Path(folder).mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
+    for f in Path(folder).iterdir():  # safetensors writes 0600; a saved model is shared like any output
+        if f.is_file():
+            follow_umask(f)
 
 
 def strip_quantization(model: nn.Module) -> None:

@@ -249,7 +249,10 @@ def check_after_loading(cfg, model) -> None:
 
         p = cfg.prune
         n = len(find_decoder_layers(model)[1])
-        select_layers([0.0] * n, p.rule, p.fraction, p.mass, p.protect_first, p.protect_last)  # raises if impossible
+        # protection and fraction against this model's depth (equal positive scores: the mass rule's real
+        # choice depends on the scores and is checked when they exist)
+        select_layers([1.0] * n, "count" if p.rule == "mass" else p.rule, p.fraction, p.mass, p.protect_first,
+                      p.protect_last)
 
 
 def collect(cfg: ScoreConfig | RunConfig, model, tokenizer, texts: list[str] | None = None):

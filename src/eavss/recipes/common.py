@@ -17,7 +17,7 @@ from typing import Iterator
 import numpy as np
 
 from eavss.config import ModelSection, RunOptions
-from eavss.io import check_not_inside, check_out_dir, lock_out_dir
+from eavss.io import check_not_inside, check_out_dir, check_replaceable, lock_out_dir
 
 
 def seed_everything(seed: int) -> None:
@@ -49,6 +49,8 @@ def choose_threads(requested: int | None) -> dict:
         load = 0.0
     if requested:
         n, rule = int(requested), "configured"
+        if n > cpu:
+            n, rule = cpu, f"configured {requested}, capped at cpu_count"
     else:
         n, rule = max(1, min(prev, int(round(cpu - load)))), "auto: idle cores = cpu_count - round(load average), >= 1"
     torch.set_num_threads(n)
@@ -78,13 +80,48 @@ def start(opts: RunOptions, *inputs: str | os.PathLike | None, may_hold_out: tup
         data = None
     model = getattr(opts, "model", None)
     cache = cache_root(getattr(model, "cache_dir", None))
-    check_not_inside(opts.out, *inputs, data, cache, may_hold_out=may_hold_out)
+    if cache.exists() and not cache.is_dir():
+        raise EavssError(f"--cache-dir {cache} is a file; pass a folder for the converted-model cache")
+    check_not_inside(opts.out, *inputs, *input_files(opts), data, cache, may_hold_out=may_hold_out)
+    check_replaceable(opts.out)
     from eavss import distributed as edist
 
     if edist.is_main():  # --- torchrun: rank 0 alone writes, so it alone holds the writer's lock
         lock_out_dir(opts.out)
     seed_everything(opts.seed)
     return choose_threads(opts.threads)
+
+
+def input_files(cfg) -> list[str]:
+    """Every file a config reads besides the model and data folders: text files named as
+    ``text:PATH`` / ``jsonl:PATH:FIELD`` anywhere in it (calibration, healing text), and the files
+    of a built-in model alias (its package folder in site-packages). The output folder must not
+    hold any of them (:func:`eavss.io.check_not_inside`)."""
+    import dataclasses
+
+    out: list[str] = []
+
+    def walk(obj) -> None:
+        for f in dataclasses.fields(obj):
+            v = getattr(obj, f.name)
+            if dataclasses.is_dataclass(v):
+                walk(v)
+            elif isinstance(v, str) and v.startswith("text:"):
+                out.append(v[5:])
+            elif isinstance(v, str) and v.startswith("jsonl:"):
+                out.append(v[6:].rpartition(":")[0])
+
+    walk(cfg)
+    name = getattr(getattr(cfg, "model", None), "name", None)
+    if name:
+        from eavss.models.loading import ALIASES
+
+        if name in ALIASES:
+            try:
+                out += [str(Path(p).parent) for p in ALIASES[name].locate()]
+            except Exception:  # noqa: BLE001 -- not installed: nothing of it to protect
+                pass
+    return out
 
 
 def absolute_if_path(name: str) -> str:
