@@ -80,11 +80,11 @@ def test_cli_end_to_end_on_default_model(tmp_path, capsys, default_model):
     assert sorted(rep["eavss"]["ranking"]) == list(range(L)) and len(rep["eavss"]["top_k"]) == 5
     assert len(rep["eavss"]["per_layer"]) == L and len(rep["probe"]["auroc"]) == L
     assert rep["agreement"]["spearman"] is not None
-    assert set(rep["sources"]) == {"truthfulqa", "halueval", "nq_open", "triviaqa", "sciq"}
+    assert set(rep["sources"]) == {"truthfulqa", "halueval", "nq_open", "triviaqa", "sciq", "wikiqa"}
     for src in ("nq_open", "triviaqa", "sciq"):
         assert rep["sources"][src]["kind"] == "generated"
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
-    assert len(samples) == 6 * 2 * 2 + 6 * 3  # two teacher-forced pair sources, three generated
+    assert len(samples) == 6 * 2 * 3 + 6 * 3  # three teacher-forced pair sources, three generated
     assert all(s["judge"] is not None for s in samples if s["kind"] == "generated")
     splits = load_splits(out)
     for src, d in splits["sources"].items():
