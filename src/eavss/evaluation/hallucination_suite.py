@@ -52,6 +52,11 @@ TASK_OF_SOURCE: dict[str, str] = {"nq_open": "nq_open", "triviaqa": "triviaqa", 
                                   "truthfulqa": "truthfulqa", "wikiqa": "wikiqa"}
 """QA source -> the evaluation task on its eval part."""
 SOURCE_OF_TASK: dict[str, str] = {t: s for s, t in TASK_OF_SOURCE.items()}
+DEFAULT_LIMITS: dict[str, int | None] = {"nq_open": 100, "triviaqa": 100, "sciq_mc": 100, "truthfulqa": 100,
+                                         "wikiqa": 100}
+"""Questions per suite task for ``eavss eval --suite hallucination`` when ``eval.limits`` does not
+say (the first of the eval part in split-hash order; null = the whole eval part: NQ-open ~900,
+TriviaQA ~2,000, SciQ ~250, TruthfulQA ~200, WikiQA ~90 questions with a correct candidate)."""
 
 _COMMON = ("splits", "part", "resamples", "level")
 _OPTIONS: dict[str, tuple[str, ...]] = {
