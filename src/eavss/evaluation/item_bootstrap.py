@@ -163,9 +163,9 @@ def _change_stats(fn, cb, cas: list[list[np.ndarray]], resamples: int, seed: int
         a = float(np.mean(a_vals))
         b_draws = fn(*(c[idx] for c in cb))
         a_draws = np.mean([fn(*(c[idx] for c in ca)) for ca in cas], axis=0)
-        d_draws = a_draws - b_draws
+        d_draws = np.round(a_draws - b_draws, 12)  # a mean over several models leaves float noise where nothing changed
         r_draws = d_draws / b_draws
-    diff = a - b
+    diff = float(np.round(a - b, 12))
     rel = diff / b if b != 0 and math.isfinite(b) else None
     lo, hi = _quantiles(d_draws, level)
     rlo, rhi = _quantiles(r_draws, level) if rel is not None else (None, None)
