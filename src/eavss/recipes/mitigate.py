@@ -234,8 +234,6 @@ class MitigateConfig(RunOptions):
                           flag="--restart", action="store_false")
 
     def check(self) -> None:
-        if not self.source:
-            raise EavssError("--from is required: the output folder of `eavss hallucination`")
         if not self.data.sources:
             raise EavssError("data.sources is empty; name at least one training source")
         if len(set(self.data.sources)) != len(self.data.sources):
@@ -804,6 +802,8 @@ def run(cfg: MitigateConfig) -> dict:
     from eavss.training.pairs import tokenize_examples
 
     validate(cfg)
+    if not cfg.source:
+        raise EavssError("--from is required: the output folder of `eavss hallucination`")
     t_all = time.perf_counter()
     timings: dict[str, float] = {}
     with timed(timings, "analysis_and_data"):  # every check that needs no model, before the model
