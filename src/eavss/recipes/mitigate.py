@@ -649,7 +649,8 @@ def work_folder(cfg: MitigateConfig) -> Path:
     return out.with_name(out.name + ".work")
 
 
-_NOT_IN_FINGERPRINT = {"out", "overwrite", "progress", "threads", "work_dir", "keep_work", "resume", "save_model"}
+_NOT_IN_FINGERPRINT = {"out", "overwrite", "progress", "threads", "work_dir", "keep_work", "resume", "save_model",
+                       "source"}  # the analysis enters by the digest of its files, not by how its path is spelled
 
 
 def fingerprint(cfg: MitigateConfig, analysis: dict, model_sha: str | None) -> str:
