@@ -148,11 +148,11 @@ def test_cli_end_to_end_on_default_model(tmp_path, capsys, default_model):
     assert set(rep["baselines"]["auroc"]) == {"length", "first_tokens", "bag_of_tokens"}
     assert rep["baselines"]["comparison"]["baseline"] in rep["baselines"]["auroc"]
     assert "format_failures" in rep["sources"]["sciq"] and "length_match" in rep["sources"]["truthfulqa"]
-    assert set(rep["sources"]) == {"truthfulqa", "halueval", "nq_open", "triviaqa", "sciq"}
+    assert set(rep["sources"]) == {"truthfulqa", "halueval", "nq_open", "triviaqa", "sciq", "wikiqa"}
     for src in ("nq_open", "triviaqa", "sciq"):
         assert rep["sources"][src]["kind"] == "generated"
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
-    assert len(samples) == 6 * 2 * 2 + 6 * 3  # two teacher-forced pair sources, three generated
+    assert len(samples) == 6 * 2 * 3 + 6 * 3  # three teacher-forced pair sources, three generated
     assert all(s["judge"] is not None for s in samples if s["kind"] == "generated")
     splits = load_splits(out)
     for src, d in splits["sources"].items():

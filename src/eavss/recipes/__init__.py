@@ -121,3 +121,16 @@ register_recipe(Recipe(
                 "fine-tuning of chosen layers), merge the adapters and save a folder that "
                 "AutoModelForCausalLM.from_pretrained loads with no custom code, with eavss_healing.json/.md.",
     epilog="Example: eavss heal --model runs/x/pruned --out runs/x/healed --heal-steps 100"))
+_MIT = "eavss.recipes.mitigate"
+register_recipe(Recipe(
+    "mitigate", f"{_MIT}:MitigateConfig", f"{_MIT}:run", summary=f"{_MIT}:summary",
+    help="train the hallucination-prone layers (InfoNCE) and measure the change on the hallucination suite",
+    description="Read an `eavss hallucination` folder (--from), train only its top-k EAVSS layers (or mitigate.layers; "
+                "full or LoRA) of the same model with InfoNCE on those layers' answer representations (truthful answer vs. "
+                "hallucinated answers of the same question) plus an LM loss, on the train part of its split only, and "
+                "evaluate before and after on the eval part: NQ-open, TriviaQA, SciQ, TruthfulQA, WikiQA, plus WikiText-2 "
+                "perplexity and SST-2, with bootstrap and paired bootstrap intervals. --controls adds random, lowest-EAVSS, "
+                "best-probe and all-layer variants with the same budget; --lodo leaves each dataset out of training. "
+                "Writes report.json, report.md, model/ (merged), adapter/ (LoRA) into --out; an interrupted run resumes.",
+    epilog="Definitions: docs/method.md (Targeted training). Example: eavss mitigate --from runs/h --out runs/m --controls "
+           "--limit 100 --eval-limit 200 train.epochs=2"))

@@ -127,8 +127,22 @@ class EvalSection:
                                         "windows drawn at random over the whole test text (null = every window)",
                                         min=2)
     max_gen_toks: int = option(32, "squad: generation budget in tokens", min=1)
+    suite: str | None = option(None, "a named task list that replaces eval.tasks: hallucination = nq_open, triviaqa, "
+                               "sciq_mc, truthfulqa, wikiqa (the eval part of a split) + ppl, sst2; their limits: eval.limits.TASK=N "
+                               "(default 100 questions each; --limit N sets the tasks of eval.tasks before the suite "
+                               "replaces them)", flag="--suite",
+                               choices="eavss.evaluation.hallucination_suite:SUITES")
+    splits: str | None = option(None, "hallucination suite tasks: evaluate the eval part of this split (an `eavss "
+                                "hallucination` --out folder or its splits.json); null = the default split rule "
+                                "(seed 0, 0.5/0.25/0.25)", flag="--splits")
 
     def check(self) -> None:
+        if self.suite:  # the suite's tasks replace eval.tasks; its default limits fill the limits not set
+            from eavss.evaluation.hallucination_suite import DEFAULT_LIMITS, SUITES
+
+            self.tasks = list(SUITES[self.suite])
+            for t in self.tasks:
+                self.limits.setdefault(t, DEFAULT_LIMITS.get(t))
         if not self.tasks:
             raise EavssError("eval.tasks is empty; pass e.g. --tasks ppl,wikitext2,squad,sst2,ptb")
 
@@ -438,9 +452,16 @@ def evaluate_model(model, tokenizer, e: EvalSection, data_dir: str | None, seed:
         with timed(secs, task):
             res = evaluate(model, tokenizer, [task], limit=e.limits.get(task), data_dir=data_dir,
                            batch_size=e.batch_size, seed=seed, max_gen_toks=e.max_gen_toks, max_length=e.max_length,
-                           task_options=opts)
+                           task_options={**opts, **suite_task_options(task, e)})
         results[task] = res[task]
     return jsonable(results), secs
+
+
+def suite_task_options(task: str, e: EvalSection) -> dict:
+    """Task options of the hallucination suite's tasks (which split's eval part they score)."""
+    from eavss.evaluation.hallucination_suite import SUITE_TASKS
+
+    return {task: {"splits": e.splits}} if task in SUITE_TASKS else {}
 
 
 def write_outputs(out: Path, report: dict, plot: bool = True) -> None:

@@ -6,7 +6,8 @@ that ran, with ``dirty`` when the checkout had uncommitted changes), ``environme
 versions, platform, threads), ``tokenizer`` (class and special tokens: bos/eos/pad/unk and their
 ids, padding side, whether a chat template is present), ``config`` (the full resolved command
 configuration) and ``seed``. The sections that follow depend on the kind; their keys are typed
-beside their renderers (:mod:`eavss.report.avss`, :mod:`eavss.report.hallucination`).
+beside their renderers (:mod:`eavss.report.avss`, :mod:`eavss.report.hallucination`,
+:mod:`eavss.report.mitigate`).
 
 Version history: 1.0 -- first release. 2.0 -- one command stack: the ``code`` and ``tokenizer``
 header fields; configs are per command (a ``score`` report's config has no prune/eval sections);
@@ -35,7 +36,7 @@ from eavss.errors import EavssError
 
 SCHEMA = "eavss.report"
 SCHEMA_VERSION = "2.1"
-KINDS = ("score", "prune", "eval", "run", "hallucination", "compare", "heal")
+KINDS = ("score", "prune", "eval", "run", "hallucination", "compare", "heal", "mitigate")
 
 
 class Header(TypedDict):
