@@ -118,7 +118,7 @@ def test_item_sample_is_seeded_spread_and_not_a_prefix():
 
 @needs_data
 def test_harness_scores_the_same_random_items_for_original_and_pruned(model, other_model, tok):
-    kw = dict(limit=5, data_dir=DATA, batch_size=4, seed=7, task_options={"ppl": {"context_length": 64}})
+    kw = {"limit": 5, "data_dir": DATA, "batch_size": 4, "seed": 7, "task_options": {"ppl": {"context_length": 64}}}
     a = harness.evaluate(model, tok, ["sst2", "ppl"], **kw)
     b = harness.evaluate(other_model, tok, ["sst2", "ppl"], **kw)
     for task in ("sst2", "ppl"):
