@@ -21,8 +21,8 @@ A)
        --out runs/compare --overwrite heal.steps=100 eval.limits.sciq=300 eval.limits.squad=100 compare.random_seeds=3
   ;;
 B)
-  step mitigate 420 $E mitigate --config src/eavss/configs/mitigate.yaml --from runs/h --model $M --out runs/m \
-       --controls --lodo --no-progress --limit 150 --eval-limit 300 train.epochs=1 controls.random_seeds=[0,1] \
+  step mitigate 450 $E mitigate --config src/eavss/configs/mitigate.yaml --from runs/h --model $M --out runs/m \
+       --controls --lodo --no-progress --limit 100 --eval-limit 150 train.epochs=1 controls.random_seeds=[0] \
        eval.resamples=1000
   ;;
 esac
