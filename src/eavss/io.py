@@ -30,16 +30,19 @@ def follow_umask(path: str | os.PathLike, folder: bool = False) -> None:
     os.chmod(path, (0o777 if folder else 0o666) & ~_umask())
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (temporary file in the same folder, then rename),
-    with the permissions the umask gives a new file."""
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
+    """Open a temporary sibling of ``path`` for writing (``mode`` ``"w"``: UTF-8 text, ``"wb"``:
+    bytes) and rename it to ``path`` when the block ends without error (fsync first); on an error
+    the temporary file is removed and ``path`` is left as it was. The file gets the permissions
+    the umask gives a new file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         follow_umask(tmp)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if "b" not in mode else {})) as fh:
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -47,6 +50,12 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (:func:`atomic_file`)."""
+    with atomic_file(path, "w") as fh:
+        fh.write(text)
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any, inline_scalar_lists: bool = False) -> None:

@@ -31,31 +31,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from eavss.errors import EavssError
-
-RESAMPLES = 1000
-"""Default bootstrap resamples."""
-LEVEL = 0.95
-"""Default confidence level."""
-
-
-def _mean(x: np.ndarray) -> np.ndarray:
-    return x.mean(axis=-1)
-
-
-def _perplexity_of_sums(nll: np.ndarray, count: np.ndarray) -> np.ndarray:
-    return np.exp(nll.sum(axis=-1) / count.sum(axis=-1))
-
-
-def _ratio_of_sums(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-    return num.sum(axis=-1) / den.sum(axis=-1)
-
-
-AGGREGATIONS: dict[str, tuple[int, Callable[..., np.ndarray]]] = {
-    "mean": (1, _mean),
-    "perplexity_of_sums": (2, _perplexity_of_sums),
-    "ratio_of_sums": (2, _ratio_of_sums),
-}
-"""Aggregation kind -> (number of columns, function over the last axis)."""
+from eavss.evaluation.intervals import AGGREGATIONS, LEVEL, RESAMPLES, resample_indices  # one definition each
 
 
 def mean_per_item(columns: Mapping[str, Sequence[float]]) -> dict:
@@ -85,19 +61,6 @@ def metric_from_items(result: Mapping[str, Any], metric: str) -> float:
     if cols[0].size == 0:
         raise EavssError(f"no items for metric {metric}")
     return float(fn(*cols))
-
-
-def resample_indices(n: int, resamples: int = RESAMPLES, seed: int = 0) -> np.ndarray:
-    """Bootstrap index rows ``default_rng(seed).integers(0, n, (resamples, n))``.
-
-    Raises:
-        EavssError: ``n < 1`` or ``resamples < 1``.
-    """
-    if n < 1:
-        raise EavssError("cannot bootstrap zero items")
-    if resamples < 1:
-        raise EavssError(f"resamples={resamples} must be at least 1")
-    return np.random.default_rng(int(seed)).integers(0, n, size=(int(resamples), int(n)))
 
 
 def _quantiles(draws: np.ndarray, level: float) -> list[float | None]:

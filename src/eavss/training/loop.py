@@ -27,11 +27,9 @@ windows do not cross epochs: the last window of an epoch may be shorter.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import random
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -160,19 +158,11 @@ def _as_tuple(x: Any) -> Any:
 
 
 def _save_atomic(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary sibling, fsync, then ``os.replace`` (a reader sees the old or the new file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    """``torch.save`` atomically (:func:`eavss.io.atomic_file`: a reader sees the old or the new file)."""
+    from eavss.io import atomic_file
+
+    with atomic_file(path, "wb") as fh:
+        torch.save(obj, fh)
 
 
 def load_checkpoint(checkpoint_dir: str | os.PathLike) -> dict | None:
