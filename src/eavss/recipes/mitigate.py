@@ -104,7 +104,7 @@ class DataSection:
     limits: dict[str, int | None] = option(
         help="train-part questions per source, the first N in split-hash order (null = the whole train part); --limit N "
              "sets every source", flag="--limit", broadcast="data.sources", keys=_SOURCES, min=1,
-        factory=lambda: {s: 24 for s in _ALL_SOURCES})
+        factory=lambda: {s: 16 for s in _ALL_SOURCES})
     own_answers: list[str] = option(help="sources whose negatives are the model's own wrong greedy answers to the "
                                     "train-part questions (generated and judged by exact match; empty = none)",
                                     choices=_SOURCES, factory=lambda: ["nq_open", "triviaqa"])
@@ -166,13 +166,13 @@ class MitigateEvalSection:
     limits: dict[str, int | None] = option(
         help="questions per task, the first N of the eval part in split-hash order (null = all; ppl: windows, sst2: "
              "sentences; a task left out keeps its default); --eval-limit N sets every task of eval.tasks", flag="--eval-limit", broadcast="eval.tasks", keys=_SUITE, min=1,
-        factory=lambda: {"nq_open": 24, "triviaqa": 24, "sciq_mc": 24, "truthfulqa": 16, "wikiqa": 16, "ppl": 2,
+        factory=lambda: {"nq_open": 24, "triviaqa": 24, "sciq_mc": 24, "truthfulqa": 8, "wikiqa": 16, "ppl": 2,
                          "sst2": 48})
     batch_size: int = option(8, "evaluation batch size", min=1)
     max_length: int | None = option(None, "lm-eval context window; null = min(2048, the model's context)", min=16)
     max_gen_toks: int = option(16, "nq_open / triviaqa: answer length cap in tokens", min=1)
     truthfulqa_generation: bool = option(True, "truthfulqa: also generate and judge answers (BLEU/ROUGE vs references)")
-    truthfulqa_max_gen_toks: int = option(48, "truthfulqa generation: answer length cap", min=1)
+    truthfulqa_max_gen_toks: int = option(32, "truthfulqa generation: answer length cap", min=1)
     truthfulqa_mc_file: str = option("current", "truthfulqa MC data: current (2021 revision, matches the CSV) | v0 "
                                      "(the release lm-eval downloads)", choices=("current", "v0"))
     sciq_support: bool = option(False, "sciq_mc: show the support paragraph (lm-eval's sciq; default closed book)")
@@ -210,8 +210,8 @@ class LodoSection:
 
 @dataclass
 class MitigateConfig(RunOptions):
-    """``eavss mitigate``. Defaults are a CPU smoke run (24 train questions per source, one epoch, 16-48 eval
-    items per task); the GPU run scales them up (src/eavss/configs/mitigate.yaml)."""
+    """``eavss mitigate``. Defaults are a CPU smoke run (16 train questions per source, one epoch, 8-48 eval
+    items per task; ~10 minutes on 2 busy cores); the GPU run scales them up (src/eavss/configs/mitigate.yaml)."""
 
     out: str = option("runs/mitigate", "output folder (refused if it exists and is not empty, unless --overwrite)",
                       flag="--out")
