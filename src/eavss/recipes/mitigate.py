@@ -47,11 +47,9 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from eavss.config import ModelSection, RunOptions, option, section, to_dict, validate
 from eavss.errors import EavssError
@@ -435,7 +433,12 @@ def training_questions(cfg: MitigateConfig, splits: dict, items: dict[str, list]
     Raises:
         EavssError: a source whose train part is empty, or an id outside the train part (a leak).
     """
-    from eavss.hallucination.splits import PARTS, assign_part, check_disjoint, split_source
+    from eavss.hallucination.splits import (
+        PARTS,
+        assign_part,
+        check_disjoint,
+        split_source,
+    )
 
     check_disjoint(splits)
     seed = int(splits.get("seed", 0))
@@ -509,7 +512,13 @@ def own_wrong_answers(model, tok, items: dict[str, list], ids: dict[str, list[st
         ``(own [(qid, answer)], records [{source, qid, question, answer, correct, detail, stop}])``.
     """
     from eavss.evaluation.judge import match_answer
-    from eavss.hallucination.capture import PrefixCache, answer_text, eos_token_ids, greedy_generate, newline_token_ids
+    from eavss.hallucination.capture import (
+        PrefixCache,
+        answer_text,
+        eos_token_ids,
+        greedy_generate,
+        newline_token_ids,
+    )
     from eavss.hallucination.prompts import PREFIXES, qa_prompt
 
     srcs = [s for s in cfg.data.own_answers if s in ids]
@@ -765,7 +774,7 @@ def leakage_check(train_ids: dict[str, list[str]], base: dict, splits: dict) -> 
         sc = set(((splits["sources"].get(src) or {}).get("parts") or {}).get("score", []))
         both_t, both_s = ev & tr, ev & sc
         if both_t or both_s:
-            q = sorted(both_t or both_s)[0]
+            q = min(both_t or both_s)
             raise EavssError(f"leak: {task} evaluated question {q}, which was {'trained on' if both_t else 'scored by the analysis'}")
         out[task] = {"source": src, "evaluated": len(ev), "trained": len(tr), "score_part": len(sc),
                      "overlap_train": 0, "overlap_score": 0}
@@ -797,7 +806,12 @@ def run(cfg: MitigateConfig) -> dict:
     """
     import torch
 
-    from eavss.io import atomic_dir, check_not_inside, write_json_atomic, write_text_atomic
+    from eavss.io import (
+        atomic_dir,
+        check_not_inside,
+        write_json_atomic,
+        write_text_atomic,
+    )
     from eavss.models.layers import context_length
     from eavss.report.schema import jsonable, new_report
     from eavss.training.pairs import tokenize_examples
@@ -817,7 +831,7 @@ def run(cfg: MitigateConfig) -> dict:
     with timed(timings, "load"):
         loaded = load(cfg.model, cfg.progress, name=model_name)
     check_model(analysis, loaded, cfg.model.name)
-    model, tok = loaded.model, loaded.tokenizer
+    model = loaded.model
     param_dtype = next(model.parameters()).dtype
     train_dtype = cfg.train.dtype or {torch.float32: "float32", torch.bfloat16: "bfloat16"}.get(param_dtype, "")
     if train_dtype not in ("float32", "bfloat16"):
