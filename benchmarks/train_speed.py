@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         ap.error(f"unknown variants {bad}; choose from {VARIANTS}")
     isolate = args.isolate == "yes" or (args.isolate == "auto" and args.device == "cpu" and len(variants) > 1)
-    results: dict = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    results: dict = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                      "host": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
                               "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
                               "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             with tempfile.TemporaryDirectory() as d:
                 sub = [sys.executable, __file__, *[a for a in (argv if argv is not None else sys.argv[1:])],
                        "--variants", v, "--isolate", "no", "--out", str(Path(d) / "r.json")]
-                r = subprocess.run(sub, capture_output=True, text=True)
+                r = subprocess.run(sub, capture_output=True, text=True, check=False)
                 if r.returncode != 0:
                     print(r.stderr, file=sys.stderr)
                     return r.returncode

@@ -39,7 +39,12 @@ def fixture_dir(tmp_path):
 
 
 def test_fixture_pairs_and_skips(fixture_dir, caplog):
-    from eavss.data.qa import QA_SOURCES, TEACHER_FORCED, load_source, wikiqa_source_counts
+    from eavss.data.qa import (
+        QA_SOURCES,
+        TEACHER_FORCED,
+        load_source,
+        wikiqa_source_counts,
+    )
 
     assert "wikiqa" in QA_SOURCES and "wikiqa" in TEACHER_FORCED
     assert QA_SOURCES.entry("wikiqa").meta["kind"] == "teacher_forced"

@@ -143,7 +143,7 @@ def test_truthfulqa_mc1_mc2_as_lm_eval_computes_them():
     from eavss.data.paths import resolve_data_dir
 
     root = resolve_data_dir(None)
-    ll = lambda ctx, cont: -0.37 * len(cont) - 0.01 * (hash(cont) % 7)  # noqa: E731 -- deterministic, any values
+    ll = lambda ctx, cont: -0.37 * len(cont) - 0.01 * (hash(cont) % 7)
     lm = FakeLM(ll=ll, gen=lambda ctx, kw: " I have no comment.")
     res = hs._run_truthfulqa(_ctx(root, lm), 3)
     assert len(res["item_ids"]) == 3 and res["details"]["unmatched_mc_questions"] == 0
@@ -196,7 +196,7 @@ def test_generation_tasks_stop_at_newline_only():
         assert t.config.generation_kwargs["until"] == ["\n"], name
         assert t.config.generation_kwargs["do_sample"] is False
     trivia = tasks["eavss_triviaqa"]
-    doc = list(trivia.eval_docs)[0]
+    doc = next(iter(trivia.eval_docs))
     assert trivia.doc_to_text(doc).endswith("?\nA:") and "Answer each question with a short answer." in trivia.doc_to_text(doc)
 
 
@@ -279,7 +279,12 @@ def _result(vals, ids=None, agg="mean"):
 
 
 def test_bootstrap_and_paired_change_against_a_slow_reference():
-    from eavss.evaluation.item_bootstrap import bootstrap_ci, paired_change, paired_change_mean, resample_indices
+    from eavss.evaluation.item_bootstrap import (
+        bootstrap_ci,
+        paired_change,
+        paired_change_mean,
+        resample_indices,
+    )
 
     g = np.random.default_rng(1)
     b = g.integers(0, 2, 40).astype(float)
@@ -338,7 +343,7 @@ def test_evaluate_suite_tiny_model_keeps_items_and_intervals():
     m, tok = tiny_model("llama", num_layers=2), tiny_tokenizer()
     res = hs.evaluate_suite(m, tok, ["sciq_mc", "sst2", "ppl"], limits={"sciq_mc": 3, "sst2": 3, "ppl": 2},
                             task_options={"ppl": {"context_length": 64}}, batch_size=4, resamples=50)
-    for t, r in res.items():
+    for r in res.values():
         assert len(r["item_ids"]) == r["n_samples"] and r["primary_metric"] in r["metrics"]
         for metric, ci in r["details"]["ci"].items():
             assert ci["lo"] is not None and ci["lo"] <= r["metrics"][metric] + 1e-12 <= ci["hi"] + 2e-12

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from mitigate_helpers import fake_analysis, mitigate_args, tiny_model_dir  # noqa: E402
+from mitigate_helpers import fake_analysis, mitigate_args, tiny_model_dir
 
 FAST = ["eval.tasks=[wikiqa]", "eval.limits.wikiqa=2", "data.sources=[truthfulqa,halueval,sciq,nq_open]",
         "data.own_answers=[nq_open]"]
@@ -43,7 +43,7 @@ def _run(args, capsys=None):
 
 @pytest.mark.parametrize("method", ["full", "lora"])
 def test_only_the_selected_layers_change(setup, tmp_path, capsys, method):
-    root, model, analysis = setup
+    _, model, analysis = setup
     out = tmp_path / "out"
     rc, err = _run(mitigate_args(analysis, out, "--method", method, "train.lr=0.01", "--steps", "3", *FAST), capsys)
     assert rc == 0, err
@@ -73,7 +73,7 @@ def test_only_the_selected_layers_change(setup, tmp_path, capsys, method):
 def test_resume_after_interruption_gives_identical_weights(setup, tmp_path, capsys, monkeypatch):
     from eavss.recipes import mitigate as mit
 
-    root, model, analysis = setup
+    _, _, analysis = setup
     common = ["--steps", "5", "train.checkpoint_every_steps=2", "train.lr=0.01", "mitigate.lora_dropout=0.1", *FAST]
     rc, err = _run(mitigate_args(analysis, tmp_path / "a", *common), capsys)
     assert rc == 0, err
@@ -112,7 +112,7 @@ def test_resume_after_interruption_gives_identical_weights(setup, tmp_path, caps
 def test_train_and_eval_questions_are_disjoint_from_the_score_part(setup, tmp_path, capsys):
     from eavss.hallucination.splits import load_splits
 
-    root, model, analysis = setup
+    _, _, analysis = setup
     out = tmp_path / "out"
     rc, err = _run(mitigate_args(analysis, out, "--steps", "1", "eval.tasks=[wikiqa,sciq_mc,nq_open]",
                                  "eval.limits.wikiqa=3", "eval.limits.sciq_mc=3", "eval.limits.nq_open=2",
@@ -142,7 +142,7 @@ def test_train_and_eval_questions_are_disjoint_from_the_score_part(setup, tmp_pa
 
 
 def test_controls_and_lodo_variants(setup, tmp_path, capsys):
-    root, model, analysis = setup
+    _, _, analysis = setup
     out = tmp_path / "out"
     rc, err = _run(mitigate_args(analysis, out, "--steps", "1", "--controls", "--lodo", "controls.random_seeds=[0,1]",
                                  "lodo.datasets=[sciq,wikiqa]", "eval.tasks=[wikiqa]", "eval.limits.wikiqa=2",
@@ -194,7 +194,7 @@ def _bad(tmp_path, analysis, *extra):
     (["data.sources=[]"], "data.sources is empty"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(setup, tmp_path, capsys, extra, needle):
-    root, model, analysis = setup
+    _, _, analysis = setup
     rc, out = _bad(tmp_path, analysis, *extra)
     err = capsys.readouterr().err
     assert rc == 2 and needle in err and err.count("\n") == 1, err
@@ -202,7 +202,7 @@ def test_bad_input_is_one_line_and_writes_nothing(setup, tmp_path, capsys, extra
 
 
 def test_analysis_of_another_model_is_refused(setup, tmp_path, capsys):
-    root, model, analysis = setup
+    _, model, analysis = setup
     other = tiny_model_dir(tmp_path / "other", seed=1)
     rc, out = _bad(tmp_path, analysis, "--model", str(other))
     err = capsys.readouterr().err
@@ -215,7 +215,7 @@ def test_analysis_of_another_model_is_refused(setup, tmp_path, capsys):
 
 
 def test_empty_train_part_is_refused(setup, tmp_path, capsys):
-    root, model, analysis = setup
+    _, model, _ = setup
     a = fake_analysis(tmp_path / "h0", model, fractions=(0.75, 0.0, 0.25))
     rc, out = _bad(tmp_path, a)
     err = capsys.readouterr().err
@@ -254,7 +254,7 @@ def test_end_to_end_on_default_model(tmp_path, capsys, default_model):
     top = json.loads((h / "report.json").read_text())["eavss"]["ranking"][:3]
     assert rep["variants"][0]["layers"] == sorted(top)
     assert set(rep["evaluation"]["base"]) == {"nq_open", "triviaqa", "sciq_mc", "truthfulqa", "wikiqa", "ppl", "sst2"}
-    for task, r in rep["evaluation"]["base"].items():
+    for r in rep["evaluation"]["base"].values():
         assert r["n_samples"] >= 1 and r["details"]["ci"]
     assert rep["training"]["main"]["steps"] == 2 and rep["training"]["main"]["tokens_per_second"] > 0
     from transformers import AutoModelForCausalLM

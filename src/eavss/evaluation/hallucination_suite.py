@@ -37,7 +37,8 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from eavss.errors import EavssError
 from eavss.evaluation.harness import RunContext, register_task
@@ -382,7 +383,12 @@ def evaluate_suite(model, tokenizer, tasks: Sequence[str], *, limits: Mapping[st
         EavssError: unknown task or option, missing data, an empty part.
     """
     from eavss.data.paths import resolve_data_dir
-    from eavss.evaluation.harness import HIGHER_IS_BETTER, TASKS, check_task_files, lm_eval_version
+    from eavss.evaluation.harness import (
+        HIGHER_IS_BETTER,
+        TASKS,
+        check_task_files,
+        lm_eval_version,
+    )
 
     limits = dict(limits or {})
     task_options = dict(task_options or {})

@@ -26,7 +26,8 @@ sums for perplexities (``perplexity_of_sums`` = exp(sum nll / sum tokens), ``rat
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 

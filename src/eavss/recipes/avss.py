@@ -128,9 +128,9 @@ class EvalSection:
                                         min=2)
     max_gen_toks: int = option(32, "squad: generation budget in tokens", min=1)
     suite: str | None = option(None, "a named task list that replaces eval.tasks: hallucination = nq_open, triviaqa, "
-                               "sciq_mc, truthfulqa, wikiqa (the eval part of a split) + ppl, sst2; their limits: eval.limits.TASK=N "
-                               "(default 100 questions each; --limit N sets the tasks of eval.tasks before the suite "
-                               "replaces them)", flag="--suite",
+                               "sciq_mc, truthfulqa, wikiqa (the eval part of a split) + ppl, sst2; their limits: "
+                               "eval.limits.TASK=N (default 100 questions each; --limit N sets the tasks of eval.tasks "
+                               "before the suite replaces them)", flag="--suite",
                                choices="eavss.evaluation.hallucination_suite:SUITES")
     splits: str | None = option(None, "hallucination suite tasks: evaluate the eval part of this split (an `eavss "
                                 "hallucination` --out folder or its splits.json); null = the default split rule "

@@ -51,7 +51,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-
 from eavss.config import ModelSection, RunOptions, option, section, to_dict, validate
 from eavss.errors import EavssError
 from eavss.recipes.common import load, model_section, start, timed
@@ -103,7 +102,7 @@ class DataSection:
     limits: dict[str, int | None] = option(
         help="train-part questions per source, the first N in split-hash order (null = the whole train part); --limit N "
              "sets every source", flag="--limit", broadcast="data.sources", keys=_SOURCES, min=1,
-        factory=lambda: {s: 24 for s in _ALL_SOURCES})
+        factory=lambda: {s: 16 for s in _ALL_SOURCES})
     own_answers: list[str] = option(help="sources whose negatives are the model's own wrong greedy answers to the "
                                     "train-part questions (generated and judged by exact match; empty = none)",
                                     choices=_SOURCES, factory=lambda: ["nq_open", "triviaqa"])
@@ -165,13 +164,13 @@ class MitigateEvalSection:
     limits: dict[str, int | None] = option(
         help="questions per task, the first N of the eval part in split-hash order (null = all; ppl: windows, sst2: "
              "sentences; a task left out keeps its default); --eval-limit N sets every task of eval.tasks", flag="--eval-limit", broadcast="eval.tasks", keys=_SUITE, min=1,
-        factory=lambda: {"nq_open": 24, "triviaqa": 24, "sciq_mc": 24, "truthfulqa": 16, "wikiqa": 16, "ppl": 2,
+        factory=lambda: {"nq_open": 24, "triviaqa": 24, "sciq_mc": 24, "truthfulqa": 8, "wikiqa": 16, "ppl": 2,
                          "sst2": 48})
     batch_size: int = option(8, "evaluation batch size", min=1)
     max_length: int | None = option(None, "lm-eval context window; null = min(2048, the model's context)", min=16)
     max_gen_toks: int = option(16, "nq_open / triviaqa: answer length cap in tokens", min=1)
     truthfulqa_generation: bool = option(True, "truthfulqa: also generate and judge answers (BLEU/ROUGE vs references)")
-    truthfulqa_max_gen_toks: int = option(48, "truthfulqa generation: answer length cap", min=1)
+    truthfulqa_max_gen_toks: int = option(32, "truthfulqa generation: answer length cap", min=1)
     truthfulqa_mc_file: str = option("current", "truthfulqa MC data: current (2021 revision, matches the CSV) | v0 "
                                      "(the release lm-eval downloads)", choices=("current", "v0"))
     sciq_support: bool = option(False, "sciq_mc: show the support paragraph (lm-eval's sciq; default closed book)")
@@ -209,8 +208,8 @@ class LodoSection:
 
 @dataclass
 class MitigateConfig(RunOptions):
-    """``eavss mitigate``. Defaults are a CPU smoke run (24 train questions per source, one epoch, 16-48 eval
-    items per task); the GPU run scales them up (src/eavss/configs/mitigate.yaml)."""
+    """``eavss mitigate``. Defaults are a CPU smoke run (16 train questions per source, one epoch, 8-48 eval
+    items per task; ~10 minutes on 2 busy cores); the GPU run scales them up (src/eavss/configs/mitigate.yaml)."""
 
     out: str = option("runs/mitigate", "output folder (refused if it exists and is not empty, unless --overwrite)",
                       flag="--out")
@@ -434,7 +433,12 @@ def training_questions(cfg: MitigateConfig, splits: dict, items: dict[str, list]
     Raises:
         EavssError: a source whose train part is empty, or an id outside the train part (a leak).
     """
-    from eavss.hallucination.splits import PARTS, assign_part, check_disjoint, split_source
+    from eavss.hallucination.splits import (
+        PARTS,
+        assign_part,
+        check_disjoint,
+        split_source,
+    )
 
     check_disjoint(splits)
     seed = int(splits.get("seed", 0))
@@ -508,7 +512,13 @@ def own_wrong_answers(model, tok, items: dict[str, list], ids: dict[str, list[st
         ``(own [(qid, answer)], records [{source, qid, question, answer, correct, detail, stop}])``.
     """
     from eavss.evaluation.judge import match_answer
-    from eavss.hallucination.capture import PrefixCache, answer_text, eos_token_ids, greedy_generate, newline_token_ids
+    from eavss.hallucination.capture import (
+        PrefixCache,
+        answer_text,
+        eos_token_ids,
+        greedy_generate,
+        newline_token_ids,
+    )
     from eavss.hallucination.prompts import PREFIXES, qa_prompt
 
     srcs = [s for s in cfg.data.own_answers if s in ids]
@@ -764,7 +774,7 @@ def leakage_check(train_ids: dict[str, list[str]], base: dict, splits: dict) -> 
         sc = set(((splits["sources"].get(src) or {}).get("parts") or {}).get("score", []))
         both_t, both_s = ev & tr, ev & sc
         if both_t or both_s:
-            q = sorted(both_t or both_s)[0]
+            q = min(both_t or both_s)
             raise EavssError(f"leak: {task} evaluated question {q}, which was {'trained on' if both_t else 'scored by the analysis'}")
         out[task] = {"source": src, "evaluated": len(ev), "trained": len(tr), "score_part": len(sc),
                      "overlap_train": 0, "overlap_score": 0}
@@ -796,7 +806,12 @@ def run(cfg: MitigateConfig) -> dict:
     """
     import torch
 
-    from eavss.io import atomic_dir, check_not_inside, write_json_atomic, write_text_atomic
+    from eavss.io import (
+        atomic_dir,
+        check_not_inside,
+        write_json_atomic,
+        write_text_atomic,
+    )
     from eavss.models.layers import context_length
     from eavss.report.schema import jsonable, new_report
     from eavss.training.pairs import tokenize_examples
@@ -816,7 +831,7 @@ def run(cfg: MitigateConfig) -> dict:
     with timed(timings, "load"):
         loaded = load(cfg.model, cfg.progress, name=model_name)
     check_model(analysis, loaded, cfg.model.name)
-    model, _tok = loaded.model, loaded.tokenizer
+    model = loaded.model
     param_dtype = next(model.parameters()).dtype
     train_dtype = cfg.train.dtype or {torch.float32: "float32", torch.bfloat16: "bfloat16"}.get(param_dtype, "")
     if train_dtype not in ("float32", "bfloat16"):

@@ -141,7 +141,8 @@ def warnings(report: dict) -> list[str]:
             flat.append(f"{name} ({sum(h[:q]) / q:.3f} -> {sum(h[-q:]) / q:.3f})")
     if flat:
         out.append("InfoNCE did not fall (mean of the first vs. the last quarter of the steps) for: " + ", ".join(flat)
-                   + "; more steps or a higher learning rate may be needed.")
+                   + "; per-step values mix sources with 1 to 4 negatives (chance log 2 to log 5), so short runs are "
+                   "noisy; more steps or a higher learning rate may be needed.")
     return out
 
 

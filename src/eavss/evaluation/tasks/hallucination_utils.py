@@ -53,7 +53,8 @@ from __future__ import annotations
 import json
 import re
 import string
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 TRUTHFULQA_MC = {
     "current": "truthfulqa/github_official-vendored/mc_task.json",
@@ -243,8 +244,8 @@ def load_sciq_mc_eval(data_dir: str | None = None, splits: str | None = None, pa
     """lm-eval ``custom_dataset`` of ``eavss_sciq_mc``: ``{qid, question, support, choices, gold}``,
     choices in lm-eval's order (distractor1..3, correct), gold = 3. The support paragraph is kept
     only when ``options["support"]``."""
-    from eavss.data.qa import SCIQ_ARROW, _read_arrow, stable_id
     from eavss.data.paths import data_file
+    from eavss.data.qa import SCIQ_ARROW, _read_arrow, stable_id
 
     support = {}
     if (options or {}).get("support"):
