@@ -299,3 +299,13 @@ def test_yaml_text_values_stay_text_and_the_mass_rule_runs(tmp_path, tiny_dir, c
     assert _score(model, cal, run) == 0
     assert main(["prune", "--from", str(run), "--rule", "mass", "--mass", "0.3", "--score", "avss",
                  "--out", str(tmp_path / "pm"), "--no-progress"]) == 0
+
+
+def test_limit_applies_to_the_suite_tasks(capsys):
+    """--suite replaces eval.tasks; --limit N then caps every task of the suite."""
+    from eavss.cli import _command_parser, resolve
+    from eavss.recipes import RECIPES
+
+    args = _command_parser(RECIPES["eval"]).parse_intermixed_args(["--suite", "hallucination", "--limit", "7"])
+    cfg = resolve(RECIPES["eval"], args)
+    assert cfg.eval.tasks and all(cfg.eval.limits[t] == 7 for t in cfg.eval.tasks)

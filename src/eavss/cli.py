@@ -117,6 +117,8 @@ def resolve(recipe, args: argparse.Namespace):
     cfg = load_config(cfg_cls, getattr(args, "config", None), list(getattr(args, "overrides", None) or []), values,
                       check=False)
     fields = {k: f for k, f, _ in iter_fields(cfg_cls)}
+    if broadcasts:  # resolve what the sections derive first (e.g. --suite sets eval.tasks), then broadcast over it
+        validate(cfg)
     for key, n in broadcasts.items():  # --limit N: every element of the named list gets N
         over = fields[key].metadata["broadcast"]
         set_key(cfg, key, {name: n for name in get_key(cfg, over)})
