@@ -88,7 +88,7 @@ def test_resume_after_interruption_gives_identical_weights(setup, tmp_path, caps
     assert rc == 130 and "run the same command again to resume" in err
     assert not out_b.exists()
     work = Path(str(out_b) + ".work")
-    assert (work / "variants" / "main" / "checkpoint" / "checkpoint.pt").is_file() and (work / "base_eval.json").is_file()
+    assert (work / "variants" / "main" / "checkpoint" / "checkpoint.pt").is_file() and (work / "base_eval" / "wikiqa.json").is_file()
     monkeypatch.undo()
     rc, err = _run(mitigate_args(analysis, out_b, *common), capsys)
     assert rc == 0, err

@@ -33,7 +33,7 @@ layers), ``lowest`` (the k lowest-EAVSS layers), ``probe`` (the k best probe-AUR
 evaluates on that dataset's eval part (``main``, random, ``probe``, ``none``).
 
 Interrupted runs resume: checkpoints (every epoch, ``train.checkpoint_every_steps``) and finished
-evaluations live in the work folder (``work_dir``, default ``OUT.work``); running the same command
+evaluations (per variant and task) live in the work folder (``work_dir``, default ``OUT.work``); running the same command
 again continues from them (the settings must match; ``--restart`` starts over) and gives the same
 weights as an uninterrupted run. The work folder is removed after a successful run (``keep_work``).
 
@@ -597,6 +597,23 @@ def evaluate(model, tok, cfg: MitigateConfig, tasks: list[str], max_length: int)
                           task_options={t: opts[t] for t in tasks if t in opts}, resamples=e.resamples, level=e.level)
 
 
+def evaluate_cached(model, tok, cfg: MitigateConfig, tasks: list[str], max_length: int, folder: Path) -> dict:
+    """:func:`evaluate` task by task, each result kept in ``folder/TASK.json``: an interrupted
+    evaluation resumes at its first unfinished task (each task must fit in one sitting)."""
+    from eavss.io import write_json_atomic
+    from eavss.report.schema import jsonable
+
+    out = {}
+    for t in tasks:
+        f = folder / f"{t}.json"
+        r = _cached(f)
+        if r is None:
+            r = jsonable(evaluate(model, tok, cfg, [t], max_length)[t])
+            write_json_atomic(f, r)
+        out[t] = r
+    return out
+
+
 def step_callback(variant: str, info: dict) -> None:
     """Called after every optimiser step of every variant (a hook: tests interrupt training here)."""
 
@@ -874,13 +891,9 @@ def _run(cfg, analysis, variants, warnings, items, train_ids, id_info, loaded, t
                          "raise data.limits or add sources")
     # ---- before
     all_tasks = list(dict.fromkeys(t for v in variants for t in v.tasks))
-    base_path = work / "base_eval.json"
-    base = _cached(base_path)
-    if base is None or set(base) != set(all_tasks):
-        say(cfg, f"evaluating the untrained model on {', '.join(all_tasks)}")
-        with timed(timings, "eval_before"):
-            base = jsonable(evaluate(model, tok, cfg, all_tasks, max_length))
-        write_json_atomic(base_path, base)
+    say(cfg, f"evaluating the untrained model on {', '.join(all_tasks)}")
+    with timed(timings, "eval_before"):
+        base = evaluate_cached(model, tok, cfg, all_tasks, max_length, work / "base_eval")
     leakage = leakage_check(train_ids, base, analysis["splits"])
     base_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
     # ---- variants
@@ -908,7 +921,7 @@ def _run(cfg, analysis, variants, warnings, items, train_ids, id_info, loaded, t
         summary["examples"] = len(exs)
         say(cfg, f"[{i}/{len(variants)}] {v.name}: evaluating on {', '.join(v.tasks)}")
         with timed(timings, f"eval.{v.name}"):
-            res = jsonable(evaluate(merged, tok, cfg, v.tasks, max_length))
+            res = evaluate_cached(merged, tok, cfg, v.tasks, max_length, vdir / "eval")
         if keep or (cfg.controls.save_models and v.group == "in_distribution"):
             from eavss.models.surgery import save_model_files
 
