@@ -214,3 +214,34 @@ def sliding_window(model: nn.Module) -> int | None:
     if types and not any("sliding" in str(t) for t in types):
         return None
     return w
+
+
+def check_layer_indices(indices, n: int, noun: str = "layer indices", verb: str = "remove") -> list[int]:
+    """``indices`` as a sorted list of 0-based decoder-layer indices of a model with ``n`` layers.
+
+    The one check behind every command that names layers (removal, skipping, training); callers
+    add their own rule on the count (removal keeps one layer, training needs one).
+
+    Raises:
+        EavssError: not a list of integers, an index outside ``0..n-1``, or an index repeated; the
+            message says ``noun`` for the list and ``verb`` for what is done to each layer.
+    """
+    import operator
+
+    if isinstance(indices, (str, bytes)) or not hasattr(indices, "__iter__"):
+        raise EavssError(f"{noun} must be a list of integers, got {indices!r}; pass e.g. [3, 7]")
+    out: list[int] = []
+    for raw in indices:
+        if isinstance(raw, bool):
+            raise EavssError(f"layer index {raw!r} is not an integer; pass 0-based integer layer indices")
+        try:
+            i = operator.index(raw)
+        except TypeError:
+            raise EavssError(f"layer index {raw!r} is not an integer; pass 0-based integer layer indices") from None
+        if not 0 <= i < n:
+            raise EavssError(f"layer index {i} is out of range for a model with {n} layers; pass indices in 0..{n - 1}")
+        out.append(i)
+    dups = sorted({i for i in out if out.count(i) > 1})
+    if dups:
+        raise EavssError(f"layer indices {dups} are given more than once; pass each layer to {verb} once")
+    return sorted(out)

@@ -10,7 +10,6 @@ generation with and without the cache agree and a saved copy reloads with plain
 from __future__ import annotations
 
 import contextlib
-import operator
 import os
 import warnings
 from pathlib import Path
@@ -20,7 +19,7 @@ from torch import nn
 
 from eavss.errors import EavssError
 from eavss.io import atomic_dir
-from eavss.models.layers import find_decoder_layers
+from eavss.models.layers import check_layer_indices, find_decoder_layers
 
 LAYER_INDEX_ATTRS: tuple[str, ...] = ("layer_idx", "layer_id", "layer_index", "layer_number")
 """Attributes holding a module's own layer position (0- or 1-based), renumbered after removal."""
@@ -33,26 +32,11 @@ THRESHOLD_ATTRS: tuple[str, ...] = ("max_window_layers", "first_k_dense_replace"
 
 
 def _validate_indices(indices: Sequence[int], n: int) -> list[int]:
-    """Sorted unique 0-based indices, or EavssError."""
-    if isinstance(indices, (str, bytes)):
-        raise EavssError(f"layer indices must be a list of integers, got {indices!r}; pass e.g. [3, 7]")
-    out: list[int] = []
-    for raw in indices:
-        if isinstance(raw, bool):
-            raise EavssError(f"layer index {raw!r} is not an integer; pass 0-based integer layer indices")
-        try:
-            i = operator.index(raw)
-        except TypeError:
-            raise EavssError(f"layer index {raw!r} is not an integer; pass 0-based integer layer indices") from None
-        if not 0 <= i < n:
-            raise EavssError(f"layer index {i} is out of range for a model with {n} layers; pass indices in 0..{n - 1}")
-        out.append(i)
-    dups = sorted({i for i in out if out.count(i) > 1})
-    if dups:
-        raise EavssError(f"layer indices {dups} are given more than once; pass each layer to remove once")
+    """Sorted unique 0-based indices to remove (at least one layer kept), or EavssError."""
+    out = check_layer_indices(indices, n, noun="layer indices", verb="remove")
     if len(out) >= n:
         raise EavssError(f"cannot remove all {n} layers; keep at least one layer")
-    return sorted(out)
+    return out
 
 
 def _renumber_layer(layer: nn.Module, old: int, new: int) -> None:

@@ -23,14 +23,13 @@ plain transformers model, which :func:`eavss.models.surgery.save_model` saves as
 
 from __future__ import annotations
 
-import operator
 import re
 from typing import Any, Sequence
 
 from torch import nn
 
 from eavss.errors import EavssError
-from eavss.models.layers import find_decoder_layers
+from eavss.models.layers import check_layer_indices, find_decoder_layers
 
 METHODS = ("full", "lora")
 """Accepted ``method`` values of :func:`select_trainable`."""
@@ -48,25 +47,10 @@ def validate_layers(layers: Sequence[int], n: int) -> list[int]:
     Raises:
         EavssError: not a list of integers, empty, an index outside 0..n-1, or an index repeated.
     """
-    if isinstance(layers, (str, bytes)) or not hasattr(layers, "__iter__"):
-        raise EavssError(f"layers must be a list of integers, got {layers!r}; pass e.g. [3, 7]")
-    out: list[int] = []
-    for raw in layers:
-        if isinstance(raw, bool):
-            raise EavssError(f"layer index {raw!r} is not an integer; pass 0-based integer layer indices")
-        try:
-            i = operator.index(raw)
-        except TypeError:
-            raise EavssError(f"layer index {raw!r} is not an integer; pass 0-based integer layer indices") from None
-        if not 0 <= i < n:
-            raise EavssError(f"layer index {i} is out of range for a model with {n} layers; pass indices in 0..{n - 1}")
-        out.append(i)
+    out = check_layer_indices(layers, n, noun="layers", verb="train")
     if not out:
         raise EavssError("no layers to train were given; pass at least one 0-based decoder-layer index")
-    dups = sorted({i for i in out if out.count(i) > 1})
-    if dups:
-        raise EavssError(f"layer indices {dups} are given more than once; pass each layer to train once")
-    return sorted(out)
+    return out
 
 
 def _is_linear(mod: nn.Module) -> bool:
