@@ -186,3 +186,51 @@ def test_compare_and_heal_end_to_end_on_default_model(tmp_path, capsys, default_
     for r in rep["rows"].values():
         assert r["retention"]["ppl"]["retention_pct"] is not None and r["healing"]["vs_healed_unpruned"]
     assert (out / "compare.png").stat().st_size > 0
+
+
+def test_interrupted_run_resumes_to_the_uninterrupted_report(healed_runs, tiny_folder, tmp_path, capsys, monkeypatch):
+    """Ctrl-C after the first pruned row: the work folder keeps the finished steps, the same command
+    finishes the rest without redoing them, and the report equals an uninterrupted run's."""
+    import eavss.recipes.compare as cmp
+
+    model, cal = tiny_folder
+    out = tmp_path / "r"
+    argv = _argv(model, cal, out, "--metrics", "avss,block_influence,layer_ppl,sleb,random,last", "--random-seeds",
+                 "2", "--heal-data", f"text:{cal}", *_HEAL)
+    real = cmp._evaluate
+    calls = {"n": 0}
+
+    def interrupting(cfg, m, tok):
+        calls["n"] += 1
+        if calls["n"] == 5:  # original, healed control, row 1 + its healed copy: then Ctrl-C
+            raise KeyboardInterrupt
+        return real(cfg, m, tok)
+
+    monkeypatch.setattr(cmp, "_evaluate", interrupting)
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert "run the same command again to resume" in err and not out.exists()
+    work = tmp_path / "r.work"
+    assert len(json.loads((work / "steps.json").read_text())) == 3  # original, healed control, one row
+
+    calls["n"] = 0
+    monkeypatch.setattr(cmp, "_evaluate", lambda cfg, m, tok: (calls.__setitem__("n", calls["n"] + 1), real(cfg, m, tok))[1])
+    assert main(argv) == 0
+    assert calls["n"] == 2 * (7 - 1)  # seven rows, the first kept: each remaining one evaluated pruned and healed
+    assert not work.exists()  # removed after success (keep_work=false)
+    resumed = json.loads((out / "report.json").read_text())
+    whole = json.loads((healed_runs[0] / "report.json").read_text())
+    assert _stable(resumed) == _stable(whole)
+    assert set(resumed["timings"]) == set(whole["timings"])  # the kept steps' seconds are in the report
+
+
+def test_work_folder_of_other_settings_is_refused(tiny_folder, tmp_path, capsys):
+    model, cal = tiny_folder
+    out = tmp_path / "r"
+    work = tmp_path / "r.work"
+    work.mkdir()
+    (work / "fingerprint.json").write_text(json.dumps({"fingerprint": "0" * 64}))
+    assert main(_argv(model, cal, out, "--metrics", "block_influence,last")) == 2
+    err = capsys.readouterr().err
+    assert "holds the state of a run with other settings" in err and "--restart" in err and not out.exists()
+    assert main(_argv(model, cal, out, "--metrics", "block_influence,last", "--restart")) == 0

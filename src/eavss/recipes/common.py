@@ -164,3 +164,61 @@ def timed(timings: dict[str, float], phase: str) -> Iterator[None]:
         yield
     finally:
         timings[phase] = timings.get(phase, 0.0) + time.perf_counter() - t0
+
+
+# ---------------------------------------------------------------------------------------------
+# the work folder of a resumable command (mitigate, compare)
+
+
+def work_folder(out: str, work_dir: str | None) -> Path:
+    """``work_dir``, or ``OUT.work`` beside the output folder ``out``."""
+    if work_dir:
+        return Path(work_dir).expanduser().resolve()
+    o = Path(out).expanduser().resolve()
+    return o.with_name(o.name + ".work")
+
+
+def config_fingerprint(config: dict, **extra) -> str:
+    """sha256 of ``config`` (a :func:`eavss.config.to_dict` dict, less what a resumed run may change)
+    and ``extra`` (e.g. the model file's digest): what a resumed run must share with the interrupted one."""
+    import hashlib
+    import json
+
+    blob = json.dumps({"config": config, **extra}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def open_work(folder: Path, fingerprint: str, resume: bool, command: str, out: str) -> Path:
+    """Create ``folder`` (or reuse it, when resuming a run with the same ``fingerprint``) and mark it.
+
+    Raises:
+        EavssError: the folder holds another run's state (and ``resume`` is on), or is not a work
+        folder of ``eavss COMMAND``.
+    """
+    import json
+    import shutil
+
+    from eavss.errors import EavssError
+    from eavss.io import write_json_atomic
+
+    if folder.exists() and not resume:
+        shutil.rmtree(folder)
+    marker = folder / "fingerprint.json"
+    if folder.exists() and marker.is_file():
+        old = json.loads(marker.read_text(encoding="utf-8")).get("fingerprint")
+        if old != fingerprint:
+            raise EavssError(f"the work folder {folder} holds the state of a run with other settings; run with those, "
+                             "or pass --restart to start over")
+    elif folder.exists() and any(folder.iterdir()):
+        raise EavssError(f"the work folder {folder} exists and is not an eavss {command} work folder; choose another "
+                         "work_dir or remove it")
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(marker, {"fingerprint": fingerprint, "command": command, "out": str(Path(out).resolve())})
+    return folder
+
+
+def cached_json(path: Path):
+    """The JSON in ``path``, or None when it is not there (a step not yet finished)."""
+    import json
+
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None

@@ -15,7 +15,8 @@ The command is :func:`run`, a sequence of named steps over library code:
 5. :func:`evaluate_rows` -- the original model once, then for each metric a fresh copy of the
    loaded model with its layers removed, on the same tasks and items; with ``--heal`` each pruned
    copy and the unpruned model (the control) are healed with the same budget
-   (:mod:`eavss.training.heal`) and evaluated again;
+   (:mod:`eavss.training.heal`) and evaluated again; every finished step is kept in the work folder
+   (``OUT.work``), so an interrupted run resumes where it stopped when the same command is run again;
 6. :func:`write_outputs` -- ``report.json`` (kind ``compare``), ``report.md`` and ``compare.png``,
    written atomically.
 
@@ -27,6 +28,8 @@ from __future__ import annotations
 
 import copy
 import math
+import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +39,7 @@ import numpy as np
 from eavss.config import ModelSection, RunOptions, SparsitySection, option, section, to_dict, validate
 from eavss.errors import EavssError
 from eavss.recipes.avss import CalibrationSection, EvalSection, ScoresSection
-from eavss.recipes.common import load, model_section, start, timed
+from eavss.recipes.common import load, model_section, open_work, start, timed, work_folder
 from eavss.recipes.heal import HealSection
 
 _METRICS = "eavss.prune.metrics:METRICS"
@@ -139,6 +142,11 @@ class CompareConfig(RunOptions):
     ground_truth: LossSection = section(LossSection)
     eval: CompareEvalSection = section(CompareEvalSection)
     heal: HealSection = section(HealSection, help="healing with --heal (the same settings as eavss heal)")
+    work_dir: str | None = option(None, "where finished evaluations (and healings) are kept until the run ends "
+                                  "(default OUT.work, beside --out)")
+    keep_work: bool = option(False, "keep the work folder after a successful run")
+    resume: bool = option(True, "continue an interrupted run from the work folder; --restart clears it first",
+                          flag="--restart", action="store_false")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -329,8 +337,13 @@ def _heal(cfg: CompareConfig, model, train, held) -> tuple[object, dict]:
     return healed, jsonable(summ)
 
 
-def evaluate_rows(cfg: CompareConfig, model, tok, selections: dict, heal_data: tuple | None, timings: dict) -> dict:
+def evaluate_rows(cfg: CompareConfig, model, tok, selections: dict, heal_data: tuple | None, timings: dict,
+                  work: Path | None = None) -> dict:
     """Evaluate the original, every row's pruned copy and (with healing) the healed copies and control.
+
+    With ``work`` (the run's work folder), every finished step -- the original's evaluation, the healed
+    control, each row -- is kept there as JSON and read back instead of recomputed when the run is
+    resumed (the selections are deterministic, so a row's name and removed layers identify it).
 
     Returns:
         ``{"original": results, "rows": {row: {...}}, "healing": {...} | None}``.
@@ -339,27 +352,41 @@ def evaluate_rows(cfg: CompareConfig, model, tok, selections: dict, heal_data: t
     from eavss.recipes.compare_eval import compact
 
     n_params = sum(t.numel() for t in model.parameters())
-    original, secs = _evaluate(cfg, model, tok)
-    timings["eval_original"] = secs
+    step = _Steps(work, timings)
+    got = step.get("original")
+    if got is None:
+        original, secs = _evaluate(cfg, model, tok)
+        got = step.put("original", {"results": original}, {"eval_original": secs})
+    original = got["results"]
     healing = None
     healed_ref = None
     if heal_data is not None:
         train, held = heal_data
-        t0 = time.perf_counter()
-        healed_unpruned, summ = _heal(cfg, copy.deepcopy(model), train, held)
-        timings["heal_unpruned"] = time.perf_counter() - t0
-        healed_ref, secs = _evaluate(cfg, healed_unpruned, tok)
-        timings["eval_healed_unpruned"] = secs
-        del healed_unpruned
+        got = step.get("healed_unpruned")
+        if got is None:
+            t0 = time.perf_counter()
+            healed_unpruned, summ = _heal(cfg, copy.deepcopy(model), train, held)
+            t_heal = time.perf_counter() - t0
+            hres, secs = _evaluate(cfg, healed_unpruned, tok)
+            del healed_unpruned
+            got = step.put("healed_unpruned", {"results": hres, "train": summ},
+                           {"heal_unpruned": t_heal, "eval_healed_unpruned": secs})
+        healed_ref, summ = got["results"], got["train"]
         healing = {"unpruned": {"train": summ, "evaluation": compact(healed_ref),
                                 "vs_original": _retention_block(cfg, original, healed_ref)}}
     rows = {}
     for row, sel in selections.items():
+        key = f"row.{row}.removed={','.join(map(str, sel['removed']))}"
+        got = step.get(key)
+        if got is not None:
+            rows[row] = got["entry"]
+            continue
+        row_t: dict[str, float] = {}
         pruned = copy.deepcopy(model)  # a fresh copy of the loaded model: every row starts from the same weights
         info = remove_layers(pruned, sel["removed"])
         kept = sum(t.numel() for t in pruned.parameters())
         res, secs = _evaluate(cfg, pruned, tok)
-        timings[f"eval.{row}"] = secs
+        row_t[f"eval.{row}"] = secs
         entry = {"removed_paths": info["removed_paths"], "params_before": n_params, "params_after": kept,
                  "params_kept_pct": 100.0 * kept / n_params, "evaluation": compact(res),
                  **_retention_block(cfg, original, res)}
@@ -367,16 +394,58 @@ def evaluate_rows(cfg: CompareConfig, model, tok, selections: dict, heal_data: t
             train, held = heal_data
             t0 = time.perf_counter()
             healed, summ = _heal(cfg, pruned, train, held)
-            timings[f"heal.{row}"] = time.perf_counter() - t0
+            row_t[f"heal.{row}"] = time.perf_counter() - t0
             hres, secs = _evaluate(cfg, healed, tok)
-            timings[f"eval_healed.{row}"] = secs
+            row_t[f"eval_healed.{row}"] = secs
             del healed
             entry["healing"] = {"train": summ, "evaluation": compact(hres),
                                 "vs_original": _retention_block(cfg, original, hres),
                                 "vs_healed_unpruned": _retention_block(cfg, healed_ref, hres)}
         del pruned
-        rows[row] = entry
+        rows[row] = step.put(key, {"entry": entry}, row_t)["entry"]
     return {"original": original, "rows": rows, "healing": healing}
+
+
+class _Steps:
+    """Finished steps of :func:`evaluate_rows` kept as JSON in the work folder (none without one).
+    ``put`` records the step's seconds in ``timings`` and stores them with it; ``get`` of a kept step
+    puts its recorded seconds back, so a resumed report has every phase's time."""
+
+    def __init__(self, work: Path | None, timings: dict):
+        self.work, self.timings = work, timings
+        self.index: dict = {}
+        if work is not None:
+            from eavss.recipes.common import cached_json
+
+            self.index = cached_json(work / "steps.json") or {}
+
+    def _file(self, key: str) -> Path:
+        import hashlib
+
+        return self.work / "steps" / (hashlib.sha256(key.encode()).hexdigest()[:20] + ".json")
+
+    def get(self, key: str) -> dict | None:
+        if self.work is None or key not in self.index:
+            return None
+        from eavss.recipes.common import cached_json
+
+        got = cached_json(self._file(key))
+        if got is not None:
+            self.timings.update(got["seconds"])
+        return got
+
+    def put(self, key: str, value: dict, seconds: dict) -> dict:
+        from eavss.report.schema import jsonable
+
+        self.timings.update(seconds)
+        value = jsonable({**value, "seconds": seconds})
+        if self.work is not None:
+            from eavss.io import write_json_atomic
+
+            write_json_atomic(self._file(key), value)
+            self.index[key] = self._file(key).name
+            write_json_atomic(self.work / "steps.json", self.index)
+        return value
 
 
 def random_summary(rows: dict) -> dict | None:
@@ -429,6 +498,18 @@ def write_outputs(out: Path, report: dict) -> None:
 # command
 
 
+_NOT_IN_FINGERPRINT = {"out", "overwrite", "progress", "threads", "work_dir", "keep_work", "resume"}
+
+
+def compare_fingerprint(cfg: CompareConfig, model_sha: str | None) -> str:
+    """What a resumed ``compare`` must share with the interrupted one: the config less output and
+    display settings, and the model file (by sha256 when it is a file)."""
+    from eavss.recipes.common import config_fingerprint
+
+    d = {k: v for k, v in to_dict(cfg).items() if k not in _NOT_IN_FINGERPRINT}
+    return config_fingerprint(d, model=model_sha)
+
+
 def run(cfg: CompareConfig) -> dict:
     """``eavss compare``: every metric's layers removed and evaluated side by side, into ``cfg.out``."""
     from eavss.io import atomic_dir
@@ -469,7 +550,17 @@ def run(cfg: CompareConfig) -> dict:
 
         train, held, data_info = heal_batches(tok, heal_texts, cfg.heal, cfg.seed)
         heal_data = (train, held)
-    ev = evaluate_rows(cfg, model, tok, selections, heal_data, timings)
+    from eavss.io import check_not_inside
+
+    check_not_inside(work_folder(cfg.out, cfg.work_dir), cfg.model.name, cfg.data_dir)
+    work = open_work(work_folder(cfg.out, cfg.work_dir), compare_fingerprint(cfg, loaded.info.get("file_sha256")),
+                     cfg.resume, "compare", cfg.out)
+    try:
+        ev = evaluate_rows(cfg, model, tok, selections, heal_data, timings, work)
+    except KeyboardInterrupt:
+        print(f"eavss compare: finished evaluations are kept in {work}; run the same command again to resume",
+              file=sys.stderr)
+        raise
 
     rows = {}
     for row, sel in selections.items():
@@ -501,6 +592,8 @@ def run(cfg: CompareConfig) -> dict:
     with atomic_dir(cfg.out, cfg.overwrite) as tmp:
         timings["total"] = time.perf_counter() - t_all
         write_outputs(tmp, report)
+    if not cfg.keep_work:
+        shutil.rmtree(work, ignore_errors=True)
     return jsonable(report)
 
 

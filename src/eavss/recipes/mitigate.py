@@ -668,11 +668,10 @@ def train_variant(model, tok, v: Variant, tokenized: list, cfg: MitigateConfig, 
 
 
 def work_folder(cfg: MitigateConfig) -> Path:
-    """``work_dir``, or ``OUT.work`` beside the output folder."""
-    if cfg.work_dir:
-        return Path(cfg.work_dir).expanduser().resolve()
-    out = Path(cfg.out).expanduser().resolve()
-    return out.with_name(out.name + ".work")
+    """``work_dir``, or ``OUT.work`` beside the output folder (:func:`eavss.recipes.common.work_folder`)."""
+    from eavss.recipes.common import work_folder as folder
+
+    return folder(cfg.out, cfg.work_dir)
 
 
 _NOT_IN_FINGERPRINT = {"out", "overwrite", "progress", "threads", "work_dir", "keep_work", "resume", "save_model",
@@ -683,40 +682,26 @@ def fingerprint(cfg: MitigateConfig, analysis: dict, model_sha: str | None) -> s
     """What a resumed run must share with the interrupted one: the config (less output and display
     settings and the controls/LODO switches, which add variants without changing the others), the
     analysis files and the model."""
+    from eavss.recipes.common import config_fingerprint
+
     d = {k: v for k, v in to_dict(cfg).items() if k not in _NOT_IN_FINGERPRINT}
     for sec in ("controls", "lodo"):
         d[sec] = {k: v for k, v in d[sec].items() if k not in ("enabled", "save_models")}
-    blob = json.dumps({"config": d, "analysis": analysis["fingerprint"], "model": model_sha}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()
+    return config_fingerprint(d, analysis=analysis["fingerprint"], model=model_sha)
 
 
 def open_work(cfg: MitigateConfig, fp: str) -> Path:
-    """Create (or reuse, when resuming a run with the same fingerprint) the work folder.
+    """Create (or reuse, when resuming a run with the same fingerprint) the work folder
+    (:func:`eavss.recipes.common.open_work`)."""
+    from eavss.recipes.common import open_work as open_folder
 
-    Raises:
-        EavssError: the folder holds another run's state and ``resume`` is on.
-    """
-    from eavss.io import write_json_atomic
-
-    w = work_folder(cfg)
-    if w.exists() and not cfg.resume:
-        shutil.rmtree(w)
-    marker = w / "fingerprint.json"
-    if w.exists() and marker.is_file():
-        old = json.loads(marker.read_text(encoding="utf-8")).get("fingerprint")
-        if old != fp:
-            raise EavssError(f"the work folder {w} holds the state of a run with other settings; run with those, or "
-                             "pass --restart to start over")
-    elif w.exists() and any(w.iterdir()):
-        raise EavssError(f"the work folder {w} exists and is not an eavss mitigate work folder; choose another "
-                         "work_dir or remove it")
-    w.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(marker, {"fingerprint": fp, "out": str(Path(cfg.out).resolve())})
-    return w
+    return open_folder(work_folder(cfg), fp, cfg.resume, "mitigate", cfg.out)
 
 
 def _cached(path: Path) -> Any:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    from eavss.recipes.common import cached_json
+
+    return cached_json(path)
 
 
 # ---------------------------------------------------------------------------------------------
