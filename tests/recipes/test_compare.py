@@ -234,3 +234,29 @@ def test_work_folder_of_other_settings_is_refused(tiny_folder, tmp_path, capsys)
     err = capsys.readouterr().err
     assert "holds the state of a run with other settings" in err and "--restart" in err and not out.exists()
     assert main(_argv(model, cal, out, "--metrics", "block_influence,last", "--restart")) == 0
+
+
+def test_compare_progress_script_reads_the_work_folder(tiny_folder, tmp_path, capsys):
+    """scripts/compare_progress.py tables a kept work folder with the report's own numbers."""
+    import importlib.util
+    from pathlib import Path
+
+    model, cal = tiny_folder
+    out = tmp_path / "r"
+    assert main(_argv(model, cal, out, "--metrics", "block_influence,random,last", "--random-seeds", "2",
+                      "keep_work=true")) == 0
+    rep = json.loads((out / "report.json").read_text())
+    path = Path(__file__).resolve().parents[2] / "scripts" / "compare_progress.py"
+    spec = importlib.util.spec_from_file_location("compare_progress", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    t = mod.rows_of(mod._load(tmp_path / "r.work"))
+    assert [r["row"] for r in t["rows"]] == list(rep["rows"])
+    for r in t["rows"]:
+        want = rep["rows"][r["row"]]
+        assert r["removed"] == want["removed"]
+        assert r["mean_retention"]["mean_pct"] == want["mean_retention"]["mean_pct"]
+        assert r["pruned"] == {k: v["pruned"] for k, v in want["retention"].items()}
+    assert mod.main([str(tmp_path / "r.work")]) == 0
+    md = capsys.readouterr().out
+    assert "| block_influence |" in md and "| random(seed=1) |" in md
