@@ -309,3 +309,63 @@ def test_limit_applies_to_the_suite_tasks(capsys):
     args = _command_parser(RECIPES["eval"]).parse_intermixed_args(["--suite", "hallucination", "--limit", "7"])
     cfg = resolve(RECIPES["eval"], args)
     assert cfg.eval.tasks and all(cfg.eval.limits[t] == 7 for t in cfg.eval.tasks)
+
+
+# ---------------------------------------------------------------------------------------------
+# Ctrl-C: one line and exit 130, from the very start
+
+
+INTERRUPTED = "eavss: interrupted; nothing was written\n"
+
+
+@pytest.mark.parametrize("where, argv", [
+    ("_run_command", ["score", "--out", "OUT"]),  # a command: torch is imported lazily in there
+    ("build_parser", ["config"]),
+    ("_command_parser", ["score", "--out", "OUT"]),
+])
+def test_ctrl_c_while_dispatching_is_one_line(tmp_path, capsys, monkeypatch, where, argv):
+    import eavss.cli
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(eavss.cli, where, interrupted)
+    assert main([str(tmp_path / "o") if a == "OUT" else a for a in argv]) == 130
+    assert capsys.readouterr().err == INTERRUPTED
+    assert not (tmp_path / "o").exists()
+
+
+class _CtrlCInTorchImport:
+    """A meta-path finder that raises KeyboardInterrupt whenever ``torch`` is imported afresh: Ctrl-C
+    pressed while torch is still importing."""
+
+    def __init__(self):
+        self.attempts = 0
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch":
+            self.attempts += 1
+            raise KeyboardInterrupt
+        return None
+
+
+def test_ctrl_c_while_torch_imports_is_one_line(tmp_path, capsys, monkeypatch):
+    """Ctrl-C during the lazy `import torch` printed the line, then the cleanup imported
+    eavss.distributed and so torch again: a traceback ("partially initialized module 'torch'") or a
+    crash. The cleanup now touches only modules already imported."""
+    import eavss
+    from eavss.recipes import RECIPES
+
+    RECIPES["score"].config_class()  # the command's modules are imported before Ctrl-C "arrives"
+    finder = _CtrlCInTorchImport()
+    monkeypatch.delitem(sys.modules, "torch")
+    monkeypatch.delitem(sys.modules, "eavss.distributed", raising=False)
+    monkeypatch.delattr(eavss, "distributed", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [finder, *sys.meta_path])
+    try:
+        rc = main(["score", "--out", str(tmp_path / "o"), "--threads", "1"])
+    except KeyboardInterrupt:  # keep pytest running: a KeyboardInterrupt would end the session
+        pytest.fail("KeyboardInterrupt escaped main (torch imported again in the cleanup)")
+    assert rc == 130 and capsys.readouterr().err == INTERRUPTED
+    assert finder.attempts == 1  # torch's import was cut short once and not started again
+    assert not (tmp_path / "o").exists()

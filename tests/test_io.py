@@ -10,7 +10,14 @@ import stat
 import pytest
 
 from eavss.errors import EavssError
-from eavss.io import atomic_dir, check_not_inside, lock_out_dir, unlock_out_dir, write_json_atomic
+from eavss.io import (
+    atomic_dir,
+    check_not_inside,
+    check_out_dir,
+    lock_out_dir,
+    unlock_out_dir,
+    write_json_atomic,
+)
 
 
 def test_out_may_not_be_contain_or_lie_inside_an_input(tmp_path):
@@ -95,3 +102,30 @@ def test_json_with_inline_scalar_lists_is_the_same_value(tmp_path):
     assert json.loads(text) == {**obj, "e": [{"f": [0, 1, 2]}]}
     with pytest.raises(ValueError):
         write_json_atomic(tmp_path / "n.json", {"a": [float("nan")]}, inline_scalar_lists=True)
+
+
+def test_an_out_path_that_is_not_utf8_is_one_line_before_any_work(tmp_path, capsys, monkeypatch):
+    """A Linux file name may hold any bytes; Python surrogate-escapes those that are not UTF-8
+    (b"\\xff" -> "\\udcff"). The tokenizer writer cannot take such a path, so `eavss prune --out
+    $'runs/\\xff'` crashed with a traceback when it wrote its outputs. It is refused at the start,
+    naming the byte as the user typed it."""
+    from eavss.cli import main
+    from eavss.models import loading
+
+    base = tmp_path.resolve()
+    bad = base / os.fsdecode(b"run\xff")
+    expected = (f"--out {base}/run\\xff is not a UTF-8 path (the model and tokenizer writers need UTF-8 file names); "
+                "choose an output folder whose path is UTF-8")
+    with pytest.raises(EavssError) as e:
+        check_out_dir(bad, overwrite=False)
+    assert str(e.value) == expected
+    with pytest.raises(EavssError, match="is not a UTF-8 path"):  # a parent that is not UTF-8 counts as well
+        check_out_dir(bad / "sub", overwrite=True)
+
+    def no_loading(*a, **k):
+        raise AssertionError("the model was loaded before the --out check")
+
+    monkeypatch.setattr(loading, "load_model", no_loading)
+    assert main(["score", "--out", str(bad), "--threads", "1", "--no-progress"]) == 2
+    assert capsys.readouterr().err == f"eavss: error: {expected}\n"
+    assert list(tmp_path.iterdir()) == []  # nothing written, no lock left behind

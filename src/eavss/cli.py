@@ -214,16 +214,21 @@ def _run_command(name: str, args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``eavss`` console script. Returns the exit status."""
-    import signal
+    """Entry point of the ``eavss`` console script. Returns the exit status.
 
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    Ctrl-C (or SIGTERM) at any point in here, the lazy imports of torch included, prints one line
+    and exits 130.
+    """
 
     def _term(signum, frame):  # SIGTERM unwinds like Ctrl-C, so atomic outputs are cleaned up
         raise KeyboardInterrupt
 
-    old = signal.signal(signal.SIGTERM, _term)
+    old: list = []  # the SIGTERM handler to restore, once ours is set
     try:
+        import signal
+
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        old.append(signal.signal(signal.SIGTERM, _term))
         from eavss.recipes import RECIPES
 
         argv = list(sys.argv[1:] if argv is None else argv)
@@ -243,13 +248,17 @@ def main(argv: list[str] | None = None) -> int:
         print("eavss: interrupted; nothing was written", file=sys.stderr)
         return 130
     finally:
-        from eavss.io import unlock_out_dir
-
-        unlock_out_dir()
-        signal.signal(signal.SIGTERM, old)
-        from eavss import distributed as edist  # --- torchrun: leave the process group
-
-        edist.shutdown()
+        # Only modules already imported: an import that Ctrl-C cut short (torch's, say) must not be
+        # started again here; it would fail with a traceback or crash. Neither module imported means
+        # no lock taken and no process group to leave.
+        io = sys.modules.get("eavss.io")
+        if io is not None:
+            io.unlock_out_dir()
+        if old and old[0] is not None:  # None: a handler not set from Python, which cannot be restored
+            signal.signal(signal.SIGTERM, old[0])
+        edist = sys.modules.get("eavss.distributed")
+        if edist is not None:  # --- torchrun: leave the process group
+            edist.shutdown()
 
 
 if __name__ == "__main__":

@@ -101,11 +101,40 @@ OUTPUT_MARKERS = ("report.json", "eavss_pruning.json", "eavss_healing.json", "ea
 """Files by which an existing folder is recognised as an eavss output that ``--overwrite`` may replace."""
 
 
+def check_utf8_path(path: str | os.PathLike, what: str, fix: str) -> None:
+    """Refuse a path that is not UTF-8.
+
+    A Linux file name may hold any bytes; Python hands the ones that are not UTF-8 over as
+    surrogate escapes (``b"\\xff"`` -> ``"\\udcff"``). Python's own file functions accept such a
+    path, but the tokenizer and model writers (Rust) and UTF-8 text do not, so a run would fail only
+    when it writes its outputs. The message shows the path with those bytes as ``\\xNN``.
+
+    Args:
+        path: the path to check.
+        what: how the message names it, e.g. ``"--out"``.
+        fix: the end of the message: what to do instead.
+
+    Raises:
+        EavssError: ``"{what} {path} is not a UTF-8 path ...; {fix}"``.
+    """
+    text = os.fsdecode(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        try:
+            shown = os.fsencode(text).decode("utf-8", "backslashreplace")
+        except UnicodeError:  # a surrogate that is not an escaped byte
+            shown = text.encode("utf-8", "backslashreplace").decode("utf-8")
+        raise EavssError(f"{what} {shown} is not a UTF-8 path (the model and tokenizer writers need UTF-8 file "
+                         f"names); {fix}") from None
+
+
 def check_out_dir(out: str | os.PathLike, overwrite: bool) -> Path:
     """Refuse an existing, non-empty output folder unless ``overwrite``.
 
     Raises:
-        EavssError: ``out`` exists and is not empty and ``overwrite`` is false, or ``out`` is a file.
+        EavssError: ``out`` exists and is not empty and ``overwrite`` is false, ``out`` is a file,
+            or its path is not UTF-8 (:func:`check_utf8_path`).
     """
     if not str(out).strip():
         raise EavssError("--out is empty; pass an output folder path")
@@ -113,6 +142,7 @@ def check_out_dir(out: str | os.PathLike, overwrite: bool) -> Path:
         out = Path(out).expanduser().resolve()
     except RuntimeError as e:  # "~user" of no such user
         raise EavssError(f"--out {out}: {e}; pass a path without ~user") from None
+    check_utf8_path(out, "--out", "choose an output folder whose path is UTF-8")
     if out.exists() and not out.is_dir():
         raise EavssError(f"--out {out} is a file; pass a folder path")
     if out.exists() and any(out.iterdir()) and not overwrite:

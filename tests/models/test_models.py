@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
+import os
 import time
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from eavss.testing import (
     TINY_ARCHS,
     TINY_VOCAB_SIZE,
     real_model_shape_config,
+    tiny_loaded,
     tiny_model,
     tiny_tokenizer,
 )
@@ -366,6 +369,74 @@ def test_cache_root_env(monkeypatch, tmp_path):
     monkeypatch.setenv("EAVSS_CACHE", str(tmp_path))
     assert loading.cache_root() == tmp_path
     assert loading.cache_root(tmp_path / "x") == tmp_path / "x"
+
+
+def _no_conversion(*a, **k):
+    raise AssertionError("a conversion started")
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc")
+def test_an_unwritable_cache_is_one_line_before_converting(tmp_path, monkeypatch):
+    """`--cache-dir /proc/x` (a folder that cannot be created) crashed with a traceback in the GGUF
+    conversion; now a cache miss checks the cache first and names it and the fix."""
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"not parsed: the check comes first")
+    monkeypatch.setattr(loading, "convert_gguf", _no_conversion)
+    with pytest.raises(EavssError) as e:
+        load_model(str(gguf), cache_dir="/proc/x")
+    assert str(e.value) == ("cannot write the converted-model cache /proc/x (No such file or directory); "
+                            "pass a writable --cache-dir (or set $EAVSS_CACHE)")
+    cache_file = tmp_path / "cache-file"
+    cache_file.write_text("x")
+    with pytest.raises(EavssError) as e:
+        load_model(str(gguf), cache_dir=cache_file)
+    assert str(e.value) == (f"the converted-model cache {cache_file} is a file; "
+                            "pass a writable --cache-dir (or set $EAVSS_CACHE)")
+    with pytest.raises(EavssError) as e:
+        loading.check_cache_writable(tmp_path / os.fsdecode(b"c\xff"))
+    assert str(e.value) == (f"the converted-model cache {tmp_path}/c\\xff is not a UTF-8 path (the model and "
+                            "tokenizer writers need UTF-8 file names); pass a writable --cache-dir "
+                            "(or set $EAVSS_CACHE)")
+    loading.check_cache_writable(tmp_path / "new" / "cache")  # a folder that can be made is made, and stays clean
+    assert list((tmp_path / "new" / "cache").iterdir()) == []
+
+
+def test_a_cache_hit_is_read_without_the_write_check(tmp_path, monkeypatch):
+    """A read-only cache that already holds the conversion keeps working: only a miss checks writing."""
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"stands for a converted GGUF")
+    sha = hashlib.sha256(gguf.read_bytes()).hexdigest()
+    cache = tmp_path / "cache"
+    lm = tiny_loaded("llama", seed=1)
+    save_model(lm.model, lm.tokenizer, cache / sha[:16])
+    (cache / sha[:16] / loading.CACHE_MARKER).write_text(json.dumps(
+        {"format": loading.CACHE_FORMAT, "source_sha256": sha, "tokenizer_class": type(lm.tokenizer).__name__}))
+
+    def refuse(root):
+        raise AssertionError("the write check ran on a cache hit")
+
+    monkeypatch.setattr(loading, "check_cache_writable", refuse)
+    monkeypatch.setattr(loading, "convert_gguf", _no_conversion)
+    loaded = load_model(str(gguf), cache_dir=cache)
+    assert loaded.info["cache_hit"] is True and loaded.info["num_layers"] == 4
+    assert not loading.alias_needs_conversion(str(gguf), cache)  # not an alias: nothing to check before loading
+
+
+def test_the_default_alias_checks_its_cache_before_any_slow_work(tmp_path, capsys, monkeypatch):
+    """`eavss score --cache-dir /proc/x` with the default model (converted on first use): one line at
+    the start (recipes.common.start), before the calibration texts are read or the model loaded."""
+    from eavss.cli import main
+
+    monkeypatch.setattr(loading, "load_model", _no_conversion)
+    cache = tmp_path / "cache-file" / "x"  # under a file: cannot be created, on any system
+    (tmp_path / "cache-file").write_text("x")
+    assert loading.alias_needs_conversion(loading.DEFAULT_MODEL, cache)
+    out = tmp_path / "o"
+    assert main(["score", "--cache-dir", str(cache), "--calib", "text:/no/such/file.txt", "--out", str(out),
+                 "--threads", "1", "--no-progress"]) == 2
+    assert capsys.readouterr().err == (f"eavss: error: cannot write the converted-model cache {cache} (Not a "
+                                       "directory); pass a writable --cache-dir (or set $EAVSS_CACHE)\n")
+    assert not out.exists()
 
 
 # ------------------------------------------------------------------------------------------------

@@ -86,7 +86,8 @@ def load_calibration_texts(name: str, data_dir: str | None = None) -> list[str]:
     """All texts of calibration set ``name`` (registered name, ``text:PATH`` or ``jsonl:PATH:FIELD``).
 
     Raises:
-        EavssError: unknown name, missing file, or a set with no usable text.
+        EavssError: unknown name, missing file, a ``jsonl:`` FIELD that no record has, or a set with
+            no usable text.
     """
     if name.startswith("text:"):
         p = Path(name[5:]).expanduser()
@@ -107,14 +108,23 @@ def load_calibration_texts(name: str, data_dir: str | None = None) -> list[str]:
         except UnicodeDecodeError:
             raise EavssError(f"calibration file {p} is not UTF-8 text; convert it, e.g. iconv -f latin1 -t utf-8 "
                              f"{p} > {p}.utf8, and pass the converted file") from None
+        first_fields: list[str] | None = None  # the fields of the first record, to name when FIELD is in none
+        has_field = False
         for n, line in enumerate(raw_lines, 1):
             if line.strip():
                 try:
-                    v = json.loads(line).get(field)
+                    record = json.loads(line)
+                    v = record.get(field)
                 except (json.JSONDecodeError, AttributeError):
                     raise EavssError(f"{p}:{n} is not a JSON object; each line must be one object with field {field!r}") from None
+                if first_fields is None:
+                    first_fields = list(record)
+                has_field = has_field or field in record
                 if isinstance(v, str) and v.strip():
                     texts.append(v.strip())
+        if first_fields is not None and not has_field:
+            raise EavssError(f"field {field!r} is missing from {p} (no record has it; the first record has fields "
+                             f"{first_fields}); pass jsonl:{p}:FIELD with one of those")
     else:
         if name not in CALIBRATION_SETS:
             raise EavssError(f"unknown calibration set {name!r}; choose one of {CALIBRATION_SETS.names()}, "

@@ -33,7 +33,7 @@ import torch
 
 from eavss.errors import EavssError
 from eavss.registry import Registry
-from eavss.io import atomic_dir, write_json_atomic
+from eavss.io import atomic_dir, check_utf8_path, write_json_atomic
 from eavss.models.layers import find_decoder_layers
 from eavss.models.surgery import strip_quantization
 
@@ -233,6 +233,40 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     if env:
         return Path(env).expanduser()
     return Path.home() / ".cache" / "eavss" / "models"
+
+
+def check_cache_writable(root: str | os.PathLike) -> None:
+    """Refuse a converted-model cache folder that cannot be written, before a conversion starts.
+
+    Creates ``root`` (with its parents) and a temporary folder in it, and removes the temporary
+    folder: the only reliable test (``os.access`` says yes to root, also for an impossible place
+    such as ``/proc/x``). :func:`load_model` calls it on a cache miss only, so a read-only cache
+    that already holds the conversion still works.
+
+    Raises:
+        EavssError: ``root`` is a file, cannot be created or written, or is not a UTF-8 path; the
+            message names the folder and says to pass a writable ``--cache-dir`` or set ``$EAVSS_CACHE``.
+    """
+    fix = f"pass a writable --cache-dir (or set ${CACHE_ENV})"
+    check_utf8_path(root, "the converted-model cache", fix)
+    root = Path(root)
+    try:
+        if root.exists() and not root.is_dir():
+            raise EavssError(f"the converted-model cache {root} is a file; {fix}")
+        root.mkdir(parents=True, exist_ok=True)
+        os.rmdir(tempfile.mkdtemp(prefix=".eavss-write-check-", dir=root))
+    except OSError as e:
+        raise EavssError(f"cannot write the converted-model cache {root} ({e.strerror or e}); {fix}") from None
+
+
+def alias_needs_conversion(name: str | None, root: str | os.PathLike) -> bool:
+    """Whether ``name`` is a built-in alias (:data:`ALIASES`) not yet converted in the cache
+    ``root``, so that loading it will write there (False for any other model: a GGUF file must be
+    hashed first, a folder or hub id never uses the cache)."""
+    if not name or name not in ALIASES:
+        return False
+    sha = ALIASES[name].sha256
+    return _cache_valid(_cache_path(Path(root), sha), sha) is None
 
 
 def sha256_files(paths: Iterable[str | os.PathLike]) -> str:
@@ -522,6 +556,7 @@ def _load_gguf(gguf: Path | None, sha256: str, root: Path, torch_dtype: Any, att
     meta = _cache_valid(path, sha256)
     hit = meta is not None
     if not hit:
+        check_cache_writable(root)
         if assemble is not None:
             with assemble() as joined:
                 convert_gguf(joined, path, sha256, source_label)
@@ -566,7 +601,8 @@ def load_model(
         EavssError: bad dtype or device; alias whose package is not installed (names the pip
             command); a path that does not exist; a folder without config.json; a GGUF that
             transformers cannot load or a chunked alias whose sha256 is wrong; a hub id that
-            cannot be loaded (e.g. offline).
+            cannot be loaded (e.g. offline); a GGUF to convert and a cache folder that cannot be
+            written (:func:`check_cache_writable`).
     """
     t0 = time.perf_counter()
     torch_dtype = resolve_dtype(dtype)

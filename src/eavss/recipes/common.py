@@ -61,17 +61,18 @@ def start(opts: RunOptions, *inputs: str | os.PathLike | None, may_hold_out: tup
     """The common start of every command, before any slow work: the output folder is checked
     (exists/overwrite, writable, not overlapping an input -- ``inputs``, the data folder and the
     model cache -- see :func:`eavss.io.check_not_inside`) and locked for this run
-    (:func:`eavss.io.lock_out_dir`), then seeds and threads are set.
+    (:func:`eavss.io.lock_out_dir`), the model cache is checked to be writable when a built-in model
+    will be converted into it, then seeds and threads are set.
 
     Returns:
         The thread choice (:func:`choose_threads`), for the report.
 
     Raises:
-        EavssError: an unusable output folder, or another run writing it.
+        EavssError: an unusable output folder or model cache, or another run writing the folder.
     """
     from eavss.data.paths import resolve_data_dir
     from eavss.errors import EavssError
-    from eavss.models.loading import cache_root
+    from eavss.models.loading import alias_needs_conversion, cache_root, check_cache_writable
 
     check_out_dir(opts.out, opts.overwrite)
     try:
@@ -84,6 +85,9 @@ def start(opts: RunOptions, *inputs: str | os.PathLike | None, may_hold_out: tup
         raise EavssError(f"--cache-dir {cache} is a file; pass a folder for the converted-model cache")
     check_not_inside(opts.out, *inputs, *input_files(opts), data, cache, may_hold_out=may_hold_out)
     check_replaceable(opts.out)
+    name = getattr(model, "name", None)
+    if name and alias_needs_conversion(absolute_if_path(name), cache):  # as load() names it; converting writes there
+        check_cache_writable(cache)
     from eavss import distributed as edist
 
     if edist.is_main():  # --- torchrun: rank 0 alone writes, so it alone holds the writer's lock
