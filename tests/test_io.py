@@ -129,3 +129,19 @@ def test_an_out_path_that_is_not_utf8_is_one_line_before_any_work(tmp_path, caps
     assert main(["score", "--out", str(bad), "--threads", "1", "--no-progress"]) == 2
     assert capsys.readouterr().err == f"eavss: error: {expected}\n"
     assert list(tmp_path.iterdir()) == []  # nothing written, no lock left behind
+
+
+def test_an_out_folder_that_cannot_be_written_is_one_line(tmp_path, capsys):
+    """/proc/x: os.access says yes to root, the lock file cannot be created there."""
+    import pytest
+
+    from eavss.cli import main
+    from eavss.errors import EavssError
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(EavssError, match=r"cannot write the output folder .*file/out .*choose a writable --out"):
+        lock_out_dir(blocker / "out")
+    rc = main(["score", "--out", "/proc/x", "--threads", "1", "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err and "/proc/x" in err and "writable" in err

@@ -217,16 +217,20 @@ def lock_out_dir(out: str | os.PathLike) -> None:
     (``.NAME.*.partial``, ``.NAME.old-*``) are removed: no other process can be writing them.
 
     Raises:
-        EavssError: another process holds the lock (it is writing the same ``--out``).
+        EavssError: another process holds the lock (it is writing the same ``--out``), or the
+        folder's parent cannot be written.
     """
     import fcntl
 
     out = Path(out).expanduser().resolve()
     if out in _LOCKS:
         return
-    out.parent.mkdir(parents=True, exist_ok=True)
     lock = _lock_path(out)
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+    except OSError as e:  # e.g. /proc/x: os.access says yes to root, the file system says no
+        raise EavssError(f"cannot write the output folder {out} ({e.strerror or e}); choose a writable --out") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:

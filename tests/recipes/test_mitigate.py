@@ -94,6 +94,9 @@ def test_resume_after_interruption_gives_identical_weights(setup, tmp_path, caps
     assert rc == 0, err
     rep = json.loads((out_b / "report.json").read_text())
     assert rep["training"]["main"]["resumed_from_step"] == 2
+    tm = rep["timings"]  # the interrupted sitting's wall time is counted too
+    assert len(tm["earlier_sittings"]) == 1 and tm["total_all_sittings"] == tm["total"] + tm["earlier_sittings"][0]
+    assert "over 2 sittings" in (out_b / "report.md").read_text()
     wa, wb = _weights(tmp_path / "a" / "model"), _weights(out_b / "model")
     assert set(wa) == set(wb) and all(torch.equal(wa[k], wb[k]) for k in wa)
     ra = json.loads((tmp_path / "a" / "report.json").read_text())

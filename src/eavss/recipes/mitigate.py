@@ -850,6 +850,9 @@ def run(cfg: MitigateConfig) -> dict:
                     work, timings, threads, t_all, tokenize_examples, atomic_dir, write_json_atomic,
                     write_text_atomic, jsonable, new_report)
     except KeyboardInterrupt:
+        from eavss.io import write_json_atomic as write
+
+        write(work / "sittings.json", (_cached(work / "sittings.json") or []) + [time.perf_counter() - t_all])
         print(f"eavss mitigate: training state and finished evaluations are kept in {work}; run the same command "
               "again to resume", file=sys.stderr)
         raise
@@ -893,6 +896,7 @@ def _run(cfg, analysis, variants, warnings, items, train_ids, id_info, loaded, t
             continue
         if done is not None:
             results[v.name], training[v.name] = done["eval"], done["train"]
+            timings.update(done.get("seconds", {}))  # the phases of the sitting that ran it
             continue
         exs = [x for s in v.sources for x in tokenized.get(s, [])]
         if not exs:
@@ -913,7 +917,8 @@ def _run(cfg, analysis, variants, warnings, items, train_ids, id_info, loaded, t
             merged.config.eavss_mitigate = {"source_model": analysis["model_id"], "layers": v.layers, "method": v.method}
             save_model_files(merged, tok, vdir / "model")
             del merged.config.eavss_mitigate
-        write_json_atomic(vdir / "result.json", {"train": jsonable(summary), "eval": res})
+        write_json_atomic(vdir / "result.json", {"train": jsonable(summary), "eval": res, "seconds": {
+            k: timings[k] for k in (f"train.{v.name}", f"eval.{v.name}")}})
         results[v.name], training[v.name] = res, jsonable(summary)
         model.load_state_dict(base_state)  # the untrained weights for the next variant
         model.eval()
@@ -971,6 +976,10 @@ def _run(cfg, analysis, variants, warnings, items, train_ids, id_info, loaded, t
                     "eval.limits[task] ids of the eval part; both in split-hash order"})
         report["timings"]["write"] = time.perf_counter() - t0
         report["timings"]["total"] = time.perf_counter() - t_all
+        earlier = _cached(work / "sittings.json") or []
+        if earlier:  # a resumed run: its earlier sittings' wall time too
+            report["timings"]["earlier_sittings"] = earlier
+            report["timings"]["total_all_sittings"] = report["timings"]["total"] + sum(earlier)
         write_json_atomic(tmp / "report.json", report)
         write_text_atomic(tmp / "report.md", rep.render_markdown(report))
     if not cfg.keep_work:

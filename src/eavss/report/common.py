@@ -53,8 +53,11 @@ def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 110) -> None:
 
 
 def timings_table(timings: dict[str, float]) -> str:
-    """Markdown table of seconds per phase."""
-    return "| phase | seconds |\n|---|---|\n" + "".join(f"| {k} | {v:.1f} |\n" for k, v in timings.items())
+    """Markdown table of seconds per phase (a list -- e.g. the earlier sittings of a resumed run -- as its items)."""
+    def cell(v) -> str:
+        return ", ".join(f"{x:.1f}" for x in v) if isinstance(v, (list, tuple)) else f"{v:.1f}"
+
+    return "| phase | seconds |\n|---|---|\n" + "".join(f"| {k} | {cell(v)} |\n" for k, v in timings.items())
 
 
 def header_lines(report: dict) -> list[str]:

@@ -197,7 +197,12 @@ def render_markdown(report: dict) -> str:
     out.append(f"- evaluation: the `{ev['part']}` part of `{ev['splits']}`; dtype {ev['train_dtype']}; every interval a "
                f"{int(100 * cfg['eval']['level'])}% percentile bootstrap over questions ({cfg['eval']['resamples']} "
                "resamples), before/after differences paired (the same resampled questions for both models)")
-    out.append(f"- total time: {report['timings'].get('total', report['timings'].get('total_before_write', 0)):.0f} s\n")
+    tm = report["timings"]
+    total = f"- total time: {tm.get('total', tm.get('total_before_write', 0)):.0f} s"
+    if tm.get("total_all_sittings") is not None:
+        total += (f" in this sitting; {tm['total_all_sittings']:.0f} s over {len(tm['earlier_sittings']) + 1} sittings "
+                  "(the run was interrupted and resumed)")
+    out.append(total + "\n")
     if report.get("warnings"):
         out.append("## Warnings\n")
         out += [f"- **{w}**" for w in report["warnings"]]
