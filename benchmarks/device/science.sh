@@ -5,13 +5,17 @@
 #   bash benchmarks/device/science.sh speed     # H200 training speed, Llama-3-8B shape (random weights)
 #   bash benchmarks/device/science.sh compare   # every pruning metric side by side, healed (issue 11)
 #   bash benchmarks/device/science.sh mitigate  # EAVSS layers + every control + leave-one-dataset-out (issue 12)
+# MODEL=gemma3 picks the second model (after prepare.sh has assembled it): e.g. MODEL=gemma3 science.sh compare;
+# its mitigation needs its own analysis first: MODEL=gemma3 science.sh hallucination.
 set -uo pipefail
 export PYTHONPATH=/tmp/site:$PWD/src EAVSS_DATA_DIR=/tmp/kit/data EAVSS_CACHE=/tmp/eavsscache PYTHONUNBUFFERED=1
 export TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
 E="python3 -m eavss.cli"
-M=/tmp/models/smollm2.gguf
-R=/tmp/runs
+MODEL=${MODEL:-smollm2}
+M=/tmp/models/$MODEL.gguf
+R=/tmp/runs/$MODEL
 mkdir -p $R
+H=/tmp/kit/h; [ "$MODEL" = smollm2 ] || H=$R/h
 CAP=${CAP:-540}
 step() { local name=$1 secs=$2; shift 2; local t0=$SECONDS
   timeout --signal=INT --kill-after=30 "$secs" "$@" >> "$R/$name.log" 2>&1; local rc=$?
@@ -22,16 +26,19 @@ speed)
        --batch-size 8 --negatives 4 --prompt-len 128 --answer-len 32 --steps 8 --warmup 2 --layers 0,10,13,16,24 \
        --out $R/train_speed_llama3-8b.json
   ;;
+hallucination)
+  step hallucination "$CAP" $E hallucination --model $M --device cuda --no-progress --out $R/h --overwrite
+  ;;
 compare)
   step compare "$CAP" $E compare --config src/eavss/configs/compare.yaml --model $M --device cuda --heal --no-progress \
        --out $R/compare --overwrite eval.batch_size=32 heal.batch_size=16 heal.steps=100
   ;;
 mitigate)
-  step mitigate "$CAP" $E mitigate --config src/eavss/configs/mitigate.yaml --from /tmp/kit/h --model $M \
+  step mitigate "$CAP" $E mitigate --config src/eavss/configs/mitigate.yaml --from $H --model $M \
        --out $R/m --controls --lodo --no-progress --limit 300 train.epochs=1 train.batch_size=16 train.grad_accum=1 \
        eval.batch_size=64
   ;;
-*) echo "usage: science.sh speed|compare|mitigate"; exit 2;;
+*) echo "usage: [MODEL=smollm2|gemma3] science.sh speed|hallucination|compare|mitigate"; exit 2;;
 esac
 mkdir -p $OUT
 tar czf $OUT/runs.tar.gz --exclude='*.safetensors' --exclude='*.bin' --exclude='*.pt' --exclude='*.pth' \
