@@ -42,7 +42,7 @@ CONFIGS = ["", "1,0,8,4", "1,0,4,2", "1,0,4,8", "2,0,4,4", "2,0,8,4", "1,0,2,4"]
 """Register-path configurations (D <= 8192), as profiled before."""
 
 CHUNKED_CONFIGS = ["", "2,1024,4,4", "1,1024,4,8", "8,1024,8,4", "4,2048,8,4", "1,4096,8,4", "1,16384,16,4",
-                   "1,32768,16,4"]
+                   "1,32768,16,4", "1,32768,32,2"]
 """Wide-row configurations (D > 8192): fewer rows in flight (less L2 pressure for the second pass),
 wider chunks, or the whole row in registers (``BLOCK_D >= D`` takes the single-pass path)."""
 
@@ -169,6 +169,8 @@ def main(argv=None) -> int:
         res = {"cases": {}}
         for B, T, D, mode in cases:
             res["cases"][f"{B}x{T}x{D}:{mode}"] = profile_case(B, T, D, mode, args.reps, not args.no_sweep, args.device)
+            if args.out:  # after every case: a run stopped by a time cap keeps what it measured
+                Path(args.out).write_text(json.dumps(res, indent=1))
         swept = [v for v in res["cases"].values() if len(v["configs"]) > 1]
         first = swept[0] if swept else next(iter(res["cases"].values()))
     if args.best_config_file:

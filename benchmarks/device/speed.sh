@@ -19,7 +19,7 @@
 # Before the call, on the development machine (repository root):
 #   bash benchmarks/device/speed_kit.sh        # -> .dev/speed/kit.tar.xz (QA data + SmolLM2 tokenizer, ~4 MB)
 # The call (device tool):  command "bash benchmarks/device/speed.sh", carry [".dev/speed"], kind nvidia-h200
-# Knobs (environment): BUDGET (script seconds, default 420), HSCALE (default 0.1), KIT (default .dev/speed/kit.tar.xz),
+# Knobs (environment): BUDGET (script seconds, default 440), HSCALE (default 0.1), KIT (default .dev/speed/kit.tar.xz),
 # SMOKE=1 (the same wiring on this CPU with tiny models and shapes, to check the script before the call:
 #   SMOKE=1 OUT=/tmp/speed_smoke PY=.venv/bin/python bash benchmarks/device/speed.sh)
 set -uo pipefail
@@ -27,7 +27,7 @@ export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HU
 export EAVSS_CACHE=/tmp/eavsscache
 OUT=${OUT:-/tmp/speed_out}
 mkdir -p "$OUT"
-BUDGET=${BUDGET:-420}
+BUDGET=${BUDGET:-440}
 HSCALE=${HSCALE:-0.1}
 KIT=${KIT:-.dev/speed/kit.tar.xz}
 PY=${PY:-python3}
@@ -60,7 +60,7 @@ cat "$OUT/env.txt"
 
 # 1. correctness first: the fused kernel, the fused block influence of the other sites, whole collectors
 if [ "$DEV" = cuda ]; then
-  step check_fused 75 $PY benchmarks/check_fused.py --out "$OUT/fused.json"
+  step check_fused 90 $PY benchmarks/check_fused.py --out "$OUT/fused.json"
 fi
 
 # 2. target 1: statistics at each capture site vs the plain forward pass (ratio, peak memory)
