@@ -23,6 +23,11 @@ hidden_states  ``output_hidden_states=True``, then every stored hidden state red
 bi_matrix      ShortGPT-style block influence from the full ``(B*T) x (B*T)`` cosine-similarity
                matrix of layer input vs output (its diagonal), in the model dtype
 bi_rowwise     block influence in eavss's row-wise form only (collector, no pooled variance)
+eavss_SITE     ``eavss`` at capture site SITE (``resid_delta``, ``mlp_act``), as ``collect_statistics``
+               runs it there: the site reduction plus block influence from a second hook on the
+               decoder layer's output (fused kernel on CUDA); ``..._nobi``: block influence off;
+               ``..._eagerbi``: block influence by the eager float32 form (the code before the
+               fused one, for comparison)
 ============== ==============================================================================
 """
 
@@ -106,10 +111,12 @@ class Eavss(Variant):
 
     name = "eavss"
 
-    def __init__(self, model, pooled=True, block_influence=True, implementation=None):
+    def __init__(self, model, pooled=True, block_influence=True, implementation=None, site="resid_post",
+                 bi_implementation=None):
         super().__init__(model)
-        self.kw = dict(pooled=pooled, block_influence=block_influence)
+        self.kw = dict(pooled=pooled, block_influence=block_influence, site=site)
         self.implementation = implementation
+        self.bi_implementation = bi_implementation
         self.reset()
 
     def reset(self):
@@ -117,12 +124,16 @@ class Eavss(Variant):
         self.timer = HookTimer()
 
     def step(self, batch):
+        import functools
         import os
 
         import eavss.stats.collector as collector_mod
 
         inner = collector_mod.reduce_activations_ext
         collector_mod.reduce_activations_ext = self.timer.wrap(inner)
+        inner_bi = collector_mod.block_influence_sums
+        bi = functools.partial(inner_bi, implementation=self.bi_implementation) if self.bi_implementation else inner_bi
+        collector_mod.block_influence_sums = self.timer.wrap(bi)
 
         old = os.environ.get("EAVSS_REDUCE")
         if self.implementation:
@@ -134,6 +145,7 @@ class Eavss(Variant):
                 self.col.check_finite(block=False)
         finally:
             collector_mod.reduce_activations_ext = inner
+            collector_mod.block_influence_sums = inner_bi
             if self.implementation:
                 if old is None:
                     os.environ.pop("EAVSS_REDUCE", None)
@@ -337,3 +349,8 @@ VARIANTS = {
     "bi_matrix": BIMatrix,
     "bi_rowwise": lambda m: Eavss(m, pooled=False, block_influence=True),
 }
+for _site in ("resid_delta", "mlp_act"):
+    VARIANTS[f"eavss_{_site}"] = lambda m, s=_site: Eavss(m, site=s)
+    VARIANTS[f"eavss_{_site}_nobi"] = lambda m, s=_site: Eavss(m, site=s, block_influence=False)
+    VARIANTS[f"eavss_{_site}_eagerbi"] = lambda m, s=_site: Eavss(m, site=s, bi_implementation="eager")
+    VARIANTS[f"eavss_{_site}_eager"] = lambda m, s=_site: Eavss(m, site=s, implementation="eager")

@@ -7,7 +7,9 @@ Correctness: fresh random activations (bfloat16 and float32, residual-stream-lik
 large channels), a random token mask whose excluded positions hold NaN/Inf, one masked Inf token,
 both sparsity rules, register (D <= 8192) and chunked (D > 8192) kernel paths. Reference: the eager
 reduction on a float64 copy on the CPU (the same function computed in float64). Reported: max
-relative error per field. Then a tiny model on the GPU vs. on the CPU through the whole collector.
+relative error per field. Then block influence at sites other than resid_post (the fused kernel
+vs. the eager form), and tiny models on the GPU vs. on the CPU through the whole collector (at
+resid_post, and at mlp_act / resid_delta, where block influence comes from a second hook).
 """
 
 from __future__ import annotations
@@ -102,13 +104,35 @@ def check_collector(device) -> dict:
     g = np.random.default_rng(0)
     seqs = [g.integers(5, 500, size=int(g.integers(3, 40))).tolist() for _ in range(9)]
     out = {}
-    for arch in ("llama", "gemma3", "gpt2"):
+    runs = [(arch, "resid_post") for arch in ("llama", "gemma3", "gpt2")]
+    runs += [("llama", "mlp_act"), ("llama", "resid_delta"), ("qwen2", "mlp_act")]  # block influence by a 2nd hook
+    for arch, site in runs:
         m = tiny_model(arch, seed=1)
-        cpu, _ = collect_statistics(m, make_batches(seqs, 4, 0), progress=False)
-        gpu, _ = collect_statistics(m.to(device), make_batches(seqs, 4, 0), progress=False)
+        cpu, _ = collect_statistics(m, make_batches(seqs, 4, 0), site=site, progress=False)
+        gpu, _ = collect_statistics(m.to(device), make_batches(seqs, 4, 0), site=site, progress=False)
         rel = np.abs(gpu.sums - cpu.sums).max(axis=(0, 1)) / np.maximum(np.abs(cpu.sums).max(axis=(0, 1)), 1e-12)
-        out[arch] = {FIELDS[i]: float(rel[i]) for i in range(len(FIELDS))}
-        print(f"  collector tiny-{arch} GPU vs CPU: max rel diff {float(rel.max()):.2e}", flush=True)
+        key = arch if site == "resid_post" else f"{arch}@{site}"
+        out[key] = {FIELDS[i]: float(rel[i]) for i in range(len(FIELDS))}
+        print(f"  collector tiny-{arch} at {site} GPU vs CPU: max rel diff {float(rel.max()):.2e}", flush=True)
+    return out
+
+
+def check_block_influence(device) -> dict:
+    """``block_influence_sums`` (the collector's second hook at sites other than resid_post): the
+    fused kernel on the GPU vs. the eager form on a float64 host copy, per sequence."""
+    from eavss.stats.reduce import block_influence_sums
+
+    out = {}
+    for (B, T, D, dt) in [(4, 300, 4096, torch.bfloat16), (3, 37, 3584, torch.bfloat16), (2, 50, 576, torch.float32)]:
+        a, x, m = make_inputs(B, T, D, dt, device, seed=11)
+        a = torch.where(m[..., None], a, torch.zeros((), dtype=a.dtype, device=a.device))  # finite everywhere:
+        a[0, 1, 5] = float("inf")  # except one counted Inf token, left out by both forms
+        got = block_influence_sums(a, x, m, implementation="fused")
+        ref = block_influence_sums(a.double().cpu(), x.double().cpu(), m.cpu(), implementation="eager")
+        err = float(((got.double().cpu() - ref).abs() / ref.abs().clamp_min(1e-12)).max())
+        out[f"{B}x{T}x{D} {dt}"] = err
+        print(f"  block influence fused vs float64 eager {B}x{T}x{D} {dt}: max rel err {err:.2e} "
+              f"(finite {bool(torch.isfinite(got).all())})", flush=True)
     return out
 
 
@@ -190,6 +214,7 @@ def main() -> int:
     res["max_rel_err"] = max(r["max_rel_err"] for r in res["correctness"])
     res["all_finite"] = all(r["finite"] for r in res["correctness"])
     res["accumulate_vs_returned"] = check_accumulate(args.device)
+    res["block_influence_fused_vs_eager"] = check_block_influence(args.device)
     res["collector_gpu_vs_cpu"] = check_collector(args.device)
     if args.timing:
         print("kernel timing (8 x 2048 x 4096 bf16, with layer input):", flush=True)

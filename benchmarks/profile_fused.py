@@ -1,12 +1,28 @@
-"""GPU time of the fused reduction's kernels (torch.profiler / CUPTI), per launch configuration.
+"""GPU time of the fused reduction's kernels (torch.profiler / CUPTI), per capture site and launch configuration.
 
     PYTHONPATH=src python3 benchmarks/profile_fused.py --out $OUT/profile.json [--best-config-file F]
+    PYTHONPATH=src python3 benchmarks/profile_fused.py --cases 8x2048x18944:act,8x2048x3584:bi,8x2048x3584:delta \\
+        --out $OUT/profile_sites.json
 
-For a Llama-3-8B-shaped activation (8 x 2048 x 4096, bf16) with its layer input, pooled variance
-on and the in-place accumulation the collector uses: the device time of the main kernel and of
-the finish kernel, against a device-to-device copy of the activation (the bandwidth yardstick).
-With ``--best-config-file`` the fastest configuration is written there (``EAVSS_TRITON_CONFIG``
-syntax) if it beats the default by more than 3 %, else an empty line.
+A case is ``BxTxD:MODE`` (bf16 activations, all tokens counted, pooled variance as the collector
+computes it, in-place accumulation):
+
+======  ===========================================================================================
+post    ``resid_post``: the layer output with its input (block influence from the same kernel)
+act     ``mlp_act``: the ``D``-wide MLP activation alone (no layer input; ``D`` > 8192 takes the
+        chunked path, each row read twice, the second time mostly from L2)
+delta   ``resid_delta``: ``out - x`` (one elementwise kernel) then the reduction of the difference
+bi      block influence at a site other than ``resid_post`` (the collector's second hook):
+        ``block_influence_sums`` on the fused kernel; ``bi_eager``: its eager float32 form
+======  ===========================================================================================
+
+Per case: the device time of every kernel launched, summed per kernel name, against a
+device-to-device copy of the largest tensor read (the bandwidth yardstick), the bytes that must be
+read, and the bandwidth that implies; for ``post`` and ``act`` a sweep of launch configurations
+(``EAVSS_TRITON_CONFIG="BLOCK_T,BLOCK_D,num_warps,programs_per_sm"``; a failing one is recorded).
+Without ``--cases`` it profiles the Llama-3-8B ``resid_post`` case (8 x 2048 x 4096) as before.
+With ``--best-config-file`` the fastest configuration of the first swept case is written there if
+it beats the default by more than 3 %, else an empty line.
 """
 
 from __future__ import annotations
@@ -20,75 +36,147 @@ from pathlib import Path
 import torch
 
 from eavss.stats.accumulators import NUM_FIELDS
-from eavss.stats.reduce import SparsityRule, reduce_activations_ext
+from eavss.stats.reduce import SparsityRule, block_influence_sums, reduce_activations_ext
 
 CONFIGS = ["", "1,0,8,4", "1,0,4,2", "1,0,4,8", "2,0,4,4", "2,0,8,4", "1,0,2,4"]
+"""Register-path configurations (D <= 8192), as profiled before."""
+
+CHUNKED_CONFIGS = ["", "2,1024,4,4", "1,1024,4,8", "8,1024,8,4", "4,2048,8,4", "1,4096,8,4", "1,16384,16,4",
+                   "1,32768,16,4", "1,32768,32,2"]
+"""Wide-row configurations (D > 8192): fewer rows in flight (less L2 pressure for the second pass),
+wider chunks, or the whole row in registers (``BLOCK_D >= D`` takes the single-pass path)."""
+
+MODES = ("post", "act", "delta", "bi", "bi_eager")
 
 
-def kernel_times(fn, reps: int) -> dict:
-    """Mean device microseconds per call of each CUDA kernel launched by ``fn``."""
+def kernel_times(fn, reps: int, device: str = "cuda") -> dict:
+    """Mean device microseconds per call of each CUDA kernel launched by ``fn`` (on a CPU: self CPU
+    time per top-level operator, for smoke runs only)."""
     from torch.profiler import ProfilerActivity, profile
 
+    cuda = torch.device(device).type == "cuda"
     fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    if cuda:
+        torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
         for _ in range(reps):
             fn()
-        torch.cuda.synchronize()
+        if cuda:
+            torch.cuda.synchronize()
     out = {}
     for ev in prof.key_averages():
-        t = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0)
+        if cuda:
+            t = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0)
+        else:
+            t = ev.self_cpu_time_total
         if t:
             out[ev.key] = t / reps
     return out
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default=None)
-    ap.add_argument("--best-config-file", default=None)
-    ap.add_argument("--reps", type=int, default=20)
-    args = ap.parse_args()
-    dev = "cuda"
-    B, T, D = 8, 2048, 4096
+def parse_case(spec: str) -> tuple[int, int, int, str]:
+    shape, _, mode = spec.partition(":")
+    B, T, D = (int(v) for v in shape.lower().split("x"))
+    mode = mode or "post"
+    if mode not in MODES:
+        raise SystemExit(f"unknown mode {mode!r} in case {spec!r}; choose from {MODES}")
+    return B, T, D, mode
+
+
+def profile_case(B: int, T: int, D: int, mode: str, reps: int, sweep: bool, dev: str = "cuda") -> dict:
+    """Kernel times of one case (see the module doc); the tensors are freed on return."""
     g = torch.Generator(device=dev).manual_seed(0)
     x = torch.randn(B, T, D, device=dev, dtype=torch.bfloat16, generator=g)
     a = (x.float() + 0.5 * torch.randn(B, T, D, device=dev, generator=g)).to(torch.bfloat16)
     m = torch.ones(B, T, dtype=torch.bool, device=dev)
     acc = torch.zeros(1, NUM_FIELDS, dtype=torch.float64, device=dev)
     rule = SparsityRule()
-    res = {"shape": [B, T, D], "dtype": "bfloat16", "bytes_read_min": 2 * a.numel() * 2, "configs": {}}
+    elem = a.numel() * a.element_size()
+    fns = {
+        "post": (lambda: reduce_activations_ext(a, m, rule, x, True, acc=acc), 2 * elem),
+        "act": (lambda: reduce_activations_ext(a, m, rule, None, True, acc=acc), elem),
+        "delta": (lambda: reduce_activations_ext(a - x, m, rule, None, True, acc=acc), 2 * elem),
+        "bi": (lambda: block_influence_sums(a, x, m), 2 * elem),
+        "bi_eager": (lambda: block_influence_sums(a, x, m, implementation="eager"), 2 * elem),
+    }
+    fn, need = fns[mode]
+    res = {"shape": [B, T, D], "mode": mode, "dtype": "bfloat16", "bytes_read_min": need,
+           "bytes_note": "the tensors the site must read once (delta: out and x, from which out - x is formed)",
+           "configs": {}}
     with torch.inference_mode():
-        res["copy_us"] = sum(kernel_times(lambda: a.clone(), args.reps).values())
-        for cfg in CONFIGS:
+        res["copy_us"] = sum(kernel_times(lambda: a.clone(), reps, dev).values())
+        res["copy_TBps"] = 2 * elem / res["copy_us"] / 1e6  # read + write
+        res["floor_us_at_copy_bandwidth"] = need / (res["copy_TBps"] * 1e6)
+        configs = (CHUNKED_CONFIGS if D > 8192 else CONFIGS) if sweep and mode in ("post", "act") else [""]
+        for cfg in configs:
             if cfg:
                 os.environ["EAVSS_TRITON_CONFIG"] = cfg
             else:
                 os.environ.pop("EAVSS_TRITON_CONFIG", None)
             try:
-                kt = kernel_times(lambda: reduce_activations_ext(a, m, rule, x, True, acc=acc), args.reps)
+                kt = kernel_times(fn, reps, dev)
                 main_us = sum(v for k, v in kt.items() if "token_stats" in k)
                 fin_us = sum(v for k, v in kt.items() if "finish" in k)
-                res["configs"][cfg or "default"] = {"main_us": main_us, "finish_us": fin_us,
-                                                    "total_us": sum(kt.values()), "kernels": kt,
-                                                    "GBps": res["bytes_read_min"] / main_us / 1e3 if main_us else None}
+                total = sum(kt.values())
+                res["configs"][cfg or "default"] = {
+                    "main_us": main_us, "finish_us": fin_us, "total_us": total, "kernels": kt,
+                    "TBps_main": need / main_us / 1e6 if main_us and mode != "delta" else None,
+                    "TBps_total": need / total / 1e6 if total else None}
             except Exception as e:  # noqa: BLE001 - a configuration that fails to compile
                 res["configs"][cfg or "default"] = {"error": repr(e)[:300]}
-            print(f"  {cfg or 'default':10s} {res['configs'][cfg or 'default']}", flush=True)
-        os.environ.pop("EAVSS_TRITON_CONFIG", None)
-        # the no-accumulator path (public reduce_activations): its extra small torch ops
-        kt = kernel_times(lambda: reduce_activations_ext(a, m, rule, x, True), args.reps)
+            finally:
+                os.environ.pop("EAVSS_TRITON_CONFIG", None)
+            c = res["configs"][cfg or "default"]
+            print(f"  {B}x{T}x{D}:{mode} {cfg or 'default':14s} "
+                  + (f"total {c['total_us']:.1f} us, main {c['main_us']:.1f} us" if "total_us" in c else c["error"]),
+                  flush=True)
+    res["default_config"] = None
+    if torch.device(dev).type == "cuda":
+        from eavss.stats._triton import launch_config
+
+        res["default_config"] = launch_config(B, T, D, torch.device(dev))
+    ok = {k: v for k, v in res["configs"].items() if v.get("total_us")}
+    res["best"] = min(ok, key=lambda k: ok[k]["total_us"]) if ok else "default"
+    d = ok.get("default")
+    print(f"{B}x{T}x{D}:{mode}: copy {res['copy_us']:.1f} us ({res['copy_TBps']:.2f} TB/s), floor "
+          f"{res['floor_us_at_copy_bandwidth']:.1f} us; default total {d['total_us'] if d else float('nan'):.1f} us; "
+          f"best {res['best']}", flush=True)
+    return res
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--best-config-file", default=None)
+    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--cases", default=None, help="comma-separated BxTxD:MODE (default: 8x2048x4096:post)")
+    ap.add_argument("--no-sweep", action="store_true", help="the default launch configuration only")
+    ap.add_argument("--device", default="cuda", help="cuda (what it is for); cpu: smoke run of the code path")
+    args = ap.parse_args(argv)
+    if args.cases is None:  # the earlier single-case output, unchanged in form
+        res = profile_case(8, 2048, 4096, "post", args.reps, not args.no_sweep, args.device)
+        with torch.inference_mode():
+            g = torch.Generator(device=args.device).manual_seed(0)
+            x = torch.randn(8, 2048, 4096, device=args.device, dtype=torch.bfloat16, generator=g)
+            m = torch.ones(8, 2048, dtype=torch.bool, device=args.device)
+            # the no-accumulator path (public reduce_activations): its extra small torch ops
+            kt = kernel_times(lambda: reduce_activations_ext(x, m, SparsityRule(), x, True), args.reps, args.device)
         res["public_path_total_us"] = sum(kt.values())
         res["public_path_kernels"] = kt
-    from eavss.stats._triton import launch_config
-
-    res["default_config"] = launch_config(B, T, D, torch.device(dev))
-    ok = {k: v for k, v in res["configs"].items() if v.get("total_us")}
-    best = min(ok, key=lambda k: ok[k]["total_us"]) if ok else "default"
-    res["best"] = best
-    print(f"copy {res['copy_us']:.1f} us; best {best}: {ok.get(best)}; default: {ok.get('default')}", flush=True)
+        first = res
+    else:
+        cases = [parse_case(c.strip()) for c in args.cases.split(",") if c.strip()]
+        res = {"cases": {}}
+        for B, T, D, mode in cases:
+            res["cases"][f"{B}x{T}x{D}:{mode}"] = profile_case(B, T, D, mode, args.reps, not args.no_sweep, args.device)
+            if args.out:  # after every case: a run stopped by a time cap keeps what it measured
+                Path(args.out).write_text(json.dumps(res, indent=1))
+        swept = [v for v in res["cases"].values() if len(v["configs"]) > 1]
+        first = swept[0] if swept else next(iter(res["cases"].values()))
     if args.best_config_file:
-        choose = best != "default" and ok[best]["total_us"] < 0.97 * ok["default"]["total_us"]
+        ok = {k: v for k, v in first["configs"].items() if v.get("total_us")}
+        best = first["best"]
+        choose = best != "default" and "default" in ok and ok[best]["total_us"] < 0.97 * ok["default"]["total_us"]
         Path(args.best_config_file).write_text((best if choose else "") + "\n")
     if args.out:
         Path(args.out).write_text(json.dumps(res, indent=1))

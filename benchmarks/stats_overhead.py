@@ -19,6 +19,13 @@ Examples::
     PYTHONPATH=src python3 benchmarks/stats_overhead.py --model shape:llama3-8b --dtype bfloat16 \\
         --device cuda --batch-size 8 --seq-len 2048 --num-batches 8 --out $OUT/h200.json
 
+    # the capture sites as collect_statistics runs them (pooled variance and block influence on),
+    # Qwen2.5-7B shape, right-padded batches of varied length (benchmarks/device/speed.sh)
+    PYTHONPATH=src python3 benchmarks/stats_overhead.py --model shape:qwen2.5-7b --dtype bfloat16 \
+        --device cuda --batch-size 8 --seq-len 2048 --num-batches 4 --pad right --repeats 3 \
+        --variants plain,eavss,eavss_resid_delta,eavss_resid_delta_nobi,eavss_mlp_act,eavss_mlp_act_nobi \
+        --out $OUT/sites_qwen.json
+
 Model specs: an eavss alias / HF folder / .gguf (``smollm2-135m``), ``shape:NAME`` (random weights
 with the dimensions of a real model, :func:`eavss.testing.tiny.real_model_shape_config`; e.g.
 ``shape:llama3-8b``), or ``tiny:ARCH`` (smoke tests).
@@ -86,9 +93,13 @@ def build_model(spec: str, dtype: str, device: str, seed: int = 0):
 
 
 def make_batches(tok, vocab: int, batch_size: int, seq_len: int, num_batches: int, device: str, seed: int = 0,
-                 data_dir: str | None = None) -> tuple[list[dict], str]:
-    """Full ``(batch_size, seq_len)`` batches: WikiText-2 validation text packed (with a tokenizer),
-    else seeded random ids. All batches have the same shape, so per-batch times are comparable."""
+                 data_dir: str | None = None, pad: str = "none", min_len_frac: float = 0.5) -> tuple[list[dict], str]:
+    """``(batch_size, seq_len)`` batches: WikiText-2 validation text packed (with a tokenizer),
+    else seeded random ids. All batches have the same shape, so per-batch times are comparable.
+
+    ``pad="right"``: each sequence keeps a seeded random length in ``[min_len_frac * seq_len,
+    seq_len]`` and is right-padded (pad id, attention mask 0) to ``seq_len``, as a calibration
+    batch of documents of varied length is; every position is still computed by the forward pass."""
     n = batch_size * seq_len * num_batches
     source = "random ids"
     if tok is not None:
@@ -108,10 +119,21 @@ def make_batches(tok, vocab: int, batch_size: int, seq_len: int, num_batches: in
     if tok is None:
         g = torch.Generator().manual_seed(seed)
         ids = torch.randint(10, vocab, (n,), generator=g).view(batch_size * num_batches, seq_len)
+    am = torch.ones_like(ids)
+    if pad == "right":
+        g = torch.Generator().manual_seed(seed + 1)
+        lo = max(1, int(round(min_len_frac * seq_len)))
+        lens = torch.randint(lo, seq_len + 1, (len(ids),), generator=g)
+        am = (torch.arange(seq_len)[None, :] < lens[:, None]).long()
+        pad_id = getattr(tok, "pad_token_id", None) or 0
+        ids = torch.where(am.bool(), ids, torch.full_like(ids, pad_id))
+        source += f", right-padded to {seq_len} (lengths {lo}-{seq_len}, {int(am.sum())} real tokens)"
+    elif pad != "none":
+        raise ValueError(f"pad must be none or right, got {pad!r}")
     batches = []
     for i in range(num_batches):
-        x = ids[i * batch_size:(i + 1) * batch_size].to(device)
-        batches.append({"input_ids": x, "attention_mask": torch.ones_like(x)})
+        sl = slice(i * batch_size, (i + 1) * batch_size)
+        batches.append({"input_ids": ids[sl].to(device), "attention_mask": am[sl].to(device)})
     return batches, source
 
 
@@ -194,22 +216,23 @@ def time_variants(model, names, batches, device, repeats, warmup, subsets) -> di
     return times, cpu
 
 
-def peak_memory_cuda(model, names, batches, device, subsets) -> dict:
+def peak_memory_cuda(model, names, batches, device, subsets, max_batches: int | None = None) -> dict:
     """Per variant: peak allocated bytes over one pass (and over its first batch alone, to show that
-    the peak does not grow with the number of batches)."""
+    the peak does not grow with the number of batches); ``max_batches`` caps the pass."""
     res = {}
     with torch.inference_mode():
         for n in names:
             v = VARIANTS[n](model)
+            k = subsets[n] if not max_batches else min(subsets[n], max_batches)
             gc.collect()
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
             run_pass(v, batches[:1], device)
             one = torch.cuda.max_memory_allocated()
             torch.cuda.reset_peak_memory_stats()
-            run_pass(v, batches[:subsets[n]], device)
+            run_pass(v, batches[:k], device)
             res[n] = {"peak_bytes": torch.cuda.max_memory_allocated(), "peak_bytes_one_batch": one,
-                      "batches": subsets[n]}
+                      "batches": k}
             del v
     return res
 
@@ -220,7 +243,8 @@ def peak_memory_cpu_subprocess(args, names) -> dict:
     for n in names:
         cmd = [sys.executable, __file__, "--memory-probe", n, "--model", args.model, "--dtype", args.dtype,
                "--device", args.device, "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len),
-               "--num-batches", str(args.num_batches), "--seed", str(args.seed)]
+               "--num-batches", str(args.num_batches), "--seed", str(args.seed), "--pad", args.pad,
+               "--min-len-frac", str(args.min_len_frac)]
         if args.threads:
             cmd += ["--threads", str(args.threads)]
         if args.data_dir:
@@ -239,7 +263,7 @@ def memory_probe(args) -> None:
     """Child process of :func:`peak_memory_cpu_subprocess`."""
     model, tok, _ = build_model(args.model, args.dtype, args.device, args.seed)
     batches, _ = make_batches(tok, model.config.vocab_size, args.batch_size, args.seq_len, args.num_batches,
-                              args.device, args.seed, args.data_dir)
+                              args.device, args.seed, args.data_dir, args.pad, args.min_len_frac)
     v = VARIANTS[args.memory_probe](model)
     gc.collect()
     base = vm_rss_kib()
@@ -256,6 +280,38 @@ def memory_probe(args) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # cross-check: the variants that compute the same statistics agree
+
+
+def cross_check_sites(model, names, batches, device) -> dict:
+    """For each other site among the variants, on one batch: block influence from its second hook
+    vs. the resid_post pass's (the same quantity; relative difference), and on CUDA every field of
+    the fused path vs. the eager one (``EAVSS_REDUCE=eager``)."""
+    from baselines import Eavss
+
+    from eavss.stats.accumulators import FIELDS, F
+
+    out = {}
+    sites = [s for s in ("resid_delta", "mlp_act") if any(n.startswith(f"eavss_{s}") for n in names)]
+    if not sites:
+        return out
+    with torch.inference_mode():
+        ref = Eavss(model)
+        run_pass(ref, batches[:1], device)
+        bi_ref = ref.col.accumulator[:, 0, F["bi_sum"]].double().cpu()
+        for site in sites:
+            e = Eavss(model, site=site)
+            run_pass(e, batches[:1], device)
+            acc = e.col.accumulator[:, 0].double().cpu()
+            row = {"bi_vs_resid_post": float(((acc[:, F["bi_sum"]] - bi_ref).abs() / bi_ref.abs().clamp_min(1e-12)).max())}
+            if torch.device(device).type == "cuda":
+                g = Eavss(model, site=site, implementation="eager")
+                run_pass(g, batches[:1], device)
+                acc_e = g.col.accumulator[:, 0].double().cpu()
+                scale = acc_e.abs().amax(0).clamp_min(1e-12)
+                err = (acc - acc_e).abs().amax(0) / scale
+                row["fused_vs_eager"] = {FIELDS[i]: float(err[i]) for i in range(len(FIELDS))}
+            out[site] = row
+    return out
 
 
 def cross_check(model, batches, device) -> dict:
@@ -338,6 +394,11 @@ def main(argv=None) -> int:
     ap.add_argument("--no-cross-check", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--pad", default="none", choices=["none", "right"],
+                    help="right: sequences of varied length (see --min-len-frac), right-padded to --seq-len")
+    ap.add_argument("--min-len-frac", type=float, default=0.5, help="with --pad right: shortest length / seq-len")
+    ap.add_argument("--memory-batches", type=int, default=None,
+                    help="GPU peak memory: batches per measured pass (default: the variant's batches)")
     ap.add_argument("--out", default=None, help="write the full results as JSON here")
     ap.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -357,7 +418,7 @@ def main(argv=None) -> int:
     info = machine_info(args.device)
     model, tok, mdesc = build_model(args.model, args.dtype, args.device, args.seed)
     batches, source = make_batches(tok, model.config.vocab_size, args.batch_size, args.seq_len, args.num_batches,
-                                   args.device, args.seed, args.data_dir)
+                                   args.device, args.seed, args.data_dir, args.pad, args.min_len_frac)
     slow = args.slow_batches if args.slow_batches is not None else (1 if cuda else args.num_batches)
     subsets = {n: (min(slow, args.num_batches) if n in ("official", "bi_matrix") else args.num_batches) for n in names}
     tokens_per_batch = args.batch_size * args.seq_len
@@ -367,7 +428,8 @@ def main(argv=None) -> int:
     times, cpu_times = time_variants(model, names, batches, args.device, args.repeats, args.warmup, subsets)
     res = {"machine": info, "model": mdesc,
            "workload": {"batch_size": args.batch_size, "seq_len": args.seq_len, "num_batches": args.num_batches,
-                        "tokens": tokens_per_batch * args.num_batches, "token_source": source,
+                        "tokens": tokens_per_batch * args.num_batches, "token_source": source, "pad": args.pad,
+                        "real_tokens": int(sum(int(b["attention_mask"].sum()) for b in batches)),
                         "repeats": args.repeats, "warmup": args.warmup, "batches_per_variant": subsets},
            "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
            "variants": {}}
@@ -394,8 +456,10 @@ def main(argv=None) -> int:
             }
     if not args.no_cross_check and "eavss" in names:
         res["cross_check_max_rel_diff"] = cross_check(model, batches, args.device)
+    if not args.no_cross_check:
+        res["cross_check_sites"] = cross_check_sites(model, names, batches, args.device)
     if cuda:
-        mem = peak_memory_cuda(model, names, batches, args.device, subsets)
+        mem = peak_memory_cuda(model, names, batches, args.device, subsets, args.memory_batches)
         for n in names:
             res["variants"][n]["memory"] = mem[n]
             res["variants"][n]["peak_ratio_to_plain"] = mem[n]["peak_bytes"] / mem["plain"]["peak_bytes"]

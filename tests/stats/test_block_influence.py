@@ -105,3 +105,26 @@ def test_reduce_row_sums_equal_matrix_form_with_nan_padding():
         xb, yb = x[b][mask[b]].numpy(), y[b][mask[b]].numpy()
         cb = (xb * yb).sum(1) / np.sqrt((xb ** 2).sum(1) * (yb ** 2).sum(1))
         assert float(red[b, F["bi_sum"]]) == pytest.approx(np.sum(1 - cb), rel=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_block_influence_sums_equals_the_site_reduction_bi(dtype):
+    """At sites other than resid_post the collector's second hook calls ``block_influence_sums``; on
+    CUDA it takes ``bi_sum`` of the fused site reduction with the layer input (one read of each
+    tensor), on CPU the eager float32 form. Both definitions agree (here: eager reduction vs eager
+    block_influence_sums; on the GPU, benchmarks/check_fused.py compares the fused kernel with both),
+    and padding holding NaN carries no weight in either."""
+    from eavss.stats.reduce import block_influence_sums, reduce_activations_ext
+
+    g = torch.Generator().manual_seed(3)
+    B, T, D = 4, 9, 48
+    x = torch.randn(B, T, D, generator=g) * 3.0
+    y = x + 0.5 * torch.randn(B, T, D, generator=g)
+    mask = torch.rand(B, T, generator=g) > 0.3
+    y[~mask] = float("nan")
+    x, y = x.to(dtype), y.to(dtype)
+    bi = block_influence_sums(y, x, mask, implementation="eager")
+    red, _ = reduce_activations_ext(y, mask, SparsityRule(), layer_input=x, pooled=False, implementation="eager")
+    assert bi.dtype == torch.float64 and bi.shape == (B,)
+    np.testing.assert_allclose(bi.numpy(), red[:, F["bi_sum"]].numpy(), rtol=1e-6, atol=1e-9)
+    assert torch.isfinite(bi).all()

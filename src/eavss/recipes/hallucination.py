@@ -468,6 +468,51 @@ def match_pair_lengths(samples: list[Sample], tok, match: str, max_answer_tokens
     return out
 
 
+def answer_capture(model, num_samples: int, cfg: HallucinationConfig):
+    """The hooks that capture answer tokens in the analysis: the statistics collector (one group
+    per sample; no pooled variance, no block influence, ``stats.site``/``sparsity``/``massive``
+    from ``cfg``) and, with probes on, the pooled probe features.
+
+    Args:
+        model: the causal LM. num_samples: ``N``, samples are groups ``0..N-1``. cfg: the config.
+
+    Returns:
+        :class:`eavss.hallucination.capture.Capture`, detached (switched on per forward pass).
+    """
+    from eavss.hallucination.capture import Capture, PooledFeatures
+    from eavss.stats import ActivationStatsCollector
+
+    collector = ActivationStatsCollector(model, site=cfg.stats.site, rule=cfg.stats.sparsity.rule(),
+                                         group_names=[str(i) for i in range(num_samples)], pooled=False,
+                                         block_influence=False, massive=cfg.stats.massive)
+    features = PooledFeatures(model, num_samples, cfg.stats.site) if cfg.probe.enabled else None
+    return Capture(collector, features)
+
+
+def generate_answers(model, suffixes: list[list[int]], prefix, ids: Tokens, cfg: HallucinationConfig, capture=None,
+                     sample_indices: list[int] | None = None, stats: dict | None = None):
+    """Greedy generation of one prefix group's answers, as the analysis runs it
+    (:func:`eavss.hallucination.capture.greedy_generate` with ``cfg.generation`` and
+    ``stats.first_answer_tokens``).
+
+    Args:
+        suffixes: per prompt, its token ids after the prefix (``ids.suffix``). prefix: the
+            prefix's :class:`~eavss.hallucination.capture.PrefixCache` (None: suffixes are whole
+            prompts). ids: newline/EOS/pad ids. capture: :func:`answer_capture`'s hooks (None: no
+            capture). sample_indices: the sample (group) of each prompt, with ``capture``.
+        stats: receives the pass's counts and seconds (see ``greedy_generate``).
+
+    Returns:
+        One :class:`~eavss.hallucination.capture.Generated` per prompt, in input order.
+    """
+    from eavss.hallucination.capture import greedy_generate
+
+    return greedy_generate(model, suffixes, prefix, max_new_tokens=cfg.generation.max_new_tokens,
+                           newline_ids=ids.newline, eos_ids=ids.eos, pad_id=ids.pad,
+                           batch_size=cfg.generation.batch_size, capture=capture, sample_indices=sample_indices,
+                           progress=cfg.progress, stats=stats, max_counted=cfg.stats.first_answer_tokens)
+
+
 def capture_answers(model, tok, samples: list[Sample], ids: Tokens, cfg: HallucinationConfig,
                     timings: dict) -> tuple[object, object, dict]:
     """Teacher-forced passes, then greedy generation, counting only answer tokens; sets each
@@ -476,17 +521,13 @@ def capture_answers(model, tok, samples: list[Sample], ids: Tokens, cfg: Halluci
     Returns:
         ``(statistics (one group per sample), probe features or None, pass info)``.
     """
-    from eavss.hallucination.capture import Capture, PooledFeatures, PrefixCache, answer_text, greedy_generate, teacher_forced_pass
-    from eavss.stats import ActivationStatsCollector
+    from eavss.hallucination.capture import PrefixCache, answer_text, teacher_forced_pass
 
     N = len(samples)
     used_prefixes = sorted({s.prompt.prefix for s in samples})
     caches = {p: PrefixCache(model, ids.prefix[p]) for p in used_prefixes} if cfg.generation.prefix_cache else {}
-    collector = ActivationStatsCollector(model, site=cfg.stats.site, rule=cfg.stats.sparsity.rule(),
-                                         group_names=[str(i) for i in range(N)], pooled=False, block_influence=False,
-                                         massive=cfg.stats.massive)
-    features = PooledFeatures(model, N, cfg.stats.site) if cfg.probe.enabled else None
-    capture = Capture(collector, features)
+    capture = answer_capture(model, N, cfg)
+    collector, features = capture.collector, capture.features
     passes: dict[str, dict] = {}
     try:
         with timed(timings, "teacher_forced"):
@@ -504,11 +545,8 @@ def capture_answers(model, tok, samples: list[Sample], ids: Tokens, cfg: Halluci
                 if not group:
                     continue
                 info: dict = {}
-                outs = greedy_generate(model, [ids.suffix[s.index] for s in group], caches.get(p),
-                                       max_new_tokens=cfg.generation.max_new_tokens, newline_ids=ids.newline,
-                                       eos_ids=ids.eos, pad_id=ids.pad, batch_size=cfg.generation.batch_size,
-                                       capture=capture, sample_indices=[s.index for s in group], progress=cfg.progress,
-                                       stats=info, max_counted=cfg.stats.first_answer_tokens)
+                outs = generate_answers(model, [ids.suffix[s.index] for s in group], caches.get(p), ids, cfg,
+                                        capture=capture, sample_indices=[s.index for s in group], stats=info)
                 passes[f"generation:{p}"] = info
                 for s, g in zip(group, outs):
                     s.answer_ids = g.answer_tokens
@@ -519,9 +557,12 @@ def capture_answers(model, tok, samples: list[Sample], ids: Tokens, cfg: Halluci
     return collector.result(), features, passes
 
 
-def score_layers(samples: list[Sample], stats, cfg: HallucinationConfig) -> dict:
+def score_layers(samples: list[Sample], stats, cfg: HallucinationConfig, timings: dict | None = None) -> dict:
     """HSAV/HSS/EAVSS, permutation null (p-values and z), the ranking (``scores.rank_by``),
     bootstrap CIs and the variant table.
+
+    ``timings`` (optional) receives the seconds of the parts: ``scores.eavss``,
+    ``scores.permutations``, ``scores.bootstrap``, ``scores.variants``.
 
     Returns:
         ``{"ss": SampleStatistics, "opts": EavssOptions, "result", "perm", "ranked"
@@ -543,13 +584,19 @@ def score_layers(samples: list[Sample], stats, cfg: HallucinationConfig) -> dict
     sc = cfg.scores
     opts = EavssOptions(hsav=sc.hsav, hss=sc.hss, pooling=sc.pooling, normalisation=sc.normalisation, combine=sc.combine,
                         with_avss=sc.with_avss, variance=cfg.stats.variance, min_per_class=sc.min_per_class, top_k=sc.top_k)
+    parts = timings if timings is not None else {}
     with threadpool_limits(1):  # small numpy products: one BLAS thread is fastest (and much faster on a busy CPU)
-        result = compute_eavss(ss, opts)
-        perm = permutation_test(ss, opts, sc.permutations, cfg.seed)
+        with timed(parts, "scores.eavss"):
+            result = compute_eavss(ss, opts)
+        with timed(parts, "scores.permutations"):
+            perm = permutation_test(ss, opts, sc.permutations, cfg.seed)
         ranked = rank_layers(result["eavss"], sc.rank_by, perm.get("z_eavss"), sc.top_k)
         by_z = sc.rank_by == "z"
-        boot = bootstrap_eavss(ss, opts, sc.bootstrap, cfg.seed, calibration=perm.get("calibration") if by_z else None)
-        variants = variant_table(ss, opts, rank_by=sc.rank_by, permutations=sc.permutations, seed=cfg.seed)
+        with timed(parts, "scores.bootstrap"):
+            boot = bootstrap_eavss(ss, opts, sc.bootstrap, cfg.seed,
+                                   calibration=perm.get("calibration") if by_z else None)
+        with timed(parts, "scores.variants"):
+            variants = variant_table(ss, opts, rank_by=sc.rank_by, permutations=sc.permutations, seed=cfg.seed)
     return {"ss": ss, "opts": opts, "result": result, "perm": perm, "ranked": ranked, "boot": boot, "variants": variants}
 
 
@@ -737,8 +784,16 @@ def write_outputs(out: Path, report: dict, splits: dict, samples: list[Sample]) 
     write_text_atomic(out / "report.md", rep.render_markdown(report))
 
 
-def run(cfg: HallucinationConfig) -> dict:
+def run(cfg: HallucinationConfig, loaded=None, timings: dict | None = None) -> dict:
     """``eavss hallucination``: the whole analysis, written to ``cfg.out`` atomically.
+
+    Args:
+        cfg: the configuration.
+        loaded: an already loaded model (:class:`eavss.models.loading.LoadedModel`, e.g. a
+            random-weights model of a real shape for a speed benchmark); None: load ``cfg.model``.
+            When given, the ``load`` phase is its ``info["load_seconds"]``.
+        timings: optional dict that receives the seconds of each phase as it ends (the report's
+            ``timings``; pass a dict subclass to watch the phases go by).
 
     Returns:
         The report dict (also written as ``report.json``).
@@ -750,21 +805,25 @@ def run(cfg: HallucinationConfig) -> dict:
     from eavss.io import atomic_dir
 
     validate(cfg)
-    threads = start(cfg, cfg.model.name)
-    timings: dict[str, float] = {}
+    threads = start(cfg, cfg.model.name if loaded is None else None)
+    timings = {} if timings is None else timings
     t_all = time.perf_counter()
     with timed(timings, "data"):  # before the model: fail fast on missing files
         splits, samples = prepare(cfg)
-    with timed(timings, "load"):
-        loaded = load(cfg.model, cfg.progress)
+    if loaded is None:
+        with timed(timings, "load"):
+            loaded = load(cfg.model, cfg.progress)
+    else:
+        timings["load"] = float(loaded.info.get("load_seconds") or 0.0)
     model, tok = loaded.model, loaded.tokenizer
     with timed(timings, "tokenise"):
         ids = tokenise(samples, model, tok, cfg.generation.prefix_cache, cfg.teacher_forced.max_answer_tokens)
         matching = match_pair_lengths(samples, tok, cfg.teacher_forced.match, cfg.teacher_forced.max_answer_tokens)
     stats, features, passes = capture_answers(model, tok, samples, ids, cfg, timings)
-    judge_samples(samples, cfg)
+    with timed(timings, "judge"):
+        judge_samples(samples, cfg)
     with timed(timings, "scores"):
-        scored = score_layers(samples, stats, cfg)
+        scored = score_layers(samples, stats, cfg, timings)
     with timed(timings, "probe"):
         probe, agree, variant_agreement = probe_check(features, scored, cfg)
     if probe is None:
@@ -779,6 +838,8 @@ def run(cfg: HallucinationConfig) -> dict:
         report["timings"]["write"] = time.perf_counter() - t0
         report["timings"]["total"] = time.perf_counter() - t_all
         write_outputs(tmp, report, splits, samples)
+    timings["write"] = time.perf_counter() - t0  # the caller's copy: the files written (the report's own
+    timings["total"] = time.perf_counter() - t_all  # values are taken before it is written)
     return report
 
 

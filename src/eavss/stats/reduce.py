@@ -373,20 +373,41 @@ def _pooled_var(a: torch.Tensor, ok: torch.Tensor, finite: torch.Tensor, n_tok: 
 
 
 @torch.no_grad()
-def block_influence_sums(out: torch.Tensor, layer_input: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def block_influence_sums(out: torch.Tensor, layer_input: torch.Tensor, mask: torch.Tensor,
+                         implementation: str | None = None) -> torch.Tensor:
     """Per-sequence block influence sums ``sum_t (1 - cos(x_t, a_t))`` over counted tokens.
 
     ShortGPT's block influence (Men et al. 2024, arXiv 2403.03853, Eq. 2), token-weighted: ``x_t``
     is the decoder layer's input hidden state and ``a_t`` its output. Used when the statistics are
     captured at another site than ``resid_post`` (the site reduction computes it otherwise).
 
+    Two implementations, chosen like :func:`reduce_activations`'s (:func:`reduce_backend`):
+
+    * **fused** (CUDA with Triton): the fused kernel with the layer input, which reads ``out`` and
+      ``layer_input`` once each in their own dtype (the same kernel and the same ``bi_sum`` as the
+      ``resid_post`` reduction; its other fields are discarded). A token counts when it is in the
+      mask and its output row is finite (the ``resid_post`` rule).
+    * **eager** (CPU, or ``EAVSS_REDUCE=eager``): float32 copies of both tensors, an elementwise
+      product and three row reductions: ~36 bytes of device traffic per element of a bf16 ``out``
+      (two upcast copies, the product, three reads) against 4 for the fused one; a token counts
+      when it is in the mask and its cosine is finite.
+
+    The two agree on finite inputs (``benchmarks/check_fused.py`` compares the fused ``bi_sum``
+    with the eager reduction's on the GPU).
+
     Args:
         out: ``(B, T, D)`` layer output. layer_input: ``(B, T, D)`` layer input. mask: ``(B, T)``
-            bool, tokens that count; tokens with a non-finite value are left out.
+            bool, tokens that count.
+        implementation: ``auto`` | ``fused`` | ``eager`` (default ``$EAVSS_REDUCE`` or ``auto``).
 
     Returns:
         ``(B,)`` float64 sums (unit: 1).
     """
+    if reduce_backend(out.device, implementation) == "fused":
+        m = mask if (mask.dtype == torch.bool and mask.device == out.device) else mask.to(out.device, torch.bool)
+        red, _ = reduce_activations_ext(out, m, SparsityRule(), layer_input=layer_input, pooled=False,
+                                        implementation="fused")
+        return red[:, F["bi_sum"]]
     a = out.float() if out.dtype not in (torch.float32, torch.float64) else out
     x = layer_input.to(a.dtype)
     if x.device != a.device:
