@@ -6,7 +6,8 @@
 #   bash benchmarks/device/science.sh compare   # every pruning metric side by side, healed (issue 11)
 #   bash benchmarks/device/science.sh mitigate  # EAVSS layers + every control + leave-one-dataset-out (issue 12)
 # MODEL=gemma3 picks the second model (after prepare.sh has assembled it): e.g. MODEL=gemma3 science.sh compare;
-# its mitigation needs its own analysis first: MODEL=gemma3 science.sh hallucination.
+# its mitigation reads the carried CPU analysis (/tmp/kit/h_gemma3, made by `eavss hallucination --model gemma3-270m`),
+# else run MODEL=gemma3 science.sh hallucination first.
 set -uo pipefail
 export PYTHONPATH=/tmp/site:$PWD/src EAVSS_DATA_DIR=/tmp/kit/data EAVSS_CACHE=/tmp/eavsscache PYTHONUNBUFFERED=1
 export TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
@@ -15,7 +16,7 @@ MODEL=${MODEL:-smollm2}
 M=/tmp/models/$MODEL.gguf
 R=/tmp/runs/$MODEL
 mkdir -p $R
-H=/tmp/kit/h; [ "$MODEL" = smollm2 ] || H=$R/h
+H=/tmp/kit/h; [ "$MODEL" = smollm2 ] || H=/tmp/kit/h_$MODEL; [ -d "$H" ] || H=$R/h   # the carried analysis, else this run's
 CAP=${CAP:-540}
 step() { local name=$1 secs=$2; shift 2; local t0=$SECONDS
   timeout --signal=INT --kill-after=30 "$secs" "$@" >> "$R/$name.log" 2>&1; local rc=$?
