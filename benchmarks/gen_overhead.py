@@ -23,8 +23,8 @@ so all variants do the same number of steps whatever the (random) weights produc
 analysis's rule, stop at a newline token or EOS (needs a tokenizer: a real model, or ``--tokenizer``;
 HF ``generate`` gets the same ids as ``eos_token_id``, and keeps finished rows in the batch where
 ``greedy_generate`` drops them). Capture counts the last answer token of a row cut at the length
-cap with one extra forward step (so ``capture`` makes one more model call per batch than
-``plain``); the per-call ratio is reported beside the plain ratio.
+cap with one extra forward step of the decoder stack (no LM head; so ``capture`` makes one more model
+call per batch than ``plain``); the per-call ratio is reported beside the plain ratio.
 
 Timing: all variants run in one process on the same model, one warm-up round (which also counts
 model calls and, on CUDA, measures peak allocated memory per variant), then ``--rounds`` rounds,
@@ -229,11 +229,14 @@ def _hf_batches(model, prompts, order, batch_size, gc, pad, stop_ids, device, re
 
 
 class CallCounter:
-    """Counts the model's top-level forward calls (attached in the untimed warm-up round only)."""
+    """Counts the forward calls of the model's decoder stack (attached in the untimed warm-up round
+    only): calls of the whole LM and the capture's last step, which runs the stack without the LM head."""
 
     def __init__(self, model):
+        from eavss.stats.collector import forward_for_stats
+
         self.n = 0
-        self.h = model.register_forward_pre_hook(self._hook)
+        self.h = forward_for_stats(model).register_forward_pre_hook(self._hook)
 
     def _hook(self, *a):
         self.n += 1

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from eavss.hallucination.capture import (Capture, PooledFeatures, PrefixCache, greedy_generate, newline_token_ids)
+from eavss.hallucination.capture import (Capture, PooledFeatures, PrefixCache, greedy_generate, newline_token_ids,
+                                         teacher_forced_pass)
 from eavss.stats import ActivationStatsCollector, SparsityRule
 from eavss.stats.accumulators import F
 from eavss.testing.tiny import tiny_model, tiny_tokenizer
@@ -104,3 +105,143 @@ def test_batched_generation_is_exact_on_sliding_window_models(arch):
         ref = model.generate(x, attention_mask=torch.ones_like(x), do_sample=False, max_new_tokens=8, pad_token_id=3,
                              eos_token_id=[2])[0, x.shape[1]:].tolist()
         assert b.tokens == ref
+
+
+# ---------------------------------------------------------------------------------------------
+# equal to the implementation before the per-step host syncs were removed; syncs per step
+
+import hallucination_capture_reference as ref  # noqa: E402
+
+
+def _arch_setup(arch, seed=5):
+    """Tiny model of ``arch``, a prefix and prompts of different lengths (left padding), and stop
+    ids that make rows stop at different steps while at least one row runs to the cap."""
+    tok = tiny_tokenizer()
+    model = tiny_model(arch, seed=seed, num_layers=3, initializer_range=0.3)
+    prefix = tok("Question: What is the capital of France? Answer: Paris\n", add_special_tokens=True).input_ids
+    qs = ["Who wrote Hamlet?", "How many legs does a spider have? Answer", "What is two plus three?", "The sun",
+          "Light travels faster than sound, which is why", "Numbers: 0 1 2", "Why?"]
+    suffixes = [tok("Question: " + q + " Answer:", add_special_tokens=False).input_ids for q in qs]
+    probe = greedy_generate(model, suffixes, PrefixCache(model, prefix), max_new_tokens=10, newline_ids=[],
+                            eos_ids=[], pad_id=3, batch_size=8)
+    # stop ids: tokens that some rows generate at steps 2..6 but the first row never does
+    never = set(probe[0].tokens)
+    cand = [g.tokens[k] for k in (2, 4, 6) for g in probe[1:] if g.tokens[k] not in never]
+    return model, prefix, suffixes, sorted(set(cand))[:2]
+
+
+def _new_capture(model, N, features=True, cls=Capture, pf=PooledFeatures):
+    col = ActivationStatsCollector(model, rule=SparsityRule(tau=TAU), group_names=[str(i) for i in range(N)],
+                                   pooled=False, block_influence=False)
+    return cls(col, pf(model, N) if features else None)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
+@pytest.mark.parametrize("max_counted", [None, 3])
+def test_generation_capture_identical_to_pre_sync_removal_implementation(arch, max_counted):
+    model, prefix, suffixes, stops = _arch_setup(arch)
+    N = len(suffixes)
+    kw = dict(max_new_tokens=8, newline_ids=stops[:1], eos_ids=stops[1:], pad_id=3, batch_size=4,
+              sample_indices=list(range(N)), max_counted=max_counted)
+    new_cap = _new_capture(model, N)
+    old_cap = _new_capture(model, N, cls=ref.Capture, pf=ref.PooledFeatures)
+    new = greedy_generate(model, suffixes, PrefixCache(model, prefix), capture=new_cap, **kw)
+    old = ref.greedy_generate(model, suffixes, ref.PrefixCache(model, prefix), capture=old_cap, **kw)
+    stops_seen = [g.stop for g in new]
+    assert "length" in stops_seen and {"newline", "eos"} & set(stops_seen), stops_seen
+    assert len({len(g.tokens) for g in new}) >= 3  # rows stop at different steps
+    assert [(g.tokens, g.answer_tokens, g.stop) for g in new] == [(g.tokens, g.answer_tokens, g.stop) for g in old]
+    s_new, s_old = new_cap.collector.result(), old_cap.collector.result()
+    np.testing.assert_array_equal(s_new.sums, s_old.sums)
+    np.testing.assert_array_equal(s_new.width, s_old.width)
+    f_new, c_new = new_cap.features.result()
+    f_old, c_old = old_cap.features.result()
+    torch.testing.assert_close(c_new, c_old, rtol=0, atol=0)
+    torch.testing.assert_close(f_new, f_old, rtol=0, atol=0, equal_nan=True)
+    # statistics only (probe off) and no capture: the same tokens
+    stats_only = _new_capture(model, N, features=False)
+    g2 = greedy_generate(model, suffixes, PrefixCache(model, prefix), capture=stats_only, **kw)
+    kw.pop("sample_indices")
+    g3 = greedy_generate(model, suffixes, PrefixCache(model, prefix), **kw)
+    assert [g.tokens for g in g2] == [g.tokens for g in g3] == [g.tokens for g in new]
+    np.testing.assert_array_equal(stats_only.collector.result().sums, s_new.sums)
+
+
+def test_teacher_forced_capture_identical_to_pre_sync_removal_implementation():
+    model, prefix, suffixes, _ = _arch_setup("llama")
+    rows = [(s, [7 + i, 40 + 3 * i, 9][: 1 + i % 3], i) for i, s in enumerate(suffixes)]
+    caps = [_new_capture(model, len(rows)), _new_capture(model, len(rows), cls=ref.Capture, pf=ref.PooledFeatures)]
+    teacher_forced_pass(model, rows, PrefixCache(model, prefix), 3, caps[0], pad_id=3, max_counted=2)
+    ref.teacher_forced_pass(model, rows, ref.PrefixCache(model, prefix), 3, caps[1], pad_id=3, max_counted=2)
+    np.testing.assert_array_equal(caps[0].collector.result().sums, caps[1].collector.result().sums)
+    for a, b in zip(caps[0].features.result(), caps[1].features.result()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+
+
+SYNC_METHODS = ("item", "tolist", "__bool__", "__int__", "__float__", "cpu", "numpy", "nonzero")
+"""Tensor methods that read a device tensor back to the host (each a sync on an accelerator)."""
+
+ALLOWED_SYNCS_PER_STEP = 1
+"""eavss's own host syncs per decoding step of ``greedy_generate``: the stopping rule's one read of
+the new tokens (with or without capture). The model's forward has its own (transformers' SDPA mask
+check reads the padding mask), the same with and without capture."""
+
+
+class _SyncCounter:
+    """Counts calls of :data:`SYNC_METHODS` (and ``torch.nonzero``), split into those made by eavss
+    code and the others (the model's own)."""
+
+    def __init__(self, monkeypatch):
+        import traceback
+
+        self.eavss = self.other = 0
+
+        def wrap(f):
+            def counted(*a, **k):
+                frame = traceback.extract_stack(limit=2)[0]  # the caller of the tensor method
+                if "/eavss/" in frame.filename.replace("\\", "/"):
+                    self.eavss += 1
+                else:
+                    self.other += 1
+                return f(*a, **k)
+            return counted
+
+        for name in SYNC_METHODS:
+            monkeypatch.setattr(torch.Tensor, name, wrap(getattr(torch.Tensor, name)))
+        monkeypatch.setattr(torch, "nonzero", wrap(torch.nonzero))
+
+    def reset(self):
+        self.eavss = self.other = 0
+
+    @property
+    def total(self):
+        return self.eavss + self.other
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_capture_adds_no_host_sync_per_decoding_step(arch, monkeypatch):
+    model, prefix, suffixes, _ = _arch_setup(arch)
+    N = len(suffixes)
+    cache = PrefixCache(model, prefix)
+    counter = _SyncCounter(monkeypatch)
+
+    def count(steps, capture, gen=greedy_generate):
+        counter.reset()
+        # no stop ids: every row runs to the cap, so the number of steps is `steps`
+        gen(model, suffixes, cache, max_new_tokens=steps, newline_ids=[], eos_ids=[], pad_id=3, batch_size=N,
+            capture=capture, sample_indices=list(range(N)) if capture is not None else None)
+        return counter.eavss, counter.total
+
+    plain8, plain16 = count(8, None), count(16, None)
+    cap8, cap16 = count(8, _new_capture(model, N)), count(16, _new_capture(model, N))
+    stats8, stats16 = count(8, _new_capture(model, N, False)), count(16, _new_capture(model, N, False))
+    d_plain = [b - a for a, b in zip(plain8, plain16)]
+    # eavss: exactly the stopping rule's read per step, with or without capture
+    assert d_plain[0] == 8 * ALLOWED_SYNCS_PER_STEP
+    for lo, hi in ((cap8, cap16), (stats8, stats16)):
+        assert hi[0] - lo[0] <= 8 * ALLOWED_SYNCS_PER_STEP
+        assert hi[1] - lo[1] == d_plain[1]  # capture adds 0 syncs per step, the model's own included
+    # the implementation before: the probe counts (2), the NaN check (1) and more, every step
+    old8 = count(8, _new_capture(model, N, cls=ref.Capture, pf=ref.PooledFeatures), ref.greedy_generate)
+    old16 = count(16, _new_capture(model, N, cls=ref.Capture, pf=ref.PooledFeatures), ref.greedy_generate)
+    assert old16[1] - old8[1] >= d_plain[1] + 8 * 3

@@ -16,7 +16,11 @@ alone; a row's output equals one-at-a-time greedy decoding up to float round-off
 statistics of a generated answer are taken *while it is generated*: when the answer token ``g_k``
 is fed back to produce ``g_{k+1}``, its activations are those of a teacher-forced pass over the
 generated tokens. The stop token is never counted; an answer cut by ``max_new_tokens`` gets one
-extra forward step so that its last token is counted too.
+extra forward step (decoder stack only, no LM head) so that its last token is counted too.
+
+Host syncs: a decoding step reads the new tokens back once (the stopping rule, which also drops
+finished rows from the batch); the capture adds none per step -- token counts stay on the device
+and the NaN/Inf check reads one flag per batch without waiting, plus one complete check per call.
 """
 
 from __future__ import annotations
@@ -105,6 +109,10 @@ class PooledFeatures:
     Usage: ``feats = PooledFeatures(model, N, site)``; ``feats.attach()``; per forward:
     ``feats.set_batch(mask (B, T), rows (B,))``; after all passes ``feats.result()``.
 
+    Nothing here reads a device tensor back to the host before :meth:`result`: the token counts
+    are accumulated on the device (float64, exact), and each layer's hook launches two kernels
+    (the masked float32 product, which also upcasts bfloat16/float16, and one ``index_add_``).
+
     Args:
         model: transformers causal LM; hooks go on the site of every decoder layer
             (:class:`eavss.stats.sites.SiteHooks`, shared with the statistics collector).
@@ -122,21 +130,33 @@ class PooledFeatures:
         self.num_layers = len(self._hooks.modules)
         self.num_samples = int(num_samples)
         self._sums: torch.Tensor | None = None
-        self.counts = torch.zeros(self.num_samples, dtype=torch.float64)
-        self._mask: torch.Tensor | None = None
+        self._counts: torch.Tensor | None = None  # (N,) float64 on the device of the first batch
+        self._mask: torch.Tensor | None = None  # (B, T, 1) float32
         self._rows: torch.Tensor | None = None
+
+    @property
+    def counts(self) -> torch.Tensor:
+        """``(N,)`` float64 counted tokens per sample, on the host (reads the device counts back)."""
+        if self._counts is None:
+            return torch.zeros(self.num_samples, dtype=torch.float64)
+        return self._counts.to("cpu")
 
     def _on_activation(self, index: int, act: torch.Tensor, args: tuple, kwargs: dict) -> None:
         if self._mask is None:
             return
-        mask = self._mask.to(act.device)
-        if act.shape[:2] != mask.shape:
-            raise EavssError(f"layer {index}: activation shape {tuple(act.shape)} does not match mask {tuple(mask.shape)}")
+        mask = self._mask if self._mask.device == act.device else self._mask.to(act.device, non_blocking=True)
+        if act.shape[:2] != mask.shape[:2]:
+            raise EavssError(f"layer {index}: activation shape {tuple(act.shape)} does not match mask "
+                             f"{tuple(mask.shape[:2])}")
         if self._sums is None:
             self._sums = torch.zeros(self.num_layers, self.num_samples, act.shape[-1], dtype=torch.float32,
                                      device=act.device)
-        pooled = (act.float() * mask.unsqueeze(-1)).sum(1)  # (B, D)
-        self._sums[index].index_add_(0, self._rows.to(self._sums.device), pooled.to(self._sums.device))
+        # half/bfloat16 * float32 promotes to float32 inside the one kernel: the same values as act.float() * mask
+        a = act if act.dtype in (torch.float32, torch.bfloat16, torch.float16) else act.float()
+        prod = a * mask  # (B, T, D) float32
+        pooled = prod[:, 0] if prod.shape[1] == 1 else prod.sum(1)  # (B, D); one token: no reduction kernel
+        rows = self._rows if self._rows.device == self._sums.device else self._rows.to(self._sums.device)
+        self._sums[index].index_add_(0, rows, pooled.to(self._sums.device))
 
     def attach(self) -> None:
         """Register the hooks (idempotent)."""
@@ -147,18 +167,23 @@ class PooledFeatures:
         self._hooks.detach()
 
     def set_batch(self, mask: torch.Tensor, rows: torch.Tensor) -> None:
-        """Counted tokens ``mask`` ``(B, T)`` and sample index ``rows`` ``(B,)`` of the next forward."""
-        self._mask = mask.float()
+        """Counted tokens ``mask`` ``(B, T)`` and sample index ``rows`` ``(B,)`` of the next forward
+        (no host sync: the counts are added on the device)."""
+        self._mask = mask.to(torch.float32).unsqueeze(-1)
         self._rows = rows.long()
-        self.counts.index_add_(0, rows.long().cpu(), mask.sum(1).double().cpu())
+        if self._counts is None:
+            self._counts = torch.zeros(self.num_samples, dtype=torch.float64, device=mask.device)
+        rows_c = self._rows if self._rows.device == self._counts.device else self._rows.to(self._counts.device)
+        self._counts.index_add_(0, rows_c, mask.sum(1, dtype=torch.float64).to(self._counts.device))
 
     def result(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(features (N, L, D) float32, counts (N,))``; rows with no counted token are NaN."""
         if self._sums is None:
             raise EavssError("no answer tokens were captured; every answer was empty")
-        feats = self._sums.transpose(0, 1).cpu() / self.counts.clamp_min(1).float()[:, None, None]
-        feats[self.counts == 0] = float("nan")
-        return feats, self.counts.clone()
+        counts = self.counts
+        feats = self._sums.transpose(0, 1).cpu() / counts.clamp_min(1).float()[:, None, None]
+        feats[counts == 0] = float("nan")
+        return feats, counts.clone()
 
 
 @dataclass
@@ -173,14 +198,19 @@ class Capture:
     features: PooledFeatures | None = None
     _on: bool = field(default=False, init=False)
 
-    def on(self, mask: torch.Tensor, rows: torch.Tensor) -> None:
-        """Count ``mask`` ``(B, T)`` tokens of samples ``rows`` ``(B,)`` in the next forward."""
+    def on(self, mask: torch.Tensor, rows: torch.Tensor, check: bool = True) -> None:
+        """Count ``mask`` ``(B, T)`` tokens of samples ``rows`` ``(B,)`` in the next forward.
+
+        ``check=False`` skips the collector's range check of host ``rows`` (the caller checked them
+        once; see :meth:`eavss.stats.ActivationStatsCollector.check_groups`). Nothing here syncs
+        with an accelerator.
+        """
         if not self._on:
             self.collector.attach()
             if self.features is not None:
                 self.features.attach()
             self._on = True
-        self.collector.set_batch(mask, rows)
+        self.collector.set_batch(mask, rows, check=check)
         if self.features is not None:
             self.features.set_batch(mask, rows)
 
@@ -251,10 +281,11 @@ def teacher_forced_pass(model: torch.nn.Module, rows: Sequence[tuple[list[int], 
         cache = prefix.expand(B) if prefix is not None else None
         capture.on(sm.to(device), torch.tensor([rows[i][2] for i in idx], device=device))
         _call(runner, ids.to(device), full_am, pos, cache)
-        capture.collector.check_finite()
+        capture.collector.check_finite(block=False)  # no wait on an accelerator (the previous batch's flag)
         n_fwd += int(am.sum())
         n_ans += int(sm.sum())
     capture.off()
+    capture.collector.check_finite()  # complete
     return {"sequences": len(rows), "forward_tokens": n_fwd, "answer_tokens": n_ans,
             "seconds": time.perf_counter() - t0}
 
@@ -346,9 +377,11 @@ def greedy_generate(model: torch.nn.Module, suffixes: Sequence[list[int]], prefi
         suffixes = [list(prefix.ids) + list(s) for s in suffixes]
         prefix = None
         cache_note = f"off: sliding window of {window} tokens shorter than prefix + prompt + answer"
+    from eavss.stats.collector import _to_device, forward_for_stats
+
     device = input_device(model)
-    stop_nl = torch.tensor(sorted(set(newline_ids)), dtype=torch.long, device=device)
-    stop_eos = torch.tensor(sorted(set(eos_ids)) or [-1], dtype=torch.long, device=device)
+    runner = forward_for_stats(model)  # the decoder stack: the capture-only last step needs no logits
+    nl_set, eos_set = set(newline_ids), set(eos_ids)
     P = prefix.length if prefix is not None else 0
     results: list[Generated | None] = [None] * len(suffixes)
     order = sorted(range(len(suffixes)), key=lambda i: -len(suffixes[i]))
@@ -363,57 +396,73 @@ def greedy_generate(model: torch.nn.Module, suffixes: Sequence[list[int]], prefi
             s = suffixes[i]
             ids[b, T - len(s):] = torch.tensor(s)
             am[b, T - len(s):] = 1
-        full_am = torch.cat([torch.ones(B, P, dtype=torch.long), am], 1).to(device)
-        pos = (P + (am.cumsum(1) - 1).clamp_min(0)).to(device)
+        full_am = _to_device(torch.cat([torch.ones(B, P, dtype=torch.long), am], 1), device)
+        pos = _to_device(P + (am.cumsum(1) - 1).clamp_min(0), device)
         cache = prefix.expand(B) if prefix is not None else None
         if capture is not None:
             capture.off()
-        out, cache = _call(model, ids.to(device), full_am, pos, cache, last_logits_only=True)
+        out, cache = _call(model, _to_device(ids, device), full_am, pos, cache, last_logits_only=True)
         n_fwd += int(am.sum())
         next_tok = out.logits[:, -1].argmax(-1)
         last_pos = pos[:, -1]
-        rows_t = torch.tensor([sample_indices[i] for i in idx], device=device) if capture is not None else None
+        rows_act = ones = None
+        if capture is not None:
+            rows_host = torch.tensor([sample_indices[i] for i in idx], dtype=torch.long)
+            capture.collector.check_groups(rows_host)  # once per batch, on the host
+            rows_act = _to_device(rows_host, device)  # sample of each row still decoding
+            ones = torch.ones(B, 1, dtype=torch.bool, device=device)
         gen: list[list[int]] = [[] for _ in range(B)]
         reason = ["length"] * B
-        act = torch.arange(B, device=device)  # batch rows still decoding, aligned with the cache's batch axis
+        act = list(range(B))  # batch rows still decoding, aligned with the cache's batch axis
         for step in range(max_new_tokens):
-            tok = next_tok
-            is_nl = torch.isin(tok, stop_nl)
-            is_eos = torch.isin(tok, stop_eos)
-            for b, t, nl_hit, eos_hit in zip(act.tolist(), tok.tolist(), is_nl.tolist(), is_eos.tolist()):
+            # The one host sync of a step: the stopping rule needs the new tokens on the host to end
+            # the batch and to drop finished rows from the cache (capture adds none).
+            toks = next_tok.tolist()
+            keep = []  # positions (in `act`) of rows whose newest token is an answer token
+            for j, (b, t) in enumerate(zip(act, toks)):
                 gen[b].append(t)
-                if nl_hit:
+                if t in nl_set:
                     reason[b] = "newline"
-                elif eos_hit:
+                elif t in eos_set:
                     reason[b] = "eos"
-            keep = ~(is_nl | is_eos)  # rows whose newest token is an answer token
+                else:
+                    keep.append(j)
             last_step = step == max_new_tokens - 1
             counted = max_counted is None or step < max_counted  # the token fed now is answer token number `step`
-            if not bool(keep.any()) or (last_step and (capture is None or not counted)):
+            if not keep or (last_step and (capture is None or not counted)):
                 break
-            if not bool(keep.all()):  # drop finished rows: less compute per step
-                ki = torch.nonzero(keep).squeeze(1)
+            tok = next_tok
+            if len(keep) < len(act):  # drop finished rows: less compute per step
+                ki = _to_device(torch.tensor(keep, dtype=torch.long), device)
                 cache.batch_select_indices(ki)
-                full_am, last_pos, act, tok = full_am[ki], last_pos[ki], act[ki], tok[ki]
+                full_am, last_pos, tok = full_am[ki], last_pos[ki], tok[ki]
+                if rows_act is not None:
+                    rows_act = rows_act[ki]
+                act = [act[j] for j in keep]
             n = len(act)
             full_am = torch.cat([full_am, torch.ones(n, 1, dtype=full_am.dtype, device=device)], 1)
             last_pos = last_pos + 1
             if capture is not None:
-                capture.on(torch.full((n, 1), counted, dtype=torch.bool, device=device), rows_t[act])
-            out, cache = _call(model, tok[:, None], full_am, last_pos[:, None], cache, last_logits_only=True)
-            if capture is not None:
-                capture.collector.check_finite()
+                if counted:
+                    capture.on(ones[:n], rows_act, check=False)
+                else:  # past max_counted: nothing to count (an all-False mask would add zeros)
+                    capture.off()
             n_fwd += n
-            next_tok = out.logits[:, -1].argmax(-1)
-            if last_step:
+            if last_step:  # a row cut at the cap: this forward only counts its last token
+                _call(runner, tok[:, None], full_am, last_pos[:, None], cache)
                 break
+            out, cache = _call(model, tok[:, None], full_am, last_pos[:, None], cache, last_logits_only=True)
+            next_tok = out.logits[:, -1].argmax(-1)
         for b, i in enumerate(idx):
             toks = gen[b]
             ans = toks[:-1] if reason[b] in ("newline", "eos") else toks
             results[i] = Generated(tokens=toks, answer_tokens=ans, stop=reason[b])
             n_gen += len(toks)
+        if capture is not None:  # NaN/Inf: no wait here on an accelerator (reads the previous batch's flag)
+            capture.collector.check_finite(block=False)
     if capture is not None:
         capture.off()
+        capture.collector.check_finite()  # complete: one sync per call
     if stats is not None:
         stats.update(forward_tokens=n_fwd, generated_tokens=n_gen, seconds=time.perf_counter() - t0,
                      prefix_cache=cache_note)

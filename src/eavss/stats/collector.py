@@ -164,13 +164,27 @@ class ActivationStatsCollector:
         self._mask_on = {}
 
     # -- batches ---------------------------------------------------------------------------
-    def set_batch(self, mask: torch.Tensor, groups: torch.Tensor | Sequence[int] | None = None) -> None:
+    def check_groups(self, groups: torch.Tensor | Sequence[int]) -> None:
+        """Raise unless every id of host ``groups`` is in ``[0, G)`` (no-op for a device tensor,
+        where the check would cost a sync).
+
+        Raises:
+            EavssError: a group id out of range.
+        """
+        g = torch.as_tensor(groups, dtype=torch.long)
+        if g.device.type == "cpu" and len(g) and (int(g.min()) < 0 or int(g.max()) >= len(self.group_names)):
+            raise EavssError(f"group ids must be in [0, {len(self.group_names)}), got {g.tolist()}")
+
+    def set_batch(self, mask: torch.Tensor, groups: torch.Tensor | Sequence[int] | None = None,
+                  check: bool = True) -> None:
         """Set the token mask (and group of each sequence) for the next forward pass.
 
         Args:
             mask: ``(B, T)`` bool/int; 1 for tokens that count. Usually the attention mask, or the
                 attention mask restricted to answer tokens.
             groups: ``(B,)`` ints in ``[0, G)``; None means group 0 for every sequence.
+            check: range-check host ``groups`` (:meth:`check_groups`); False when the caller did
+                it once for many batches (per-step generation).
 
         Raises:
             EavssError: wrong shapes or group ids out of range.
@@ -184,8 +198,8 @@ class ActivationStatsCollector:
             g = torch.as_tensor(groups, dtype=torch.long)
             if g.shape != (mask.shape[0],):
                 raise EavssError(f"groups must have one id per sequence ({mask.shape[0]}), got shape {tuple(g.shape)}")
-            if g.device.type == "cpu" and len(g) and (int(g.min()) < 0 or int(g.max()) >= len(self.group_names)):
-                raise EavssError(f"group ids must be in [0, {len(self.group_names)}), got {g.tolist()}")
+            if check:
+                self.check_groups(g)
             self._groups = _to_device(g, mask.device)
         else:
             self._groups = None
