@@ -23,14 +23,31 @@ from pathlib import Path
 _TASK_METRIC = {"ppl": "ppl", "ptb": "ptb", "squad": "F1", "sciq": "acc", "sst2": "acc", "wikitext2": "word ppl"}
 
 
+class NothingYet(Exception):
+    """A work folder of `eavss compare` in which no step has finished."""
+
+
+def _fail(msg: str):
+    print(f"error: {msg}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def _load(work: Path) -> dict:
     index_file = work / "steps.json"
     if not index_file.is_file():
-        sys.exit(f"error: {work} has no steps.json; pass the work folder of an `eavss compare` run (OUT.work)")
-    index = json.loads(index_file.read_text(encoding="utf-8"))
-    steps = {k: json.loads((work / "steps" / f).read_text(encoding="utf-8")) for k, f in index.items()}
+        if (work / "fingerprint.json").is_file():
+            raise NothingYet(f"{work}: no step of the run has finished yet (the original model's evaluation comes first)")
+        _fail(f"{work} is not the work folder of an `eavss compare` run (no steps.json); pass OUT.work")
+    try:
+        index = json.loads(index_file.read_text(encoding="utf-8"))
+        steps = {}
+        for k, f in index.items():
+            if (work / "steps" / f).is_file():  # a step file lost: that step is simply not shown (the run redoes it)
+                steps[k] = json.loads((work / "steps" / f).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        _fail(f"{work} holds a damaged file ({e}); `eavss compare ... --restart` starts the run over")
     if "original" not in steps:
-        sys.exit(f"error: {work}: the original model's evaluation has not finished yet; nothing to show")
+        raise NothingYet(f"{work}: the original model's evaluation has not finished yet; nothing to show")
     return steps
 
 
@@ -103,7 +120,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("work", type=Path, help="the work folder of an `eavss compare` run (OUT.work)")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
     a = ap.parse_args(argv)
-    t = rows_of(_load(a.work))
+    try:
+        t = rows_of(_load(a.work))
+    except NothingYet as e:
+        print(e)
+        return 0
     print(markdown(t))
     if a.json:
         a.json.write_text(json.dumps(t, indent=1), encoding="utf-8")

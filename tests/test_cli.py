@@ -34,6 +34,12 @@ def test_config_file_and_overrides(tmp_path, capsys):
     assert main(["config", "--config", str(f), "calibration.num_samples=9"]) == 0
     out = capsys.readouterr().out
     assert "fraction: 0.4" in out and "num_samples: 9" in out
+    # the README's order: COMMAND, then --config FILE, then overrides (flags and overrides intermixed)
+    g = tmp_path / "h.yaml"
+    g.write_text("heal:\n  steps: 5\n")
+    assert main(["config", "compare", "--config", str(g), "heal.lr=0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "steps: 5" in out and "lr: 0.5" in out
 
 
 @pytest.mark.parametrize("argv, needle", [
@@ -320,7 +326,8 @@ INTERRUPTED = "eavss: interrupted; nothing was written\n"
 
 @pytest.mark.parametrize("where, argv", [
     ("_run_command", ["score", "--out", "OUT"]),  # a command: torch is imported lazily in there
-    ("build_parser", ["config"]),
+    ("build_parser", []),
+    ("_config_parser", ["config"]),
     ("_command_parser", ["score", "--out", "OUT"]),
 ])
 def test_ctrl_c_while_dispatching_is_one_line(tmp_path, capsys, monkeypatch, where, argv):

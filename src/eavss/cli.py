@@ -139,13 +139,25 @@ def build_parser() -> argparse.ArgumentParser:
     for r in RECIPES.entries():
         _command_parser(r.obj, sub.add_parser(r.name, help=r.obj.help, description=r.obj.description,
                                               epilog=r.obj.epilog or None))
-    p = sub.add_parser("config", help="print a command's resolved configuration (every key, its default and help)",
-                       description="Print the resolved configuration of COMMAND (default: run) as YAML that --config "
-                                   "loads: defaults < --config FILE < key=value overrides.")
+    _config_parser(sub.add_parser("config", help="print a command's resolved configuration (every key, its default "
+                                                 "and help)", description=_CONFIG_DESCRIPTION))
+    return ap
+
+
+_CONFIG_DESCRIPTION = ("Print the resolved configuration of COMMAND (default: run) as YAML that --config loads: "
+                       "defaults < --config FILE < key=value overrides.")
+
+
+def _config_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    """The parser of ``eavss config`` (a new top-level one when ``p`` is None)."""
+    from eavss.recipes import RECIPES
+
+    if p is None:
+        p = _Parser(prog="eavss config", description=_CONFIG_DESCRIPTION, allow_abbrev=False)
     p.add_argument("--config", metavar="FILE", help="YAML config file to resolve")
     p.add_argument("rest", nargs="*", metavar="[COMMAND] key=value",
                    help=f"the command ({', '.join(RECIPES.names())}; default run), then overrides")
-    return ap
+    return p
 
 
 def _command_parser(recipe, p: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -235,6 +247,10 @@ def main(argv: list[str] | None = None) -> int:
         if argv and argv[0] in RECIPES:  # flags and key=value overrides may come in any order
             args = _command_parser(RECIPES[argv[0]]).parse_intermixed_args(argv[1:])
             return _run_command(argv[0], args)
+        if argv and argv[0] == "config" and not {"-h", "--help"} & set(argv[1:]):  # --config FILE and overrides in any order
+            args = _config_parser().parse_intermixed_args(argv[1:])
+            args.command = "config"
+            return _config_command(args)
         parser = build_parser()
         args = parser.parse_args(argv)
         if not args.command:

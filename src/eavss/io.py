@@ -172,12 +172,14 @@ def check_replaceable(out: str | os.PathLike) -> None:
 
 
 def check_not_inside(out: str | os.PathLike, *inputs: str | os.PathLike | None,
-                     may_hold_out: tuple[str | os.PathLike | None, ...] = ()) -> None:
+                     may_hold_out: tuple[str | os.PathLike | None, ...] = (), what: str = "--out") -> None:
     """The one input/output rule of every command: an output folder may not be, contain, or lie
     inside an input (a model folder or file, the data folder, the model cache, a ``--from``
     folder). Replacing such an output with ``--overwrite`` would delete the input, and writing
     inside it would change it. The exception is a results folder named in ``may_hold_out``
     (``eavss prune --from runs/x --out runs/x/pruned``): its report is read, not changed.
+
+    ``what`` names the output in the message (``--out``, ``work_dir``).
 
     Raises:
         EavssError: ``out`` overlaps an existing input.
@@ -192,10 +194,10 @@ def check_not_inside(out: str | os.PathLike, *inputs: str | os.PathLike | None,
             continue
         i = i.resolve()
         if o == i or o in i.parents:
-            raise EavssError(f"--out {o} is or contains the input {i}; --overwrite would delete it; "
+            raise EavssError(f"{what} {o} is or contains the input {i}; --overwrite would delete it; "
                              "choose another output folder")
         if i in o.parents and i not in holders:
-            raise EavssError(f"--out {o} lies inside the input {i}; writing there would change it; "
+            raise EavssError(f"{what} {o} lies inside the input {i}; writing there would change it; "
                              "choose an output folder outside it")
 
 

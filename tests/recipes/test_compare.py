@@ -260,3 +260,44 @@ def test_compare_progress_script_reads_the_work_folder(tiny_folder, tmp_path, ca
     assert mod.main([str(tmp_path / "r.work")]) == 0
     md = capsys.readouterr().out
     assert "| block_influence |" in md and "| random(seed=1) |" in md
+
+
+def test_bad_work_dir_is_one_line_before_any_work(tiny_folder, tmp_path, capsys):
+    """work_dir: a file, --out itself or inside it, inside the model folder: refused at the start."""
+    model, cal = tiny_folder
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    cases = [(f"work_dir={afile}", "is a file"), (f"work_dir={tmp_path / 'r'}", "overlaps --out"),
+             (f"work_dir={tmp_path / 'r' / 'inner'}", "overlaps --out"), (f"work_dir={model}", "work_dir")]
+    for extra, needle in cases:
+        assert main(_argv(model, cal, tmp_path / "r", "--metrics", "last", extra)) == 2
+        err = capsys.readouterr().err.strip()
+        assert needle in err and "\n" not in err, err
+        assert not (tmp_path / "r").exists()
+
+
+def test_damaged_work_folder_is_one_line(tiny_folder, tmp_path, capsys):
+    model, cal = tiny_folder
+    work = tmp_path / "r.work"
+    work.mkdir()
+    (work / "fingerprint.json").write_text("{not json")
+    assert main(_argv(model, cal, tmp_path / "r", "--metrics", "last")) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is damaged" in err and "--restart" in err and "\n" not in err
+
+
+def test_compare_progress_on_folders_with_nothing_to_show(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "scripts" / "compare_progress.py"
+    spec = importlib.util.spec_from_file_location("compare_progress", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    started = tmp_path / "started.work"
+    started.mkdir()
+    (started / "fingerprint.json").write_text("{}")
+    assert mod.main([str(started)]) == 0 and "no step of the run has finished yet" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        mod.main([str(tmp_path)])
+    assert e.value.code == 2 and "is not the work folder" in capsys.readouterr().err

@@ -182,6 +182,35 @@ def work_folder(out: str, work_dir: str | None) -> Path:
     return o.with_name(o.name + ".work")
 
 
+def check_work_dir(work: Path, out: str, *inputs, may_hold_out: tuple = (), data_dir: str | None = None,
+                   cache_dir: str | None = None) -> None:
+    """Before any slow work: the work folder of a resumable command must be a folder (or not exist
+    yet), apart from ``--out`` (the finished output replaces ``--out``; the work folder is removed
+    after it), and outside every input, the data folder and the model cache (the rule of
+    :func:`eavss.io.check_not_inside`).
+
+    Raises:
+        EavssError: one line naming the problem and the fix.
+    """
+    from eavss.data.paths import resolve_data_dir
+    from eavss.errors import EavssError
+    from eavss.io import check_not_inside
+    from eavss.models.loading import cache_root
+
+    w = Path(work).expanduser().resolve()
+    o = Path(out).expanduser().resolve()
+    if w.exists() and not w.is_dir():
+        raise EavssError(f"work_dir {w} is a file; pass a folder for the run's resumable state (default: OUT.work)")
+    if w == o or o in w.parents or w in o.parents:
+        raise EavssError(f"work_dir {w} overlaps --out {o}; the finished output replaces --out, so keep the work folder "
+                         "beside it (default: OUT.work)")
+    try:
+        data = resolve_data_dir(data_dir)
+    except EavssError:
+        data = None
+    check_not_inside(w, *inputs, data, cache_root(cache_dir), may_hold_out=may_hold_out, what="work_dir")
+
+
 def config_fingerprint(config: dict, **extra) -> str:
     """sha256 of ``config`` (a :func:`eavss.config.to_dict` dict, less what a resumed run may change)
     and ``extra`` (e.g. the model file's digest): what a resumed run must share with the interrupted one."""
@@ -199,7 +228,6 @@ def open_work(folder: Path, fingerprint: str, resume: bool, command: str, out: s
         EavssError: the folder holds another run's state (and ``resume`` is on), or is not a work
         folder of ``eavss COMMAND``.
     """
-    import json
     import shutil
 
     from eavss.errors import EavssError
@@ -209,7 +237,7 @@ def open_work(folder: Path, fingerprint: str, resume: bool, command: str, out: s
         shutil.rmtree(folder)
     marker = folder / "fingerprint.json"
     if folder.exists() and marker.is_file():
-        old = json.loads(marker.read_text(encoding="utf-8")).get("fingerprint")
+        old = (cached_json(marker) or {}).get("fingerprint")
         if old != fingerprint:
             raise EavssError(f"the work folder {folder} holds the state of a run with other settings; run with those, "
                              "or pass --restart to start over")
@@ -225,4 +253,12 @@ def cached_json(path: Path):
     """The JSON in ``path``, or None when it is not there (a step not yet finished)."""
     import json
 
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    from eavss.errors import EavssError
+
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise EavssError(f"{path} is damaged (not JSON; a run killed while writing it?); pass --restart to start "
+                         "over") from None

@@ -39,7 +39,8 @@ import numpy as np
 from eavss.config import ModelSection, RunOptions, SparsitySection, option, section, to_dict, validate
 from eavss.errors import EavssError
 from eavss.recipes.avss import CalibrationSection, EvalSection, ScoresSection
-from eavss.recipes.common import load, model_section, open_work, start, timed, work_folder
+from eavss.recipes.common import (check_work_dir, input_files, load, model_section, open_work, start, timed,
+                                  work_folder)
 from eavss.recipes.heal import HealSection
 
 _METRICS = "eavss.prune.metrics:METRICS"
@@ -520,6 +521,8 @@ def run(cfg: CompareConfig) -> dict:
 
     validate(cfg)
     threads = start(cfg, cfg.model.name)
+    check_work_dir(work_folder(cfg.out, cfg.work_dir), cfg.out, cfg.model.name, *input_files(cfg),
+                   data_dir=cfg.data_dir, cache_dir=cfg.model.cache_dir)
     pre = check_before_loading(cfg)
     heal_texts = text_info = None
     if cfg.compare.heal:
@@ -550,9 +553,6 @@ def run(cfg: CompareConfig) -> dict:
 
         train, held, data_info = heal_batches(tok, heal_texts, cfg.heal, cfg.seed)
         heal_data = (train, held)
-    from eavss.io import check_not_inside
-
-    check_not_inside(work_folder(cfg.out, cfg.work_dir), cfg.model.name, cfg.data_dir)
     work = open_work(work_folder(cfg.out, cfg.work_dir), compare_fingerprint(cfg, loaded.info.get("file_sha256")),
                      cfg.resume, "compare", cfg.out)
     try:

@@ -810,7 +810,6 @@ def run(cfg: MitigateConfig) -> dict:
 
     from eavss.io import (
         atomic_dir,
-        check_not_inside,
         write_json_atomic,
         write_text_atomic,
     )
@@ -830,6 +829,10 @@ def run(cfg: MitigateConfig) -> dict:
         train_ids, id_info = training_questions(cfg, analysis["splits"], items)
     model_name = cfg.model.name or analysis["model_id"]
     threads = start(cfg, model_name, cfg.source, may_hold_out=(cfg.source,))
+    from eavss.recipes.common import check_work_dir
+
+    check_work_dir(work_folder(cfg), cfg.out, model_name, may_hold_out=(cfg.source,), data_dir=cfg.data_dir,
+                   cache_dir=cfg.model.cache_dir)
     with timed(timings, "load"):
         loaded = load(cfg.model, cfg.progress, name=model_name)
     check_model(analysis, loaded, cfg.model.name)
@@ -842,8 +845,6 @@ def run(cfg: MitigateConfig) -> dict:
         model.to(torch.bfloat16)  # before and after both in the training dtype
     ctx, _ = context_length(model)
     max_length = cfg.eval.max_length or min(2048, ctx or 2048)
-    work = work_folder(cfg)
-    check_not_inside(work, model_name, cfg.data_dir, may_hold_out=(cfg.source,))
     work = open_work(cfg, fingerprint(cfg, analysis, loaded.info.get("file_sha256")))
     try:
         return _run(cfg, analysis, variants, warnings, items, train_ids, id_info, loaded, train_dtype, max_length,
