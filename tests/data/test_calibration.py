@@ -40,3 +40,13 @@ def test_jsonl_field_present_but_empty_is_still_the_empty_set(tmp_path):
     blank.write_text("\n\n", encoding="utf-8")
     with pytest.raises(EavssError, match="is empty"):  # no record at all: nothing to name
         load_calibration_texts(f"jsonl:{blank}:body")
+
+
+def test_missing_text_file_names_the_key_to_fix(tmp_path):
+    missing = tmp_path / "nope.txt"
+    with pytest.raises(EavssError, match=r"does not exist; pass calibration\.dataset=text:"):
+        load_calibration_texts(f"text:{missing}")
+    with pytest.raises(EavssError, match=r"does not exist; pass heal\.dataset=text:"):
+        load_calibration_texts(f"text:{missing}", key="heal.dataset")
+    with pytest.raises(EavssError, match=r"is a folder; pass heal\.dataset=text:"):
+        load_calibration_texts(f"text:{tmp_path}", key="heal.dataset")

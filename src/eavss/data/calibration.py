@@ -82,8 +82,9 @@ def _sst2(data_dir: str | None) -> list[str]:
     return [s.strip() for s in table.column("sentence").to_pylist() if s and s.strip()]
 
 
-def load_calibration_texts(name: str, data_dir: str | None = None) -> list[str]:
-    """All texts of calibration set ``name`` (registered name, ``text:PATH`` or ``jsonl:PATH:FIELD``).
+def load_calibration_texts(name: str, data_dir: str | None = None, key: str = "calibration.dataset") -> list[str]:
+    """All texts of calibration set ``name`` (registered name, ``text:PATH`` or ``jsonl:PATH:FIELD``);
+    ``key`` is the config key a message tells the user to fix (``heal.dataset`` for healing text).
 
     Raises:
         EavssError: unknown name, missing file, a ``jsonl:`` FIELD that no record has, or a set with
@@ -92,9 +93,9 @@ def load_calibration_texts(name: str, data_dir: str | None = None) -> list[str]:
     if name.startswith("text:"):
         p = Path(name[5:]).expanduser()
         if p.is_dir():
-            raise EavssError(f"calibration path {p} is a folder; pass calibration.dataset=text:/path/to/file.txt")
+            raise EavssError(f"calibration path {p} is a folder; pass {key}=text:/path/to/file.txt")
         if not p.is_file():
-            raise EavssError(f"calibration file {p} does not exist; pass calibration.dataset=text:/path/to/file.txt")
+            raise EavssError(f"calibration file {p} does not exist; pass {key}=text:/path/to/file.txt")
         texts = _lines(p, min_words=1)
     elif name.startswith("jsonl:"):
         path, _, field = name[6:].rpartition(":")

@@ -133,7 +133,7 @@ def check_heal_text(h: HealSection, data_dir: str | None) -> tuple[list[str], di
                              "heal on heal.dataset=wikitext2 (its validation split) or a file of your own")
         info = {"dataset": h.dataset, "source": str(path), "disjoint_from_evaluation": None,
                 "why": "a user file outside the data folder; not checked against the evaluation texts"}
-    return load_calibration_texts(h.dataset, data_dir), info
+    return load_calibration_texts(h.dataset, data_dir, key="heal.dataset"), info
 
 
 def heal_batches(tokenizer, texts: list[str], h: HealSection, seed: int) -> tuple[list[dict], list[dict], dict]:
