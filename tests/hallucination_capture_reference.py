@@ -1,81 +1,22 @@
-"""Frozen copy of ``eavss.hallucination.capture`` before the per-step host syncs were removed (commit def991d).
+"""Frozen copy of the parts of ``eavss.hallucination.capture`` that changed when the per-step host
+syncs were removed (commit def991d): ``PooledFeatures``, ``Capture``, ``teacher_forced_pass`` and
+``greedy_generate`` as they were. The helpers that did not change (``PrefixCache``, ``_call``,
+``_batches``, ``Generated``) are the module's own.
 
 The tests compare the current generation with capture against it bit for bit. Do not edit.
 """
 
 from __future__ import annotations
 
-import copy
-import inspect
 import time
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import torch
 
 from eavss.errors import EavssError
+from eavss.hallucination.capture import Generated, PrefixCache, _batches, _call  # unchanged: not copied
 from eavss.stats.collector import input_device
-
-
-# ---------------------------------------------------------------------------------------------
-# model calls
-
-
-def _accepts(fn, name: str) -> bool:
-    try:
-        return name in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def _call(module: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
-          cache, last_logits_only: bool = False):
-    """``module(...)`` with the cache keyword transformers 5 expects (``cache``; ``past_key_values`` before)."""
-    kw = dict(input_ids=input_ids, attention_mask=attention_mask, use_cache=True)
-    fwd = module.forward
-    if _accepts(fwd, "position_ids"):
-        kw["position_ids"] = position_ids
-    if cache is not None:
-        kw["cache" if _accepts(fwd, "cache") else "past_key_values"] = cache
-    if last_logits_only and _accepts(fwd, "logits_to_keep"):
-        kw["logits_to_keep"] = 1
-    out = module(**kw)
-    new_cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None) or cache
-    return out, new_cache
-
-
-class PrefixCache:
-    """KV cache of a fixed token prefix, computed once and copied per batch.
-
-    Args:
-        model: the causal LM (the decoder stack is what is run).
-        prefix_ids: token ids of the prefix (non-empty).
-
-    Attributes:
-        ids: the prefix ids; ``length``: their number ``P``.
-    """
-
-    def __init__(self, model: torch.nn.Module, prefix_ids: Sequence[int]):
-        from eavss.stats.collector import forward_for_stats
-
-        if not prefix_ids:
-            raise EavssError("the prompt prefix is empty; set generation.prefix_cache=false for prompts without a prefix")
-        self.ids = list(prefix_ids)
-        self.length = len(self.ids)
-        device = input_device(model)
-        ids = torch.tensor([self.ids], device=device)
-        with torch.inference_mode():
-            _, cache = _call(forward_for_stats(model), ids, torch.ones_like(ids), torch.arange(self.length, device=device)[None], None)
-        if cache is None or not hasattr(cache, "batch_repeat_interleave"):
-            raise EavssError(f"{type(model).__name__} returned no reusable KV cache; set generation.prefix_cache=false")
-        self._cache = cache
-
-    def expand(self, batch: int):
-        """A fresh copy of the cache repeated ``batch`` times along the batch axis."""
-        c = copy.deepcopy(self._cache)
-        if batch > 1:
-            c.batch_repeat_interleave(batch)
-        return c
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,11 +121,6 @@ class Capture:
 # teacher-forced answers
 
 
-def _batches(order: list[int], size: int) -> Iterable[list[int]]:
-    for i in range(0, len(order), size):
-        yield order[i:i + size]
-
-
 @torch.inference_mode()
 def teacher_forced_pass(model: torch.nn.Module, rows: Sequence[tuple[list[int], list[int], int]], prefix: PrefixCache | None,
                         batch_size: int, capture: Capture, pad_id: int, progress: bool = False,
@@ -245,40 +181,6 @@ def teacher_forced_pass(model: torch.nn.Module, rows: Sequence[tuple[list[int], 
 
 # ---------------------------------------------------------------------------------------------
 # greedy generation
-
-
-def newline_token_ids(tokenizer) -> list[int]:
-    """Ids of every token whose decoded text contains ``\\n`` (the newline stop rule)."""
-    n = len(tokenizer)
-    texts = tokenizer.batch_decode([[i] for i in range(n)])
-    return [i for i, t in enumerate(texts) if "\n" in t]
-
-
-def eos_token_ids(model: torch.nn.Module, tokenizer) -> list[int]:
-    """EOS ids of the tokenizer and the model's generation config (e.g. ``<|im_end|>``, ``<|endoftext|>``)."""
-    ids = set()
-    for src in (getattr(tokenizer, "eos_token_id", None), getattr(getattr(model, "generation_config", None), "eos_token_id", None),
-                getattr(model.config, "eos_token_id", None)):
-        if isinstance(src, int):
-            ids.add(src)
-        elif isinstance(src, (list, tuple)):
-            ids.update(int(x) for x in src)
-    return sorted(ids)
-
-
-@dataclass
-class Generated:
-    """One generated answer.
-
-    Attributes:
-        tokens: every generated id, the stop token included (if any).
-        answer_tokens: ids before the stop token: the tokens whose activations are counted.
-        stop: ``newline`` | ``eos`` | ``length`` (cut at ``max_new_tokens``).
-    """
-
-    tokens: list[int]
-    answer_tokens: list[int]
-    stop: str
 
 
 @torch.inference_mode()
@@ -404,7 +306,3 @@ def greedy_generate(model: torch.nn.Module, suffixes: Sequence[list[int]], prefi
     return results  # type: ignore[return-value]
 
 
-def answer_text(tokenizer, gen: Generated) -> str:
-    """The answer as text: the generated text up to the first newline, stripped (special tokens dropped)."""
-    text = tokenizer.decode(gen.tokens, skip_special_tokens=True)
-    return text.split("\n", 1)[0].strip()
