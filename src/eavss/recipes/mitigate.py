@@ -53,7 +53,8 @@ from typing import Any
 
 from eavss.config import ModelSection, RunOptions, option, section, to_dict, validate
 from eavss.errors import EavssError
-from eavss.recipes.common import load, model_section, start, timed
+from eavss.recipes.common import cached_json as _cached
+from eavss.recipes.common import check_work_dir, load, model_section, start, timed
 
 _SOURCES = "eavss.data.qa:QA_SOURCES"
 _SUITE = ("nq_open", "triviaqa", "sciq_mc", "truthfulqa", "wikiqa", "ppl", "sst2")
@@ -698,12 +699,6 @@ def open_work(cfg: MitigateConfig, fp: str) -> Path:
     return open_folder(work_folder(cfg), fp, cfg.resume, "mitigate", cfg.out)
 
 
-def _cached(path: Path) -> Any:
-    from eavss.recipes.common import cached_json
-
-    return cached_json(path)
-
-
 # ---------------------------------------------------------------------------------------------
 # step 6: comparison
 
@@ -829,8 +824,6 @@ def run(cfg: MitigateConfig) -> dict:
         train_ids, id_info = training_questions(cfg, analysis["splits"], items)
     model_name = cfg.model.name or analysis["model_id"]
     threads = start(cfg, model_name, cfg.source, may_hold_out=(cfg.source,))
-    from eavss.recipes.common import check_work_dir
-
     check_work_dir(work_folder(cfg), cfg.out, model_name, may_hold_out=(cfg.source,), data_dir=cfg.data_dir,
                    cache_dir=cfg.model.cache_dir)
     with timed(timings, "load"):
