@@ -321,7 +321,7 @@ def test_limit_applies_to_the_suite_tasks(capsys):
 # Ctrl-C: one line and exit 130, from the very start
 
 
-INTERRUPTED = "eavss: interrupted; nothing was written\n"
+INTERRUPTED = "eavss: interrupted; --out was not written\n"
 
 
 @pytest.mark.parametrize("where, argv", [
@@ -340,6 +340,34 @@ def test_ctrl_c_while_dispatching_is_one_line(tmp_path, capsys, monkeypatch, whe
     assert main([str(tmp_path / "o") if a == "OUT" else a for a in argv]) == 130
     assert capsys.readouterr().err == INTERRUPTED
     assert not (tmp_path / "o").exists()
+
+
+def test_out_of_device_memory_is_one_line_with_the_fix(tmp_path, capsys, monkeypatch):
+    import torch
+
+    import eavss.cli
+
+    def oom(*a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 11.66 GiB. GPU 0 has a total "
+                                     "capacity of 139.80 GiB of which 8.28 GiB is free. Process 1 has 52 GiB")
+
+    monkeypatch.setattr(eavss.cli, "_run_command", oom)
+    assert main(["score", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("eavss: error: the device ran out of memory")
+    assert "Tried to allocate 11.66 GiB" in err and "eval.batch_size" in err and "Process 1" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_other_errors_are_not_swallowed(monkeypatch):
+    import eavss.cli
+
+    def boom(*a, **k):
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(eavss.cli, "_run_command", boom)
+    with pytest.raises(ValueError, match="a bug"):
+        main(["score", "--out", "x"])
 
 
 class _CtrlCInTorchImport:

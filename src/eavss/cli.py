@@ -225,6 +225,16 @@ def _run_command(name: str, args: argparse.Namespace) -> int:
     return 0
 
 
+def out_of_memory_line(exc: BaseException) -> str:
+    """One line for torch's out-of-memory error: what was asked and what was free (the first two
+    sentences of torch's message), and the fix: smaller batches, or a GPU not shared with other jobs."""
+    first = " ".join(str(exc).split(". ")[:2]).replace("\n", " ").strip()
+    return (f"the device ran out of memory ({first}); lower the command's batch sizes (eval.batch_size, and "
+            "heal.batch_size / train.batch_size / calibration.batch_size where the command has them; `eavss "
+            "config COMMAND` lists them) or free the device; compare and mitigate resume their finished steps "
+            "when the same command runs again")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``eavss`` console script. Returns the exit status.
 
@@ -261,8 +271,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"eavss: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("eavss: interrupted; nothing was written", file=sys.stderr)
+        print("eavss: interrupted; --out was not written", file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001 -- only the accelerator running out of memory is turned into one line
+        if type(e).__name__ != "OutOfMemoryError":  # torch.OutOfMemoryError (torch.cuda's is the same class)
+            raise
+        print(f"eavss: error: {out_of_memory_line(e)}", file=sys.stderr)
+        return 2
     finally:
         # Only modules already imported: an import that Ctrl-C cut short (torch's, say) must not be
         # started again here; it would fail with a traceback or crash. Neither module imported means

@@ -236,6 +236,35 @@ def test_work_folder_of_other_settings_is_refused(tiny_folder, tmp_path, capsys)
     assert main(_argv(model, cal, out, "--metrics", "block_influence,last", "--restart")) == 0
 
 
+def test_refused_resume_names_the_settings_that_differ(tiny_folder, tmp_path, capsys):
+    """The work folder keeps the settings behind its fingerprint; a resume with others names them."""
+    from eavss.recipes.common import settings_digest
+
+    model, cal = tiny_folder
+    out = tmp_path / "r"
+    args = ["--metrics", "block_influence,last", "keep_work=true"]
+    assert main(_argv(model, cal, out, *args)) == 0
+    marker = json.loads((tmp_path / "r.work" / "fingerprint.json").read_text())
+    assert settings_digest(marker["settings"]) == marker["fingerprint"]
+    assert marker["settings"]["config"]["eval"]["batch_size"] != 3
+    capsys.readouterr()
+    assert main(_argv(model, cal, tmp_path / "r2", *args, f"work_dir={tmp_path / 'r.work'}",
+                      "eval.batch_size=3")) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("eavss: error:")]
+    assert len(err) == 1 and "eval.batch_size:" in err[0] and "3 now" in err[0] and "--restart" in err[0]
+    assert not (tmp_path / "r2").exists()
+
+
+def test_settings_diff_names_keys_values_and_the_rest():
+    from eavss.recipes.common import fingerprint_settings, settings_diff
+
+    old = fingerprint_settings({"eval": {"batch_size": 32, "tasks": ["a"]}, "seed": 0, "x": 1, "y": 2}, model="m1")
+    new = fingerprint_settings({"eval": {"batch_size": 16, "tasks": ["a"]}, "seed": 1, "x": 2, "y": 3}, model="m1")
+    assert settings_diff(old, new, limit=2) == ("eval.batch_size: 32 in the folder, 16 now; seed: 0 in the folder, 1 now"
+                                                "; and 2 more")
+    assert settings_diff(old, old) == ""
+
+
 def test_compare_progress_script_reads_the_work_folder(tiny_folder, tmp_path, capsys):
     """scripts/compare_progress.py tables a kept work folder with the report's own numbers."""
     import importlib.util

@@ -211,18 +211,49 @@ def check_work_dir(work: Path, out: str, *inputs, may_hold_out: tuple = (), data
     check_not_inside(w, *inputs, data, cache_root(cache_dir), may_hold_out=may_hold_out, what="work_dir")
 
 
-def config_fingerprint(config: dict, **extra) -> str:
-    """sha256 of ``config`` (a :func:`eavss.config.to_dict` dict, less what a resumed run may change)
-    and ``extra`` (e.g. the model file's digest): what a resumed run must share with the interrupted one."""
+def fingerprint_settings(config: dict, **extra) -> dict:
+    """What a work folder's fingerprint is the digest of: ``{"config": config, **extra}`` as plain JSON
+    (non-JSON values by ``str``), stored beside the digest so a refused resume can name what differs."""
+    import json
+
+    return json.loads(json.dumps({"config": config, **extra}, sort_keys=True, default=str))
+
+
+def settings_digest(settings: dict) -> str:
+    """sha256 (hex) of a :func:`fingerprint_settings` dict: the work folder's key."""
     import hashlib
     import json
 
-    blob = json.dumps({"config": config, **extra}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def open_work(folder: Path, fingerprint: str, resume: bool, command: str, out: str) -> Path:
+def settings_diff(old: dict, new: dict, limit: int = 3) -> str:
+    """``"key: A in the folder, B now; ..."`` for the first ``limit`` dotted keys whose values differ
+    between two :func:`fingerprint_settings` dicts (the ``config.`` prefix dropped), '' when none."""
+    def flat(d, prefix=""):
+        out = {}
+        for k, v in (d or {}).items():
+            key = f"{prefix}{k}"
+            if isinstance(v, dict) and v:
+                out.update(flat(v, key + "."))
+            else:
+                out[key] = v
+        return out
+
+    a, b = flat(old), flat(new)
+    keys = sorted(k for k in set(a) | set(b) if a.get(k, "<unset>") != b.get(k, "<unset>"))
+    parts = [f"{k.removeprefix('config.')}: {a.get(k, '<unset>')!r} in the folder, {b.get(k, '<unset>')!r} now"
+             for k in keys[:limit]]
+    more = f"; and {len(keys) - limit} more" if len(keys) > limit else ""
+    return "; ".join(parts) + more
+
+
+def open_work(folder: Path, fingerprint: str, resume: bool, command: str, out: str,
+              settings: dict | None = None) -> Path:
     """Create ``folder`` (or reuse it, when resuming a run with the same ``fingerprint``) and mark it.
+
+    ``settings`` (:func:`fingerprint_settings`, whose digest ``fingerprint`` is) is kept in the marker,
+    so that a refused resume names the settings that differ.
 
     Raises:
         EavssError: the folder holds another run's state (and ``resume`` is on), or is not a work
@@ -237,15 +268,19 @@ def open_work(folder: Path, fingerprint: str, resume: bool, command: str, out: s
         shutil.rmtree(folder)
     marker = folder / "fingerprint.json"
     if folder.exists() and marker.is_file():
-        old = (cached_json(marker) or {}).get("fingerprint")
-        if old != fingerprint:
-            raise EavssError(f"the work folder {folder} holds the state of a run with other settings; run with those, "
-                             "or pass --restart to start over")
+        held = cached_json(marker) or {}
+        if held.get("fingerprint") != fingerprint:
+            diff = settings_diff(held["settings"], settings) if held.get("settings") and settings else ""
+            raise EavssError(f"the work folder {folder} holds the state of a run with other settings"
+                             + (f" ({diff})" if diff else "") + "; run with those, or pass --restart to start over")
     elif folder.exists() and any(folder.iterdir()):
         raise EavssError(f"the work folder {folder} exists and is not an eavss {command} work folder; choose another "
                          "work_dir or remove it")
     folder.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(marker, {"fingerprint": fingerprint, "command": command, "out": str(Path(out).resolve())})
+    marker_data = {"fingerprint": fingerprint, "command": command, "out": str(Path(out).resolve())}
+    if settings is not None:
+        marker_data["settings"] = settings
+    write_json_atomic(marker, marker_data)
     return folder
 
 

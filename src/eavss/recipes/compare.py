@@ -502,13 +502,20 @@ def write_outputs(out: Path, report: dict) -> None:
 _NOT_IN_FINGERPRINT = {"out", "overwrite", "progress", "threads", "work_dir", "keep_work", "resume"}
 
 
-def compare_fingerprint(cfg: CompareConfig, model_sha: str | None) -> str:
+def compare_settings(cfg: CompareConfig, model_sha: str | None) -> dict:
     """What a resumed ``compare`` must share with the interrupted one: the config less output and
-    display settings, and the model file (by sha256 when it is a file)."""
-    from eavss.recipes.common import config_fingerprint
+    display settings, and the model file (by sha256 when it is a file); see :func:`compare_fingerprint`."""
+    from eavss.recipes.common import fingerprint_settings
 
     d = {k: v for k, v in to_dict(cfg).items() if k not in _NOT_IN_FINGERPRINT}
-    return config_fingerprint(d, model=model_sha)
+    return fingerprint_settings(d, model=model_sha)
+
+
+def compare_fingerprint(cfg: CompareConfig, model_sha: str | None) -> str:
+    """The sha256 digest of :func:`compare_settings` (the work folder's key)."""
+    from eavss.recipes.common import settings_digest
+
+    return settings_digest(compare_settings(cfg, model_sha))
 
 
 def run(cfg: CompareConfig) -> dict:
@@ -553,8 +560,9 @@ def run(cfg: CompareConfig) -> dict:
 
         train, held, data_info = heal_batches(tok, heal_texts, cfg.heal, cfg.seed)
         heal_data = (train, held)
-    work = open_work(work_folder(cfg.out, cfg.work_dir), compare_fingerprint(cfg, loaded.info.get("file_sha256")),
-                     cfg.resume, "compare", cfg.out)
+    sha = loaded.info.get("file_sha256")
+    work = open_work(work_folder(cfg.out, cfg.work_dir), compare_fingerprint(cfg, sha), cfg.resume, "compare", cfg.out,
+                     settings=compare_settings(cfg, sha))
     try:
         ev = evaluate_rows(cfg, model, tok, selections, heal_data, timings, work)
     except KeyboardInterrupt:

@@ -67,6 +67,7 @@ def header_lines(report: dict) -> list[str]:
     commit = code.get("git_commit")
     out = [f"- model: `{m.get('model_id')}` ({m.get('architecture')}, {m.get('num_layers')} decoder layers, "
            f"dtype {m.get('dtype')}, sha256 `{str(m.get('file_sha256'))[:16]}…`)"]
-    out.append(f"- code: eavss {code.get('eavss')}" + (f", commit `{commit[:12]}`" + (" (uncommitted changes)" if code.get("dirty") else "")
+    version = code.get("eavss") or "(version unknown: not installed)"
+    out.append(f"- code: eavss {version}" + (f", commit `{commit[:12]}`" + (" (uncommitted changes)" if code.get("dirty") else "")
                                                        if commit else "") + f"; report schema {report.get('schema_version')}")
     return out
