@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from eavss.cli import main
+from eavss.errors import EavssError
 
 _VOLATILE = {"created", "timings", "threads", "seconds", "load_seconds", "tokens_per_second", "peak_memory_bytes",
              "statistics_passes", "code", "environment", "out"}
@@ -230,6 +231,7 @@ def test_work_folder_of_other_settings_is_refused(tiny_folder, tmp_path, capsys)
     work = tmp_path / "r.work"
     work.mkdir()
     (work / "fingerprint.json").write_text(json.dumps({"fingerprint": "0" * 64}))
+    (work / "steps.json").write_text("{}")  # a finished step of that other run
     assert main(_argv(model, cal, out, "--metrics", "block_influence,last")) == 2
     err = capsys.readouterr().err
     assert "holds the state of a run with other settings" in err and "--restart" in err and not out.exists()
@@ -253,6 +255,20 @@ def test_refused_resume_names_the_settings_that_differ(tiny_folder, tmp_path, ca
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("eavss: error:")]
     assert len(err) == 1 and "eval.batch_size:" in err[0] and "3 now" in err[0] and "--restart" in err[0]
     assert not (tmp_path / "r2").exists()
+
+
+def test_work_folder_with_only_another_runs_marker_is_started_over(tmp_path):
+    """Interrupted before any step finished (only the marker): nothing to protect, so no refusal."""
+    from eavss.recipes.common import open_work
+
+    work = tmp_path / "r.work"
+    work.mkdir()
+    (work / "fingerprint.json").write_text(json.dumps({"fingerprint": "0" * 64}))
+    assert open_work(work, "1" * 64, True, "compare", str(tmp_path / "r")) == work
+    assert json.loads((work / "fingerprint.json").read_text())["fingerprint"] == "1" * 64
+    (work / "steps.json").write_text("{}")
+    with pytest.raises(EavssError, match="other settings"):
+        open_work(work, "2" * 64, True, "compare", str(tmp_path / "r"))
 
 
 def test_settings_diff_names_keys_values_and_the_rest():

@@ -107,7 +107,7 @@ def test_resume_after_interruption_gives_identical_weights(setup, tmp_path, caps
     assert rc == 130
     monkeypatch.undo()
     rc, err = _run(mitigate_args(analysis, tmp_path / "c", *common, "train.lr=0.02"), capsys)
-    assert rc == 2 and "other settings" in err and "\n" not in err.strip()
+    assert rc == 2 and "other settings" in err and "train.lr:" in err and "\n" not in err.strip()
     rc, err = _run(mitigate_args(analysis, tmp_path / "c", *common, "train.lr=0.02", "--restart"), capsys)
     assert rc == 0, err
 

@@ -252,6 +252,9 @@ def open_work(folder: Path, fingerprint: str, resume: bool, command: str, out: s
               settings: dict | None = None) -> Path:
     """Create ``folder`` (or reuse it, when resuming a run with the same ``fingerprint``) and mark it.
 
+    A folder that holds only the marker of a run with other settings (interrupted before any step
+    finished) is started over: there is nothing in it to protect.
+
     ``settings`` (:func:`fingerprint_settings`, whose digest ``fingerprint`` is) is kept in the marker,
     so that a refused resume names the settings that differ.
 
@@ -269,7 +272,9 @@ def open_work(folder: Path, fingerprint: str, resume: bool, command: str, out: s
     marker = folder / "fingerprint.json"
     if folder.exists() and marker.is_file():
         held = cached_json(marker) or {}
-        if held.get("fingerprint") != fingerprint:
+        if held.get("fingerprint") != fingerprint and not any(p != marker for p in folder.iterdir()):
+            shutil.rmtree(folder)  # interrupted before any step finished: nothing to keep
+        elif held.get("fingerprint") != fingerprint:
             diff = settings_diff(held["settings"], settings) if held.get("settings") and settings else ""
             raise EavssError(f"the work folder {folder} holds the state of a run with other settings"
                              + (f" ({diff})" if diff else "") + "; run with those, or pass --restart to start over")

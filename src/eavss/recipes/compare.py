@@ -541,7 +541,10 @@ def run(cfg: CompareConfig) -> dict:
     with timed(timings, "load"):
         loaded = load(cfg.model, cfg.progress)
     model, tok = loaded.model, loaded.tokenizer
-    k = check_after_loading(cfg, model)
+    k = check_after_loading(cfg, model)  # the last change to cfg (eval.max_length) before the fingerprint
+    sha = loaded.info.get("file_sha256")
+    work = open_work(work_folder(cfg.out, cfg.work_dir), compare_fingerprint(cfg, sha), cfg.resume, "compare", cfg.out,
+                     settings=compare_settings(cfg, sha))  # before the scoring passes: a refusal costs no minutes
     model_sec = model_section(loaded)
     L = len(find_decoder_layers(model)[1])
 
@@ -560,9 +563,6 @@ def run(cfg: CompareConfig) -> dict:
 
         train, held, data_info = heal_batches(tok, heal_texts, cfg.heal, cfg.seed)
         heal_data = (train, held)
-    sha = loaded.info.get("file_sha256")
-    work = open_work(work_folder(cfg.out, cfg.work_dir), compare_fingerprint(cfg, sha), cfg.resume, "compare", cfg.out,
-                     settings=compare_settings(cfg, sha))
     try:
         ev = evaluate_rows(cfg, model, tok, selections, heal_data, timings, work)
     except KeyboardInterrupt:
