@@ -122,7 +122,14 @@ def resolve(recipe, args: argparse.Namespace):
     for key, n in broadcasts.items():  # --limit N: every element of the named list gets N
         over = fields[key].metadata["broadcast"]
         set_key(cfg, key, {name: n for name in get_key(cfg, over)})
-    return validate(cfg)
+    cfg = validate(cfg)
+    check = getattr(cfg_cls, "check_given", None)  # a recipe's check of settings it would ignore
+    if check is not None:
+        given = {k: fields[k].metadata.get("flag") or k for k in [*values, *broadcasts]}
+        for item in getattr(args, "overrides", None) or []:
+            given.setdefault(item.split("=", 1)[0].strip(), item.split("=", 1)[0].strip())
+        check(cfg, given)
+    return cfg
 
 
 def build_parser() -> argparse.ArgumentParser:

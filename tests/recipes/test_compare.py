@@ -271,6 +271,32 @@ def test_work_folder_with_only_another_runs_marker_is_started_over(tmp_path):
         open_work(work, "2" * 64, True, "compare", str(tmp_path / "r"))
 
 
+@pytest.mark.parametrize("extra, named", [
+    (["--heal-steps", "3"], "--heal-steps"),
+    (["heal.lr=0.1", "--heal-data", "text:/x.txt"], "--heal-data, heal.lr"),
+])
+def test_healing_settings_without_heal_are_refused(tmp_path, capsys, extra, named):
+    """--heal-data / --heal-steps / heal.* on the command line without --heal would be ignored: one line."""
+    out = tmp_path / "r"
+    assert main(["compare", "--model", str(tmp_path / "m"), "--out", str(out), *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and named in err and "only act with --heal" in err and not out.exists()
+
+
+def test_healing_settings_from_a_config_file_are_not_refused(tmp_path, capsys):
+    """A --config file may set heal.* for runs with and without --heal (compare.yaml does)."""
+    from eavss.cli import _command_parser, resolve
+    from eavss.recipes import RECIPES
+
+    recipe = RECIPES["compare"]
+    args = _command_parser(recipe).parse_intermixed_args(["--config", "src/eavss/configs/compare.yaml", "--out",
+                                                          str(tmp_path / "r"), "seed=1"])
+    cfg = resolve(recipe, args)
+    assert cfg.heal.steps == 100 and not cfg.compare.heal
+    args = _command_parser(recipe).parse_intermixed_args(["--heal", "--heal-steps", "7", "--out", str(tmp_path / "r")])
+    assert resolve(recipe, args).heal.steps == 7
+
+
 def test_settings_diff_names_keys_values_and_the_rest():
     from eavss.recipes.common import fingerprint_settings, settings_diff
 

@@ -149,6 +149,22 @@ class CompareConfig(RunOptions):
     resume: bool = option(True, "continue an interrupted run from the work folder; --restart clears it first",
                           flag="--restart", action="store_false")
 
+    @staticmethod
+    def check_given(cfg: "CompareConfig", given: dict[str, str]) -> None:
+        """Refuse command-line settings the run would ignore: ``heal.*`` without ``--heal``.
+
+        ``given`` maps each dotted key set by a flag or a ``key=value`` override to how it was
+        spelled (the flag, or the key); a ``--config`` file may set ``heal.*`` for runs with and
+        without ``--heal``, so it is not checked.
+
+        Raises:
+            EavssError: a healing setting was given and ``compare.heal`` is off.
+        """
+        unused = [label for key, label in sorted(given.items()) if key.startswith("heal.")]
+        if unused and not cfg.compare.heal:
+            raise EavssError(f"{', '.join(unused)} only act with --heal (compare.heal=true); add --heal or drop "
+                             + ("it" if len(unused) == 1 else "them"))
+
 
 # ---------------------------------------------------------------------------------------------
 # steps
