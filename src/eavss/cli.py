@@ -126,8 +126,8 @@ def resolve(recipe, args: argparse.Namespace):
     check = getattr(cfg_cls, "check_given", None)  # a recipe's check of settings it would ignore
     if check is not None:
         given = {k: fields[k].metadata.get("flag") or k for k in [*values, *broadcasts]}
-        for item in getattr(args, "overrides", None) or []:
-            given.setdefault(item.split("=", 1)[0].strip(), item.split("=", 1)[0].strip())
+        for key in (item.split("=", 1)[0].strip() for item in getattr(args, "overrides", None) or []):
+            given.setdefault(key, key)
         check(cfg, given)
     return cfg
 

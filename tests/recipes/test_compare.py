@@ -259,16 +259,17 @@ def test_refused_resume_names_the_settings_that_differ(tiny_folder, tmp_path, ca
 
 def test_work_folder_with_only_another_runs_marker_is_started_over(tmp_path):
     """Interrupted before any step finished (only the marker): nothing to protect, so no refusal."""
-    from eavss.recipes.common import open_work
+    from eavss.recipes.common import fingerprint_settings, open_work, settings_digest
 
     work = tmp_path / "r.work"
     work.mkdir()
     (work / "fingerprint.json").write_text(json.dumps({"fingerprint": "0" * 64}))
-    assert open_work(work, "1" * 64, True, "compare", str(tmp_path / "r")) == work
-    assert json.loads((work / "fingerprint.json").read_text())["fingerprint"] == "1" * 64
+    one, two = fingerprint_settings({"seed": 1}), fingerprint_settings({"seed": 2})
+    assert open_work(work, one, True, "compare", str(tmp_path / "r")) == work
+    assert json.loads((work / "fingerprint.json").read_text())["fingerprint"] == settings_digest(one)
     (work / "steps.json").write_text("{}")
     with pytest.raises(EavssError, match="other settings"):
-        open_work(work, "2" * 64, True, "compare", str(tmp_path / "r"))
+        open_work(work, two, True, "compare", str(tmp_path / "r"))
 
 
 @pytest.mark.parametrize("extra, named", [

@@ -248,15 +248,13 @@ def settings_diff(old: dict, new: dict, limit: int = 3) -> str:
     return "; ".join(parts) + more
 
 
-def open_work(folder: Path, fingerprint: str, resume: bool, command: str, out: str,
-              settings: dict | None = None) -> Path:
-    """Create ``folder`` (or reuse it, when resuming a run with the same ``fingerprint``) and mark it.
+def open_work(folder: Path, settings: dict, resume: bool, command: str, out: str) -> Path:
+    """Create ``folder`` (or reuse it, when resuming a run with the same settings) and mark it with
+    ``settings`` (:func:`fingerprint_settings`) and their digest, the folder's key, so that a refused
+    resume names the settings that differ.
 
     A folder that holds only the marker of a run with other settings (interrupted before any step
     finished) is started over: there is nothing in it to protect.
-
-    ``settings`` (:func:`fingerprint_settings`, whose digest ``fingerprint`` is) is kept in the marker,
-    so that a refused resume names the settings that differ.
 
     Raises:
         EavssError: the folder holds another run's state (and ``resume`` is on), or is not a work
@@ -267,25 +265,24 @@ def open_work(folder: Path, fingerprint: str, resume: bool, command: str, out: s
     from eavss.errors import EavssError
     from eavss.io import write_json_atomic
 
+    fingerprint = settings_digest(settings)
     if folder.exists() and not resume:
         shutil.rmtree(folder)
     marker = folder / "fingerprint.json"
     if folder.exists() and marker.is_file():
         held = cached_json(marker) or {}
-        if held.get("fingerprint") != fingerprint and not any(p != marker for p in folder.iterdir()):
+        if held.get("fingerprint") != fingerprint:
+            if any(p != marker for p in folder.iterdir()):
+                diff = settings_diff(held["settings"], settings) if held.get("settings") else ""
+                raise EavssError(f"the work folder {folder} holds the state of a run with other settings"
+                                 + (f" ({diff})" if diff else "") + "; run with those, or pass --restart to start over")
             shutil.rmtree(folder)  # interrupted before any step finished: nothing to keep
-        elif held.get("fingerprint") != fingerprint:
-            diff = settings_diff(held["settings"], settings) if held.get("settings") and settings else ""
-            raise EavssError(f"the work folder {folder} holds the state of a run with other settings"
-                             + (f" ({diff})" if diff else "") + "; run with those, or pass --restart to start over")
     elif folder.exists() and any(folder.iterdir()):
         raise EavssError(f"the work folder {folder} exists and is not an eavss {command} work folder; choose another "
                          "work_dir or remove it")
     folder.mkdir(parents=True, exist_ok=True)
-    marker_data = {"fingerprint": fingerprint, "command": command, "out": str(Path(out).resolve())}
-    if settings is not None:
-        marker_data["settings"] = settings
-    write_json_atomic(marker, marker_data)
+    write_json_atomic(marker, {"fingerprint": fingerprint, "command": command, "out": str(Path(out).resolve()),
+                               "settings": settings})
     return folder
 
 

@@ -520,18 +520,11 @@ _NOT_IN_FINGERPRINT = {"out", "overwrite", "progress", "threads", "work_dir", "k
 
 def compare_settings(cfg: CompareConfig, model_sha: str | None) -> dict:
     """What a resumed ``compare`` must share with the interrupted one: the config less output and
-    display settings, and the model file (by sha256 when it is a file); see :func:`compare_fingerprint`."""
+    display settings, and the model file (by sha256 when it is a file): the work folder's key."""
     from eavss.recipes.common import fingerprint_settings
 
     d = {k: v for k, v in to_dict(cfg).items() if k not in _NOT_IN_FINGERPRINT}
     return fingerprint_settings(d, model=model_sha)
-
-
-def compare_fingerprint(cfg: CompareConfig, model_sha: str | None) -> str:
-    """The sha256 digest of :func:`compare_settings` (the work folder's key)."""
-    from eavss.recipes.common import settings_digest
-
-    return settings_digest(compare_settings(cfg, model_sha))
 
 
 def run(cfg: CompareConfig) -> dict:
@@ -558,9 +551,8 @@ def run(cfg: CompareConfig) -> dict:
         loaded = load(cfg.model, cfg.progress)
     model, tok = loaded.model, loaded.tokenizer
     k = check_after_loading(cfg, model)  # the last change to cfg (eval.max_length) before the fingerprint
-    sha = loaded.info.get("file_sha256")
-    work = open_work(work_folder(cfg.out, cfg.work_dir), compare_fingerprint(cfg, sha), cfg.resume, "compare", cfg.out,
-                     settings=compare_settings(cfg, sha))  # before the scoring passes: a refusal costs no minutes
+    work = open_work(work_folder(cfg.out, cfg.work_dir), compare_settings(cfg, loaded.info.get("file_sha256")),
+                     cfg.resume, "compare", cfg.out)  # before the scoring passes: a refusal costs no minutes
     model_sec = model_section(loaded)
     L = len(find_decoder_layers(model)[1])
 

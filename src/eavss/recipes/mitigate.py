@@ -682,7 +682,7 @@ _NOT_IN_FINGERPRINT = {"out", "overwrite", "progress", "threads", "work_dir", "k
 def fingerprint_inputs(cfg: MitigateConfig, analysis: dict, model_sha: str | None) -> dict:
     """What a resumed run must share with the interrupted one: the config (less output and display
     settings and the controls/LODO switches, which add variants without changing the others), the
-    analysis files and the model (:func:`eavss.recipes.common.fingerprint_settings`)."""
+    analysis files and the model (:func:`eavss.recipes.common.fingerprint_settings`): the work folder's key."""
     from eavss.recipes.common import fingerprint_settings
 
     d = {k: v for k, v in to_dict(cfg).items() if k not in _NOT_IN_FINGERPRINT}
@@ -691,19 +691,12 @@ def fingerprint_inputs(cfg: MitigateConfig, analysis: dict, model_sha: str | Non
     return fingerprint_settings(d, analysis=analysis["fingerprint"], model=model_sha)
 
 
-def fingerprint(cfg: MitigateConfig, analysis: dict, model_sha: str | None) -> str:
-    """The sha256 digest of :func:`fingerprint_inputs` (the work folder's key)."""
-    from eavss.recipes.common import settings_digest
-
-    return settings_digest(fingerprint_inputs(cfg, analysis, model_sha))
-
-
-def open_work(cfg: MitigateConfig, fp: str, settings: dict | None = None) -> Path:
-    """Create (or reuse, when resuming a run with the same fingerprint) the work folder
-    (:func:`eavss.recipes.common.open_work`; ``settings`` lets a refusal name what differs)."""
+def open_work(cfg: MitigateConfig, settings: dict) -> Path:
+    """Create (or reuse, when resuming a run with the same settings) the work folder
+    (:func:`eavss.recipes.common.open_work`)."""
     from eavss.recipes.common import open_work as open_folder
 
-    return open_folder(work_folder(cfg), fp, cfg.resume, "mitigate", cfg.out, settings=settings)
+    return open_folder(work_folder(cfg), settings, cfg.resume, "mitigate", cfg.out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -845,8 +838,7 @@ def run(cfg: MitigateConfig) -> dict:
         model.to(torch.bfloat16)  # before and after both in the training dtype
     ctx, _ = context_length(model)
     max_length = cfg.eval.max_length or min(2048, ctx or 2048)
-    sha = loaded.info.get("file_sha256")
-    work = open_work(cfg, fingerprint(cfg, analysis, sha), fingerprint_inputs(cfg, analysis, sha))
+    work = open_work(cfg, fingerprint_inputs(cfg, analysis, loaded.info.get("file_sha256")))
     try:
         return _run(cfg, analysis, variants, warnings, items, train_ids, id_info, loaded, train_dtype, max_length,
                     work, timings, threads, t_all, tokenize_examples, atomic_dir, write_json_atomic,
