@@ -217,12 +217,42 @@ def test_interrupted_run_resumes_to_the_uninterrupted_report(healed_runs, tiny_f
     calls["n"] = 0
     monkeypatch.setattr(cmp, "_evaluate", lambda cfg, m, tok: (calls.__setitem__("n", calls["n"] + 1), real(cfg, m, tok))[1])
     assert main(argv) == 0
-    assert calls["n"] == 2 * (7 - 1)  # seven rows, the first kept: each remaining one evaluated pruned and healed
     assert not work.exists()  # removed after success (keep_work=false)
     resumed = json.loads((out / "report.json").read_text())
     whole = json.loads((healed_runs[0] / "report.json").read_text())
+    n_sets = len({tuple(r["removed"]) for r in whole["rows"].values()})  # rows removing the same layers share
+    assert calls["n"] == 2 * (n_sets - 1)  # the first row kept: each remaining set evaluated pruned and healed
     assert _stable(resumed) == _stable(whole)
     assert set(resumed["timings"]) == set(whole["timings"])  # the kept steps' seconds are in the report
+
+
+def test_rows_removing_the_same_layers_are_evaluated_once(tiny_folder, tmp_path, monkeypatch):
+    """Two rows that remove the same layers are one pruned model: evaluated and healed once, the later
+    row marked ``same_layers_as`` with the first row's numbers, and the report says so."""
+    import eavss.recipes.compare as cmp
+
+    real_choose, real_eval = cmp.choose_layers, cmp._evaluate
+
+    def choose(cfg, ctx, k):
+        sel = real_choose(cfg, ctx, k)
+        sel["last"]["removed"] = list(sel["avss"]["removed"])
+        return sel
+
+    calls = []
+    monkeypatch.setattr(cmp, "choose_layers", choose)
+    monkeypatch.setattr(cmp, "_evaluate", lambda cfg, m, tok: (calls.append(1), real_eval(cfg, m, tok))[1])
+    model, cal = tiny_folder
+    out = tmp_path / "d"
+    assert main(_argv(model, cal, out, "--metrics", "avss,block_influence,last", "--heal-data", f"text:{cal}",
+                      *_HEAL)) == 0
+    rows = json.loads((out / "report.json").read_text())["rows"]
+    n_sets = len({tuple(r["removed"]) for r in rows.values()})
+    assert n_sets <= 2 and len(calls) == 2 + 2 * n_sets  # original, healed control; each set pruned + healed
+    assert rows["last"]["same_layers_as"] == "avss" and "same_layers_as" not in rows["avss"]
+    for key in ("evaluation", "retention", "mean_retention", "healing", "params_after"):
+        assert rows["last"][key] == rows["avss"][key], key
+    assert rows["last"]["metric"] == "last" and rows["last"]["score"] is None  # its own selection facts
+    assert "| last (same layers as avss) |" in (out / "report.md").read_text()
 
 
 def test_work_folder_of_other_settings_is_refused(tiny_folder, tmp_path, capsys):

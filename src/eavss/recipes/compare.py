@@ -361,6 +361,8 @@ def evaluate_rows(cfg: CompareConfig, model, tok, selections: dict, heal_data: t
     With ``work`` (the run's work folder), every finished step -- the original's evaluation, the healed
     control, each row -- is kept there as JSON and read back instead of recomputed when the run is
     resumed (the selections are deterministic, so a row's name and removed layers identify it).
+    Rows that remove the same layers share one evaluation (and healing): the later ones carry
+    ``same_layers_as`` naming the first.
 
     Returns:
         ``{"original": results, "rows": {row: {...}}, "healing": {...} | None}``.
@@ -392,7 +394,13 @@ def evaluate_rows(cfg: CompareConfig, model, tok, selections: dict, heal_data: t
         healing = {"unpruned": {"train": summ, "evaluation": compact(healed_ref),
                                 "vs_original": _retention_block(cfg, original, healed_ref)}}
     rows = {}
+    first_with: dict[tuple, str] = {}  # removed set -> the first row that removes it
     for row, sel in selections.items():
+        removed = tuple(sel["removed"])
+        if removed in first_with:  # the same pruned model: evaluated (and healed) once, shared
+            rows[row] = {**rows[first_with[removed]], "same_layers_as": first_with[removed]}
+            continue
+        first_with[removed] = row
         key = f"row.{row}.removed={','.join(map(str, sel['removed']))}"
         got = step.get(key)
         if got is not None:

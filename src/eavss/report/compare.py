@@ -85,6 +85,7 @@ class Row(TypedDict, total=False):
     retention: dict
     mean_retention: dict
     healing: RowHealing
+    same_layers_as: str  # present when an earlier row removes the same layers (evaluated once, shared)
 
 
 class AgreementSection(TypedDict):
@@ -119,6 +120,11 @@ def _pct(entry: dict | None) -> str:
     return s
 
 
+def _label(row: str, r: dict) -> str:
+    """A row's name, with the row it shares its removed layers (and so its evaluation) with."""
+    return f"{row} (same layers as {r['same_layers_as']})" if r.get("same_layers_as") else row
+
+
 def selection_table(report: dict) -> str:
     """Markdown: which layers each metric removes and what the set costs by the ground truth."""
     gt = report["ground_truth"]
@@ -127,7 +133,7 @@ def selection_table(report: dict) -> str:
              "|---|---|---|---|---|---|---|---|---|"]
     for row, r in report["rows"].items():
         c = r["ground_truth_cost"]
-        lines.append(f"| {row} | {r['removed']} | {_fmt(c['cost'], 3)} | {_fmt(c['excess'], 3)} | "
+        lines.append(f"| {_label(row, r)} | {r['removed']} | {_fmt(c['cost'], 3)} | {_fmt(c['excess'], 3)} | "
                      f"{c['overlap_with_oracle']} / {gt['k']} | {_fmt(c.get('joint_loss_increase'), 3)} | "
                      f"{_fmt(c.get('spearman_with_ground_truth'), 2)} | {r['seconds']:.2f} | "
                      f"{_fmt(r.get('params_kept_pct'), 1)}% |")
@@ -149,7 +155,7 @@ def retention_table(rows: dict, tasks: list[str], block: str | None = None, extr
             continue
         ret = b.get("retention", {})
         cells = [_pct(ret.get(t)) for t in tasks]
-        lines.append(f"| {row} | " + " | ".join(cells) + f" | {_pct(b.get('mean_retention'))} |")
+        lines.append(f"| {_label(row, r)} | " + " | ".join(cells) + f" | {_pct(b.get('mean_retention'))} |")
     return "\n".join(lines) + "\n"
 
 
