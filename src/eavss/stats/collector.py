@@ -95,6 +95,7 @@ class ActivationStatsCollector:
         self._prev = None  # (weakref to the previous layer's output, its _version, its |a_t|^2)
         self._nf_pending = None  # (event, pinned host copy) of the last non-blocking finite check
         self._home = input_device(model)
+        self._layer_base: dict = {}  # per device: arange(L) * G, the accumulator row of each layer's group 0
 
     # -- hooks -----------------------------------------------------------------------------
     def _on_activation(self, index: int, act: torch.Tensor, args: tuple, kwargs: dict) -> None:
@@ -124,6 +125,60 @@ class ActivationStatsCollector:
         keep = act_sq is not None and x_in is not None
         self._prev = (weakref.ref(act), _version(act), act_sq) if keep else None
         self.width[index] = act.shape[-1]
+
+    @property
+    def stackable(self) -> bool:
+        """Whether :meth:`reduce_layers` can take several layers' activations at once: neither
+        block influence (needs each layer's input) nor massive-token exclusion (a per-layer batch
+        median) is on."""
+        return not self.block_influence and self.massive is None
+
+    def reduce_layers(self, acts: torch.Tensor, layers: Sequence[int]) -> None:
+        """Reduce the site activations of several decoder layers, stacked, for the current batch
+        (:meth:`set_batch`): the same sums as the hooks would add layer by layer, in one reduction.
+
+        This is how answer capture during generation runs (:class:`eavss.hallucination.capture.Capture`):
+        a decoding step has a few tokens per row, so per-layer hooks would cost more in kernel
+        launches than in arithmetic; staging every layer's activation and reducing them together
+        launches the same kernels once per forward pass instead of once per layer.
+
+        Args:
+            acts: ``(K, B, T, D)`` activations of layers ``layers`` (any float dtype).
+            layers: the ``K`` decoder-layer indices, distinct.
+
+        Raises:
+            EavssError: block influence or massive-token exclusion is on (:attr:`stackable`), or
+                the shapes do not match the batch's mask.
+        """
+        if self._mask is None:
+            return
+        if not self.stackable:
+            raise EavssError("reduce_layers needs block_influence=False and massive=None (each layer's input or "
+                             "batch median is needed); use the hooks")
+        K, B, T, D = acts.shape
+        if len(layers) != K:
+            raise EavssError(f"reduce_layers: {K} stacked activations but {len(layers)} layer indices")
+        mask = self._mask_on.get(acts.device)
+        if mask is None:
+            mask = self._mask_on[acts.device] = self._mask.to(acts.device, non_blocking=True)
+        if (B, T) != tuple(mask.shape):
+            raise EavssError(f"stacked activations {tuple(acts.shape)} do not match the token mask {tuple(mask.shape)}")
+        if self._acc is None:
+            self._acc = torch.zeros(len(self.layers), len(self.group_names), NUM_FIELDS, device=acts.device,
+                                    dtype=self.accum_dtype)
+        G = len(self.group_names)
+        dev = self._acc.device
+        groups = self._groups.to(dev) if self._groups is not None else torch.zeros(B, dtype=torch.long, device=dev)
+        if list(layers) == list(range(len(self.layers))):
+            base = self._layer_base.get(dev)
+            if base is None:
+                base = self._layer_base[dev] = torch.arange(len(self.layers), device=dev) * G
+        else:
+            base = torch.as_tensor(list(layers), dtype=torch.long).to(dev) * G
+        rows = (base[:, None] + groups[None, :]).reshape(K * B)  # row (l, b) adds into acc[l, groups[b]]
+        reduce_activations_ext(acts.reshape(K * B, T, D), mask.expand(K, B, T).reshape(K * B, T), self.rule,
+                               pooled=self.pooled, acc=self._acc.view(-1, NUM_FIELDS), groups=rows)
+        self.width[list(layers)] = D
 
     def _on_layer_output(self, index: int, out: torch.Tensor, args: tuple, kwargs: dict) -> None:
         """Block influence of layer ``index`` when the site is not ``resid_post``."""
