@@ -335,3 +335,19 @@ def test_missing_data_errors(model, tok, tmp_path):
 def test_bad_task_option(model, tok):
     with pytest.raises(EavssError, match="ppl option"):
         harness.evaluate(model, tok, ["ppl"], data_dir=DATA, task_options={"ppl": {"context": 64}})
+
+
+@needs_data
+@pytest.mark.parametrize("progress", [True, False])
+def test_lm_eval_progress_bars_follow_progress(model, tok, progress, capfd):
+    """``progress=False`` (``--no-progress``) silences lm-eval's bars -- the request runners' and the
+    one drawn while building requests -- and leaves lm-eval's own tqdm as it was afterwards."""
+    import lm_eval.api.task as task_module
+
+    before = task_module.tqdm
+    capfd.readouterr()
+    res = harness.evaluate(model, tok, ["sciq"], limit=3, data_dir=DATA, progress=progress)
+    err = capfd.readouterr().err
+    assert res["sciq"]["n_samples"] == 3 and task_module.tqdm is before
+    bars = [m for m in ("Running loglikelihood requests", "it/s]") if m in err]
+    assert bars if progress else not bars, err[-500:]

@@ -226,7 +226,7 @@ def test_interrupted_run_resumes_to_the_uninterrupted_report(healed_runs, tiny_f
     assert set(resumed["timings"]) == set(whole["timings"])  # the kept steps' seconds are in the report
 
 
-def test_rows_removing_the_same_layers_are_evaluated_once(tiny_folder, tmp_path, monkeypatch):
+def test_rows_removing_the_same_layers_are_evaluated_once(tiny_folder, tmp_path, monkeypatch, capfd):
     """Two rows that remove the same layers are one pruned model: evaluated and healed once, the later
     row marked ``same_layers_as`` with the first row's numbers, and the report says so."""
     import eavss.recipes.compare as cmp
@@ -253,6 +253,7 @@ def test_rows_removing_the_same_layers_are_evaluated_once(tiny_folder, tmp_path,
         assert rows["last"][key] == rows["avss"][key], key
     assert rows["last"]["metric"] == "last" and rows["last"]["score"] is None  # its own selection facts
     assert "| last (same layers as avss) |" in (out / "report.md").read_text()
+    assert "Running loglikelihood requests" not in capfd.readouterr().err  # --no-progress reaches lm-eval
 
 
 def test_work_folder_of_other_settings_is_refused(tiny_folder, tmp_path, capsys):

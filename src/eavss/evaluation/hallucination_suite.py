@@ -92,16 +92,15 @@ def run_lm_eval_items(ctx: RunContext, lm_eval_tasks: Sequence[str], metadata: M
         ``{task: [logged sample, ...]}`` in document order (each has ``doc``, ``doc_id``,
         ``filtered_resps`` and the per-sample metric values).
     """
-    from lm_eval import simple_evaluate
     from lm_eval.tasks import TaskManager
 
     from eavss.evaluation.tasks import TASKS_DIR
 
     tm = TaskManager(include_path=str(TASKS_DIR), include_defaults=False,
                      metadata={"data_dir": str(ctx.data_dir), **dict(metadata)})
-    out = simple_evaluate(model=ctx.hflm, tasks=list(lm_eval_tasks), num_fewshot=0, task_manager=tm, bootstrap_iters=0,
-                          log_samples=True, gen_kwargs=dict(gen_kwargs) if gen_kwargs else None, random_seed=ctx.seed,
-                          numpy_random_seed=ctx.seed, torch_random_seed=ctx.seed, fewshot_random_seed=ctx.seed)
+    out = ctx.simple_evaluate(tasks=list(lm_eval_tasks), num_fewshot=0, task_manager=tm, bootstrap_iters=0,
+                              log_samples=True, gen_kwargs=dict(gen_kwargs) if gen_kwargs else None, random_seed=ctx.seed,
+                              numpy_random_seed=ctx.seed, torch_random_seed=ctx.seed, fewshot_random_seed=ctx.seed)
     logs = {}
     for t in lm_eval_tasks:
         rows = [x for x in out["samples"][t] if str(x.get("filter", "none")) == "none"]
@@ -339,11 +338,9 @@ def _collateral(ctx: RunContext, task: str, limit: int | None, opts: Mapping[str
         res = window_perplexity(ctx.model, ctx.tokenizer, load_wikitext2_test_text(ctx.data_dir), L, windows,
                                 int(opts.get("batch_size", min(ctx.batch_size, 4))))
     elif task == "sst2":
-        from lm_eval import simple_evaluate
-
-        out = simple_evaluate(model=ctx.hflm, tasks=["eavss_sst2"], num_fewshot=0, limit=limit, task_manager=ctx.task_manager,
-                              bootstrap_iters=0, log_samples=True, random_seed=ctx.seed, numpy_random_seed=ctx.seed,
-                              torch_random_seed=ctx.seed, fewshot_random_seed=ctx.seed)
+        out = ctx.simple_evaluate(tasks=["eavss_sst2"], num_fewshot=0, limit=limit, task_manager=ctx.task_manager,
+                                  bootstrap_iters=0, log_samples=True, random_seed=ctx.seed, numpy_random_seed=ctx.seed,
+                                  torch_random_seed=ctx.seed, fewshot_random_seed=ctx.seed)
         rows = sorted(out["samples"]["eavss_sst2"], key=lambda x: int(x["doc_id"]))
         per_item = mean_per_item({"acc": [float(x["acc"]) for x in rows]})
         res = {"metrics": {"acc": sum(per_item["columns"]["acc"]) / len(rows)}, "stderr": {},
@@ -360,7 +357,7 @@ def _collateral(ctx: RunContext, task: str, limit: int | None, opts: Mapping[str
 def evaluate_suite(model, tokenizer, tasks: Sequence[str], *, limits: Mapping[str, int | None] | None = None,
                    splits: str | None = None, part: str = "eval", data_dir=None, batch_size: int = 8, seed: int = 0,
                    max_length: int | None = None, task_options: Mapping[str, Mapping[str, Any]] | None = None,
-                   resamples: int = 1000, level: float = 0.95) -> dict[str, dict[str, Any]]:
+                   resamples: int = 1000, level: float = 0.95, progress: bool = True) -> dict[str, dict[str, Any]]:
     """Evaluate a model on suite tasks (and the collateral ``ppl``/``sst2``), every result with
     per-item values and bootstrap intervals.
 
@@ -375,6 +372,7 @@ def evaluate_suite(model, tokenizer, tasks: Sequence[str], *, limits: Mapping[st
         task_options: extra options per task (see the module doc; ``ppl``: context_length,
             max_tokens, batch_size).
         resamples, level: the bootstrap intervals.
+        progress: lm-eval's progress bars (False: none).
 
     Returns:
         ``{task: harness result}`` with ``item_ids``, ``per_item`` and ``details["ci"]``.
@@ -405,7 +403,7 @@ def evaluate_suite(model, tokenizer, tasks: Sequence[str], *, limits: Mapping[st
         if task in SUITE_TASKS:
             opts.update({"splits": None if splits is None else str(splits), "part": part})
         ctx = RunContext(model=model, tokenizer=tokenizer, data_dir=root, batch_size=int(batch_size), seed=int(seed),
-                         max_gen_toks=32, max_length=max_length, options={task: opts})
+                         max_gen_toks=32, max_length=max_length, options={task: opts}, progress=progress)
         spec = TASKS[task]
         # the suite's own runners (not harness.evaluate): they keep item ids and per-item values whatever
         # the harness version copies into its results

@@ -32,6 +32,8 @@ for both models); :func:`mean_retention` averages one task per capability.
 
 from __future__ import annotations
 
+import functools
+
 import importlib.metadata
 import math
 import os
@@ -179,12 +181,15 @@ class RunContext:
     max_gen_toks: int
     max_length: int | None = None
     options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    progress: bool = True
     _hflm: Any = None
     _task_manager: Any = None
 
     @property
     def hflm(self):
-        """``lm_eval.models.huggingface.HFLM`` around the in-memory model (built once)."""
+        """``lm_eval.models.huggingface.HFLM`` around the in-memory model (built once); with
+        ``progress=False`` its request methods draw no progress bar (``disable_tqdm=True``, which
+        ``simple_evaluate`` never passes)."""
         if self._hflm is None:
             from lm_eval.models.huggingface import HFLM
 
@@ -192,7 +197,28 @@ class RunContext:
             if self.max_length is not None:
                 kwargs["max_length"] = self.max_length
             self._hflm = HFLM(pretrained=self.model, tokenizer=self.tokenizer, **kwargs)
+            if not self.progress:
+                for name in ("loglikelihood", "loglikelihood_rolling", "generate_until"):
+                    setattr(self._hflm, name, functools.partial(getattr(self._hflm, name), disable_tqdm=True))
         return self._hflm
+
+    def simple_evaluate(self, **kwargs) -> dict:
+        """``lm_eval.simple_evaluate(model=self.hflm, **kwargs)``; with ``progress=False`` without
+        lm-eval's progress bars (also the one it draws while building requests, which has no switch:
+        lm-eval's ``tqdm`` is replaced by a disabled one for the call)."""
+        from lm_eval import simple_evaluate
+
+        if self.progress:
+            return simple_evaluate(model=self.hflm, **kwargs)
+        import lm_eval.api.task as task_module
+        from tqdm import tqdm
+
+        old = task_module.tqdm
+        task_module.tqdm = functools.partial(tqdm, disable=True)
+        try:
+            return simple_evaluate(model=self.hflm, **kwargs)
+        finally:
+            task_module.tqdm = old
 
     @property
     def task_manager(self):
@@ -290,13 +316,10 @@ def run_lm_eval_task(ctx: RunContext, lm_eval_task: str, limit: int | None, gen_
     Raises:
         EavssError: lm-eval scored other items than the ones asked for.
     """
-    from lm_eval import simple_evaluate
-
     task_obj = ctx.task_manager.load([lm_eval_task])["tasks"][lm_eval_task]
     n_total = len(task_obj.eval_docs)
     ids = intervals.sample_item_ids(n_total, limit, ctx.seed)
-    out = simple_evaluate(
-        model=ctx.hflm,
+    out = ctx.simple_evaluate(
         tasks=[task_obj],
         num_fewshot=0,
         limit=None,
@@ -596,6 +619,7 @@ def evaluate(
     task_options: Mapping[str, Mapping[str, Any]] | None = None,
     resamples: int = intervals.RESAMPLES,
     level: float = intervals.LEVEL,
+    progress: bool = True,
 ) -> dict[str, dict[str, Any]]:
     """Evaluate an in-memory causal LM on registered tasks.
 
@@ -613,6 +637,7 @@ def evaluate(
         seed: seed of the item sample, of the bootstrap (with the task name:
             :func:`bootstrap_seed`) and the Python/NumPy/torch/few-shot seed given to lm-eval
             (all tasks are greedy/zero-shot).
+        progress: lm-eval's progress bars (False: none; ``--no-progress``).
         max_gen_toks: generation budget for ``squad``.
         max_length: lm-eval context window (rolling-window size for ``wikitext2``, left
             truncation for the others); None uses the model's ``max_position_embeddings``.
@@ -671,6 +696,7 @@ def evaluate(
         max_gen_toks=int(max_gen_toks),
         max_length=max_length,
         options=task_options,
+        progress=progress,
     )
     version = lm_eval_version()
     results: dict[str, dict[str, Any]] = {}

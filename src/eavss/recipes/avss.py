@@ -413,7 +413,7 @@ def evaluate_without(model, tok, layers: list[int], original: dict, cfg, timings
     from eavss.models.surgery import skip_layers
 
     with skip_layers(model, layers):
-        res, secs = evaluate_model(model, tok, cfg.eval, cfg.data_dir, cfg.seed)
+        res, secs = evaluate_model(model, tok, cfg.eval, cfg.data_dir, cfg.seed, cfg.progress)
     timings.update({f"eval_{name}.{t}": v for t, v in secs.items()})
     ret = retention(original, res, seed=cfg.seed)
     mean = mean_retention(ret)
@@ -440,10 +440,11 @@ def prune_model(model, scores: list[float], p: PruneSection) -> dict:
             "num_layers_after": info["num_layers_after"], "params_before": n_before, "params_after": n_after}
 
 
-def evaluate_model(model, tokenizer, e: EvalSection, data_dir: str | None, seed: int) -> tuple[dict, dict]:
+def evaluate_model(model, tokenizer, e: EvalSection, data_dir: str | None, seed: int,
+                   progress: bool = True) -> tuple[dict, dict]:
     """Run each evaluation task with its own limit (a seeded random sample of items, seed ``seed``:
-    the same items for the original and the pruned model). Returns ``(results_by_task,
-    seconds_by_task)``."""
+    the same items for the original and the pruned model); ``progress``: lm-eval's bars. Returns
+    ``(results_by_task, seconds_by_task)``."""
     from eavss.evaluation.harness import evaluate
 
     results, secs = {}, {}
@@ -452,7 +453,7 @@ def evaluate_model(model, tokenizer, e: EvalSection, data_dir: str | None, seed:
         with timed(secs, task):
             res = evaluate(model, tokenizer, [task], limit=e.limits.get(task), data_dir=data_dir,
                            batch_size=e.batch_size, seed=seed, max_gen_toks=e.max_gen_toks, max_length=e.max_length,
-                           task_options={**opts, **suite_task_options(task, e)})
+                           task_options={**opts, **suite_task_options(task, e)}, progress=progress)
         results[task] = res[task]
     return jsonable(results), secs
 
@@ -563,7 +564,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     with timed(timings, "load"):
         loaded = load(cfg.model, cfg.progress)
     check_after_loading(cfg, loaded.model)
-    res, secs = evaluate_model(loaded.model, loaded.tokenizer, cfg.eval, cfg.data_dir, cfg.seed)
+    res, secs = evaluate_model(loaded.model, loaded.tokenizer, cfg.eval, cfg.data_dir, cfg.seed, cfg.progress)
     timings.update({f"eval.{k}": v for k, v in secs.items()})
     report = new_report("eval", to_dict(cfg), cfg.seed, loaded.tokenizer)
     report.update({"model": model_section(loaded), "evaluation": {"original": res, "limits": cfg.eval.limits},
@@ -607,7 +608,7 @@ def run(cfg: RunConfig) -> dict:
     with timed(timings, "ground_truth"):
         gt = ground_truth(cfg, model, tok, pre["texts"], sc)
 
-    original, secs = evaluate_model(model, tok, cfg.eval, cfg.data_dir, cfg.seed)
+    original, secs = evaluate_model(model, tok, cfg.eval, cfg.data_dir, cfg.seed, cfg.progress)
     timings.update({f"eval_original.{k}": v for k, v in secs.items()})
     chosen = select_for(sc[cfg.prune.score]["score"], cfg.prune)
     alternatives = {}
@@ -616,7 +617,7 @@ def run(cfg: RunConfig) -> dict:
         alternatives[name] = evaluate_without(model, tok, layers, original, cfg, timings, name)
     with timed(timings, "pruning"):
         pr = prune_model(model, sc[cfg.prune.score]["score"], cfg.prune)
-    pruned, secs = evaluate_model(model, tok, cfg.eval, cfg.data_dir, cfg.seed)
+    pruned, secs = evaluate_model(model, tok, cfg.eval, cfg.data_dir, cfg.seed, cfg.progress)
     timings.update({f"eval_pruned.{k}": v for k, v in secs.items()})
     ret = retention(original, pruned, seed=cfg.seed)
     mean = mean_retention(ret)

@@ -335,7 +335,7 @@ def _evaluate(cfg: CompareConfig, model, tok) -> tuple[dict, float]:
     from eavss.recipes.compare_eval import evaluate_tasks
 
     t0 = time.perf_counter()
-    res, _ = evaluate_tasks(model, tok, cfg.eval, cfg.data_dir, cfg.seed)
+    res, _ = evaluate_tasks(model, tok, cfg.eval, cfg.data_dir, cfg.seed, cfg.progress)
     return res, time.perf_counter() - t0
 
 

