@@ -5,7 +5,7 @@ kernel alone timed against the eager and the simple reductions (CUDA events, med
 
 Correctness: fresh random activations (bfloat16 and float32, residual-stream-like scale with a few
 large channels), a random token mask whose excluded positions hold NaN/Inf, one masked Inf token,
-both sparsity rules, register (D <= 8192) and chunked (D > 8192) kernel paths. Reference: the eager
+both sparsity rules, register (D <= 32768) and chunked (D > 32768) kernel paths. Reference: the eager
 reduction on a float64 copy on the CPU (the same function computed in float64). Reported: max
 relative error per field. Then block influence at sites other than resid_post (the fused kernel
 vs. the eager form), and tiny models on the GPU vs. on the CPU through the whole collector (at
@@ -53,7 +53,8 @@ def make_inputs(B, T, D, dtype, device, seed):
 
 
 CASES = [(8, 512, 4096, torch.bfloat16), (8, 512, 4096, torch.float32), (3, 37, 576, torch.bfloat16),
-         (2, 100, 14336, torch.bfloat16), (4, 64, 896, torch.float16), (1, 1, 4096, torch.bfloat16)]
+         (2, 100, 14336, torch.bfloat16), (4, 64, 896, torch.float16), (1, 1, 4096, torch.bfloat16),
+         (2, 64, 18944, torch.bfloat16), (1, 16, 40960, torch.bfloat16)]  # whole-row up to 32768, chunked above
 
 
 def check_correctness(device, cases=CASES) -> list[dict]:
