@@ -266,6 +266,30 @@ def test_mean_retention_counts_each_capability_once():
     # wikitext2 alone counts for its capability
     solo = harness.mean_retention({"wikitext2": ret["wikitext2"]})
     assert solo["tasks_used"] == ["wikitext2"] and solo["tasks_skipped_duplicate_capability"] == []
+    assert "draws" not in m and harness.mean_retention(ret, keep_draws=True)["draws"] == [40.0, 60.0]
+
+
+def test_paired_difference_by_hand_and_tighter_than_two_intervals():
+    """``a - b`` with the percentiles of the per-resample differences; None parts are handled."""
+    da, db = [10.0, 12.0, None, 14.0], [9.0, 12.5, 3.0, 11.0]
+    got = intervals.paired_difference(12.0, 11.0, da, db)
+    assert got["diff"] == 1.0 and got["resamples"] == 4
+    assert got["ci"] == pytest.approx(list(np.percentile([1.0, -0.5, 3.0], [2.5, 97.5])))  # the None draw left out
+    assert intervals.paired_difference(None, 1.0, da, db)["diff"] is None
+    assert intervals.paired_difference(1.0, 2.0, da, None) == {"diff": -1.0, "ci": None, "resamples": None}
+    assert intervals.paired_difference(1.0, 2.0, da, db[:3])["ci"] is None  # different resamples: no pairing
+    # two models that differ on one item of 40: the paired interval of the difference is far
+    # narrower than the distance between the two separate intervals' ends
+    o = [1.0] * 30 + [0.0] * 10
+    p = [1.0] * 29 + [0.0] * 11
+    idx = intervals.resample_indices(40, 1000, 0)
+    mo = intervals.metric_from_items(_per_item("mean", [o]), "m", idx)
+    mp = intervals.metric_from_items(_per_item("mean", [p]), "m", idx)
+    pd = intervals.paired_difference(float(np.mean(p)), float(np.mean(o)), list(mp), list(mo))
+    lo_o, hi_o = intervals.percentile_interval(mo)
+    lo_p, hi_p = intervals.percentile_interval(mp)
+    assert pd["diff"] == pytest.approx(-1 / 40) and pd["ci"][1] <= 0.0
+    assert pd["ci"][1] - pd["ci"][0] < 0.5 * ((hi_o - lo_p) - (lo_o - hi_p))
 
 
 # --------------------------------------------------------------------------- new tasks

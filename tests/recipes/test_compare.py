@@ -125,10 +125,56 @@ def test_report_numbers_are_the_library_numbers(healed_runs, tiny_folder):
     np.testing.assert_allclose(rho, rho.T) and np.testing.assert_allclose(np.diag(rho), 1.0)
     assert rep["random"]["random"]["seeds"] == [0, 1]
     assert rep["healing"]["unpruned"]["train"]["steps"] == 2
+    # paired differences: the library's, from each row's own retention draws (same items, same resamples)
+    from eavss.evaluation.harness import mean_retention
+    from eavss.evaluation.intervals import paired_difference
+
+    mm = {r: mean_retention(retention(rep["evaluation"]["original"], v["evaluation"]), keep_draws=True)
+          for r, v in rep["rows"].items()}
+    pb = rep["paired"]["before"]
+    best = max(mm, key=lambda r: mm[r]["mean_pct"])
+    rand = [r for r, v in rep["rows"].items() if v["seed"] is not None]
+    assert pb["best"] == best and pb["random_rows"] == rand
+    rand_draws = np.mean([[np.nan if x is None else x for x in mm[r]["draws"]] for r in rand], axis=0)
+    for r in rep["rows"]:
+        ref = paired_difference(mm[r]["mean_pct"], mm[best]["mean_pct"], mm[r]["draws"], mm[best]["draws"])
+        assert pb["rows"][r]["vs_best"]["diff"] == pytest.approx(ref["diff"])
+        assert pb["rows"][r]["vs_best"]["ci"] == pytest.approx(ref["ci"])
+        ref = paired_difference(mm[r]["mean_pct"], float(np.mean([mm[x]["mean_pct"] for x in rand])), mm[r]["draws"],
+                                list(rand_draws))
+        assert pb["rows"][r]["vs_random_mean"]["diff"] == pytest.approx(ref["diff"])
+        assert pb["rows"][r]["vs_random_mean"]["ci"] == pytest.approx(ref["ci"])
+    assert pb["rows"][best]["vs_best"] == {"diff": 0.0, "ci": [0.0, 0.0], "resamples": 1000}
+    assert rep["paired"]["healed_vs_healed_unpruned"]["rows"].keys() == rep["rows"].keys()
+    assert '"draws"' not in json.dumps(rep["rows"]) + json.dumps(rep["healing"])  # kept in the work folder only
     md = (healed_runs[0] / "report.md").read_text()
     for needle in ("Which layers each metric removes", "Retention", "Do the metrics agree", "Control: the unpruned",
-                   "against the healed unpruned model", "oracle"):
+                   "against the healed unpruned model", "oracle", "paired differences", f"minus the best ({best})"):
         assert needle in md, needle
+
+
+def test_compare_paired_script_recomputes_the_reports_paired_differences(healed_runs, capsys):
+    """scripts/compare_paired.py on a report without ``paired`` (an earlier schema) recomputes it from
+    the per-item results, equal to what the run itself stored; on a report with it, prints it."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("compare_paired",
+                                                  Path(__file__).parents[2] / "scripts" / "compare_paired.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rep = json.loads((healed_runs[0] / "report.json").read_text())
+    stored = rep.pop("paired")
+    again = json.loads(json.dumps(mod.paired_from_report(rep)))
+    assert again["before"]["best"] == stored["before"]["best"]
+    for part in ("before", "healed_vs_healed_unpruned"):
+        for row, e in stored[part]["rows"].items():
+            for key in ("vs_best", "vs_random_mean"):
+                assert again[part]["rows"][row][key]["diff"] == pytest.approx(e[key]["diff"])
+                assert again[part]["rows"][row][key]["ci"] == pytest.approx(e[key]["ci"])
+    assert mod.main([str(healed_runs[0] / "report.json")]) == 0
+    assert "minus the best" in capsys.readouterr().out
+    assert mod.main([str(healed_runs[0] / "report.md")]) == 2 and "cannot read" in capsys.readouterr().err
 
 
 def test_every_metric_in_one_run_without_healing(tiny_folder, tmp_path, capsys):

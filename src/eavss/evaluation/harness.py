@@ -929,7 +929,8 @@ def retention(
     return out
 
 
-def mean_retention(retention: Mapping[str, Mapping[str, Any]], level: float = intervals.LEVEL) -> dict[str, Any]:
+def mean_retention(retention: Mapping[str, Mapping[str, Any]], level: float = intervals.LEVEL,
+                   keep_draws: bool = False) -> dict[str, Any]:
     """Mean retention over tasks, counting each capability once.
 
     Tasks are grouped by ``capability`` (task metadata; ``ppl`` and ``wikitext2`` are both
@@ -945,6 +946,9 @@ def mean_retention(retention: Mapping[str, Mapping[str, Any]], level: float = in
     Args:
         retention: the dict returned by :func:`retention`.
         level: confidence level.
+        keep_draws: also return the mean's bootstrap draws (``"draws"``: one per resample, None
+            for a non-finite one; absent when there is no interval), for paired comparisons of two
+            models scored on the same items (:func:`eavss.evaluation.intervals.paired_difference`).
 
     Returns:
         ``{"mean_pct": float | None, "tasks_used": [task], "tasks_skipped_duplicate_capability":
@@ -969,12 +973,16 @@ def mean_retention(retention: Mapping[str, Mapping[str, Any]], level: float = in
         caps[cap] = members[0][2]
         dup += [t for _, _, t in members[1:]]
     vals = [float(retention[t]["retention_pct"]) for t in used]
-    ci = None
+    ci = mean_draws = None
     draws = [retention[t].get("draws") for t in used]
     if used and all(isinstance(d, list) and d for d in draws) and len({len(d) for d in draws}) == 1:
         arr = np.array([[np.nan if v is None else v for v in d] for d in draws], dtype=np.float64)
-        ci = _pair(intervals.percentile_interval(arr.mean(axis=0), level))
-    return {
+        mean_draws = arr.mean(axis=0)
+        ci = _pair(intervals.percentile_interval(mean_draws, level))
+    extra = {}
+    if keep_draws and mean_draws is not None:
+        extra["draws"] = [None if not math.isfinite(v) else round(float(v), 4) for v in mean_draws]
+    return {**extra,
         "mean_pct": float(np.mean(vals)) if vals else None,
         "tasks_used": used,
         "tasks_skipped_duplicate_capability": dup,

@@ -586,6 +586,8 @@ def run(cfg: CompareConfig) -> dict:
               file=sys.stderr)
         raise
 
+    from eavss.recipes.compare_eval import paired_rows, strip_draws
+
     rows = {}
     for row, sel in selections.items():
         rows[row] = {"metric": sel["metric"], "seed": sel["seed"], "removed": sel["removed"],
@@ -603,14 +605,17 @@ def run(cfg: CompareConfig) -> dict:
         "statistics_passes": {f"statistics:{s}": ctx.shared_seconds.get(f"statistics:{s}") for s in ctx.stats},
         "metrics": metrics_meta,
         "ground_truth": gt,
-        "rows": rows,
+        "rows": strip_draws(rows),
         "agreement": agree,
         "random": random_summary(rows),
+        "paired": {"before": paired_rows(rows),
+                   "healed_vs_healed_unpruned": paired_rows(rows, "healing.vs_healed_unpruned") if cfg.compare.heal
+                   else None},
         "evaluation": {"original": ev["original"], "tasks": cfg.eval.tasks, "limits": cfg.eval.limits},
         "healing": None if not cfg.compare.heal else {
             "text": {**text_info, **data_info},
             "note": healing_note(text_info),
-            **ev["healing"]},
+            **strip_draws(ev["healing"])},
         "timings": timings, "threads": threads,
     })
     with atomic_dir(cfg.out, cfg.overwrite) as tmp:

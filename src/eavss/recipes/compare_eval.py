@@ -39,13 +39,14 @@ def retention_of(original: Mapping, pruned: Mapping, seed: int) -> tuple[dict, d
     Returns:
         ``(retention, mean)``: ``retention[task]`` is the harness's entry (``metric``,
         ``original``, ``pruned``, ``retention_pct``, ``ci`` when the harness gives one);
-        ``mean`` is ``{"mean_pct", "ci", "tasks_used", "rule"}``.
+        ``mean`` is ``{"mean_pct", "ci", "tasks_used", "rule"}`` plus ``draws`` (the mean's paired
+        bootstrap draws, for :func:`paired_rows`; the report leaves them out).
     """
     from eavss.evaluation import harness
     from eavss.report.schema import jsonable
 
     ret = harness.retention(original, pruned, seed=seed)
-    mean = dict(harness.mean_retention(ret))
+    mean = dict(harness.mean_retention(ret, keep_draws=True))
     for r in ret.values():
         r.setdefault("ci", None)
         r.pop("draws", None)  # bootstrap draws: only mean_retention needs them
@@ -56,3 +57,61 @@ def retention_of(original: Mapping, pruned: Mapping, seed: int) -> tuple[dict, d
 def compact(results: Mapping[str, Any]) -> dict:
     """A ``{task: result}`` without the per-task ``description`` (recorded once per report)."""
     return {t: {k: v for k, v in r.items() if k != "description"} for t, r in results.items()}
+
+
+def paired_rows(rows: Mapping[str, Any], block: str | None = None) -> dict | None:
+    """Paired differences in mean retention (percentage points) between the rows of a comparison:
+    each row against the row with the highest mean (``vs_best``) and against the mean of the
+    seeded rows (``vs_random_mean``, random layers averaged over their seeds resample by resample).
+    Every row was scored on the same items with the same bootstrap resamples, so the draws pair up
+    (:func:`eavss.evaluation.intervals.paired_difference`).
+
+    Args:
+        rows: ``report["rows"]`` entries (their ``mean_retention`` blocks with ``draws``).
+        block: None for the retention before healing; ``"healing.vs_healed_unpruned"`` etc. for a
+            nested block.
+
+    Returns:
+        ``{"best": row, "random_rows": [row], "rows": {row: {"vs_best": {diff, ci, resamples},
+        "vs_random_mean": {...} | None}}}``, or None when no row has a mean.
+    """
+    import numpy as np
+
+    from eavss.evaluation.intervals import paired_difference
+
+    means = {}
+    for name, r in rows.items():
+        b = r
+        for part in (block.split(".") if block else []):
+            b = (b or {}).get(part)
+        m = (b or {}).get("mean_retention") or {}
+        if m.get("mean_pct") is not None:
+            means[name] = m
+    if not means:
+        return None
+    best = max(means, key=lambda n: means[n]["mean_pct"])
+    seeded = [n for n in means if rows[n].get("seed") is not None]
+    rand = None
+    if seeded:
+        draws = [means[n].get("draws") for n in seeded]
+        rd = None
+        if all(draws) and len({len(d) for d in draws}) == 1:
+            arr = np.array([[np.nan if v is None else v for v in d] for d in draws], dtype=np.float64)
+            rd = [None if not np.isfinite(v) else float(v) for v in arr.mean(axis=0)]
+        rand = (float(np.mean([means[n]["mean_pct"] for n in seeded])), rd)
+    out = {}
+    for name, m in means.items():
+        out[name] = {"vs_best": paired_difference(m["mean_pct"], means[best]["mean_pct"], m.get("draws"),
+                                                  means[best].get("draws")),
+                     "vs_random_mean": None if rand is None else paired_difference(m["mean_pct"], rand[0],
+                                                                                   m.get("draws"), rand[1])}
+    return {"best": best, "random_rows": seeded, "block": block or "mean_retention", "rows": out}
+
+
+def strip_draws(obj: Any) -> Any:
+    """``obj`` without the bootstrap ``draws`` lists (kept in the work folder, not in the report)."""
+    if isinstance(obj, dict):
+        return {k: strip_draws(v) for k, v in obj.items() if k != "draws"}
+    if isinstance(obj, list):
+        return [strip_draws(v) for v in obj]
+    return obj

@@ -98,6 +98,16 @@ class AgreementSection(TypedDict):
     removed_overlap: list[list[int]]
 
 
+class PairedSection(TypedDict, total=False):
+    """``report["paired"]``: :func:`eavss.recipes.compare_eval.paired_rows` before healing
+    (``before``) and, with ``--heal``, against the healed unpruned model
+    (``healed_vs_healed_unpruned``): ``{"best", "random_rows", "block", "rows": {row: {"vs_best",
+    "vs_random_mean"}}}``, each ``{"diff", "ci", "resamples"}`` in percentage points."""
+
+    before: dict | None
+    healed_vs_healed_unpruned: dict | None
+
+
 class HealingSection(TypedDict, total=False):
     """``report["healing"]`` (``--heal``): the healing text and the unpruned control."""
 
@@ -179,6 +189,45 @@ def agreement_table(agree: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _diff(e: dict | None) -> str:
+    """``diff [lo, hi]`` of a paired difference (percentage points)."""
+    if not e or e.get("diff") is None:
+        return "–"
+    out = f"{e['diff']:+.1f}"
+    if e.get("ci"):
+        out += f" [{e['ci'][0]:+.1f}, {e['ci'][1]:+.1f}]"
+    return out
+
+
+def paired_table(paired: dict | None) -> str:
+    """Markdown: each row's mean retention minus the best row's and minus the random seeds' mean,
+    in percentage points with the paired bootstrap interval (same items, same resamples)."""
+    if not paired:
+        return "(no mean retention to compare)\n"
+    lines = [f"| metric | minus the best ({paired['best']}) | minus the random mean ({', '.join(paired['random_rows']) or 'no random rows'}) |",
+             "|---|---|---|"]
+    for row, e in paired["rows"].items():
+        lines.append(f"| {row} | {_diff(e['vs_best'])} | {_diff(e['vs_random_mean'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def paired_section(report: dict) -> list[str]:
+    """Markdown of ``report["paired"]``: before healing and, with healing, against the healed unpruned model."""
+    p = report.get("paired") or {}
+    if not p:
+        return []
+    out = ["## Is one metric's choice better than another's? (paired differences)\n",
+           "Mean retention of a row minus another's, percentage points; 95 % paired bootstrap interval: every "
+           "model is scored on the same items, and each bootstrap resample draws the same items for every row, so "
+           "the difference is resampled as a whole. An interval that excludes 0 separates the two rows. The random "
+           "mean is the mean of these seeds' rows: its interval is over items for these seeds, not over other random "
+           "choices of layers (the spread between seeds is in the random line above).\n",
+           "Before healing (against the original):\n", paired_table(p.get("before"))]
+    if p.get("healed_vs_healed_unpruned"):
+        out += ["Healed, against the healed unpruned model:\n", paired_table(p["healed_vs_healed_unpruned"])]
+    return out
+
+
 def random_lines(report: dict) -> list[str]:
     """One line per seeded metric: mean (min-max) over seeds."""
     out = []
@@ -254,6 +303,7 @@ def render_markdown(report: dict) -> str:
     out.append("## Do the metrics agree? (Spearman between per-layer scores)\n")
     out.append(agreement_table(report["agreement"]))
     out += healing_section(report, tasks)
+    out += paired_section(report)
     out.append("## Metrics\n")
     for m, meta in report.get("metrics", {}).items():
         out.append(f"- `{m}` ({meta.get('needs')}; {meta.get('direction')}): {meta.get('help')}")

@@ -13,8 +13,10 @@ Version history: 1.0 -- first release. 2.0 -- one command stack: the ``code`` an
 header fields; configs are per command (a ``score`` report's config has no prune/eval sections);
 the variance definition is ``stats.variance`` in every command (was ``scores.variance`` for
 AVSS); agreement keys ``top_k_score``/``top_k_reference``. 2.1 -- kinds ``compare``
-(:mod:`eavss.report.compare`) and ``heal`` (:mod:`eavss.report.heal`). A reader refuses a report whose major
-version differs from :data:`SCHEMA_VERSION`'s (:func:`read_report`).
+(:mod:`eavss.report.compare`) and ``heal`` (:mod:`eavss.report.heal`). 2.2 -- ``compare``: ``paired``
+(paired differences in mean retention between rows), rows that share removed layers carry
+``same_layers_as``. A reader refuses a report whose major version differs from
+:data:`SCHEMA_VERSION`'s (:func:`read_report`).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import numpy as np
 from eavss.errors import EavssError
 
 SCHEMA = "eavss.report"
-SCHEMA_VERSION = "2.1"
+SCHEMA_VERSION = "2.2"
 KINDS = ("score", "prune", "eval", "run", "hallucination", "compare", "heal", "mitigate")
 
 
