@@ -54,6 +54,10 @@ def test_config_file_and_overrides(tmp_path, capsys):
     (["prune", "--from", "/no/such/run", "--out", "OUT"], "not found"),
     (["eval", "--tasks", "nosuchtask", "--model", "/no/such/dir/", "--out", "OUT"], "eval.tasks='nosuchtask'"),
     (["eval", "--limit", "0", "--out", "OUT"], "--limit must be >= 1"),
+    (["eval", "--seed", "-1", "--tasks", "ppl", "--out", "OUT"], "seed must be >= 0, got -1"),
+    (["run", "--tau", "-0.1", "--out", "OUT"], "stats.sparsity.tau must be >= 0, got -0.1"),
+    (["eval", "--model", "", "--tasks", "ppl", "--out", "OUT"], "--model (model.name) is empty"),
+    (["score", "--calib", "text:", "--out", "OUT"], "calibration path is empty"),
 ])
 def test_bad_input_is_one_line(tmp_path, capsys, argv, needle):
     argv = [str(tmp_path / "o") if a == "OUT" else a for a in argv]

@@ -30,7 +30,7 @@ def test_typed_values_win_over_overrides():
 
 
 @pytest.mark.parametrize("override, needle", [
-    ("prune.fraction=abc", "must be a number"), ("seed=1.5", "must be an integer"),
+    ("prune.fraction=abc", "must be a number"), ("seed=1.5", "must be an integer"), ("seed=-1", "seed"),
     ("stats.block_influence=maybe", "must be true or false"), ("prune.nope=1", "unknown config key 'prune.nope'"),
     ("prune=3", "is a section"), ("stats.site=resid_pre", "stats.site='resid_pre' is not valid"),
     ("stats.variance=pooledd", "stats.variance='pooledd' is not valid"), ("prune.score=avs", "prune.score='avs'"),

@@ -56,7 +56,7 @@ def option(default: Any = dataclasses.MISSING, help: str = "", *, flag: str | No
     """
     md = {"help": help, "flag": flag, "choices": choices, "min": min, "max": max, "keys": keys, "action": action,
           "broadcast": broadcast, "required": required}
-    md = {k: v for k, v in md.items() if v not in (None, False)}
+    md = {k: v for k, v in md.items() if v is not None and v is not False}  # keeps min=0 (0 == False)
     if factory is not None:
         return field(default_factory=factory, metadata=md)
     return field(default=default, metadata=md)
@@ -100,6 +100,11 @@ class ModelSection:
     trust_remote_code: bool = option(False, "allow a model folder/hub id that needs custom code: runs Python code "
                                      "from the model's folder (off by default)")
 
+    def check(self) -> None:
+        if not str(self.name).strip():
+            raise EavssError("--model (model.name) is empty; pass a built-in alias (smollm2-135m), a hub id, a local "
+                             "HF folder or a .gguf file")
+
 
 @dataclass
 class SparsitySection:
@@ -130,7 +135,7 @@ class RunOptions:
                       flag="--out")
     overwrite: bool = option(False, "replace an existing --out folder", flag="--overwrite", action="store_true")
     seed: int = option(0, "seed of every random choice (sampling, splits, bootstrap, torch)", flag="--seed",
-                       min=-(2**63), max=2**63 - 1)
+                       min=0, max=2**63 - 1)
     threads: int | None = option(None, "torch CPU threads; null = the idle cores (cpu_count - round(load average), "
                                  ">= 1)", flag="--threads", min=1, max=4096)
     data_dir: str | None = option(None, "folder with the offline datasets (default $EAVSS_DATA_DIR, else "

@@ -350,3 +350,20 @@ def test_evaluate_suite_tiny_model_keeps_items_and_intervals():
     json.dumps(res, allow_nan=False)
     with pytest.raises(EavssError, match="unknown suite task"):
         hs.evaluate_suite(m, tok, ["squad"])
+
+
+def test_suite_tasks_through_the_harness_keep_string_question_ids():
+    """`eavss eval --tasks nq_open,triviaqa,wikiqa` (harness.evaluate): the datasets' own question ids
+    are strings ("odql_3731", "Q2426") and stay strings; retention pairs them."""
+    from eavss.evaluation import harness
+    from eavss.testing.tiny import tiny_model, tiny_tokenizer
+
+    m, tok = tiny_model("llama", num_layers=2), tiny_tokenizer()
+    res = harness.evaluate(m, tok, ["nq_open", "triviaqa", "wikiqa"], limit=2, batch_size=4, max_gen_toks=4)
+    for task, r in res.items():
+        assert len(r["item_ids"]) == r["n_samples"] == 2, task
+        assert all(isinstance(i, (int, str)) for i in r["item_ids"])
+    assert any(isinstance(i, str) and not i.isdigit() for i in res["triviaqa"]["item_ids"])
+    ret = harness.retention(res, res)
+    assert ret["nq_open"]["item_ids_match"] and ret["wikiqa"]["n_items"] == 2
+    assert harness._item_id("7") == 7 and harness._item_id(np.int64(3)) == 3 and harness._item_id("Q2426") == "Q2426"

@@ -343,3 +343,31 @@ def test_reduce_layers_equals_the_hooks_and_refuses_what_needs_layer_inputs():
         assert not c.stackable
         with pytest.raises(EavssError, match="block_influence=False and massive=None"):
             c.reduce_layers(acts, [0, 1, 2, 3])
+
+
+def test_interrupt_in_a_decoding_step_then_off_outside_inference_mode():
+    """Ctrl-C inside a decoding step leaves staged layers pending; the caller's ``finally:
+    capture.off()`` runs outside generation's inference mode and must still reduce them (it raised
+    "Inplace update to inference tensor outside InferenceMode")."""
+    model, prefix, suffixes, stops = _arch_setup("llama")
+    N = len(suffixes)
+    cap = _new_capture(model, N)
+    calls = {"n": 0}
+
+    def stop_on_the_fifth(module, args, output):
+        calls["n"] += 1
+        if calls["n"] == 5:  # the prefill (1) and three decoding steps have run; the fourth stops in layer 2
+            raise KeyboardInterrupt
+
+    from eavss.models.layers import find_decoder_layers
+
+    h = find_decoder_layers(model)[1][-1].register_forward_hook(stop_on_the_fifth)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            greedy_generate(model, suffixes, PrefixCache(model, prefix), max_new_tokens=8, newline_ids=[], eos_ids=[],
+                            pad_id=3, batch_size=8, capture=cap, sample_indices=list(range(N)))
+    finally:
+        h.remove()
+    assert cap._staged  # layers 0 and 1 of the interrupted step are staged
+    cap.off()  # outside inference mode
+    assert not cap._staged and cap.collector.result().sums[:, :, F["n_tokens"]].sum() > 0

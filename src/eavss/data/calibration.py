@@ -91,6 +91,8 @@ def load_calibration_texts(name: str, data_dir: str | None = None, key: str = "c
             no usable text.
     """
     if name.startswith("text:"):
+        if not name[5:].strip():
+            raise EavssError(f"calibration path is empty ({key}={name!r}); pass {key}=text:/path/to/file.txt")
         p = Path(name[5:]).expanduser()
         if p.is_dir():
             raise EavssError(f"calibration path {p} is a folder; pass {key}=text:/path/to/file.txt")

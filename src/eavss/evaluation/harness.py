@@ -707,7 +707,7 @@ def evaluate(
         seconds = time.perf_counter() - t0
         metrics = {k: _finite_or_none(v) for k, v in out["metrics"].items()}
         per_item = out.get("per_item") or {"columns": {}, "aggregation": {}}
-        item_ids = [int(i) for i in out["item_ids"]] if out.get("item_ids") is not None else None
+        item_ids = [_item_id(i) for i in out["item_ids"]] if out.get("item_ids") is not None else None
         boot_seed = bootstrap_seed(ctx.seed, name)
         ci: dict[str, list[float] | None] = {}
         for m in metrics:
@@ -927,6 +927,15 @@ def retention(
                                                      level, keep_draws=False)
         out[task] = entry
     return out
+
+
+def _item_id(i: Any) -> int | str:
+    """An item id as recorded: an int for a row index (``7``, ``"7"``), else the dataset's own id as
+    a string (NQ-open/TriviaQA/WikiQA question ids such as ``"odql_3731"``)."""
+    if isinstance(i, (int, np.integer)):
+        return int(i)
+    s = str(i)
+    return int(s) if s.isdigit() else s
 
 
 def mean_retention(retention: Mapping[str, Mapping[str, Any]], level: float = intervals.LEVEL,

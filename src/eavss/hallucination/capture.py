@@ -298,10 +298,14 @@ class Capture:
         self._buf, self._staged = None, []
         if not idx:
             return
-        acts = buf if idx == list(range(len(buf))) else buf[torch.as_tensor(idx, device=buf.device)]
-        self.collector.reduce_layers(acts, idx)
-        if self.features is not None:
-            self.features.add_layers(acts, idx)
+        # inference mode: the staged buffer and the accumulators were made in the generation's
+        # inference mode; a flush from outside it (``off()`` in a caller's ``finally`` after Ctrl-C in
+        # the middle of a step) must still be allowed to add into them
+        with torch.inference_mode():
+            acts = buf if idx == list(range(len(buf))) else buf[torch.as_tensor(idx, device=buf.device)]
+            self.collector.reduce_layers(acts, idx)
+            if self.features is not None:
+                self.features.add_layers(acts, idx)
 
     def _detach(self) -> None:
         self.collector.detach()

@@ -101,7 +101,8 @@ def paired_rows(rows: Mapping[str, Any], block: str | None = None) -> dict | Non
         rand = (float(np.mean([means[n]["mean_pct"] for n in seeded])), rd)
     out = {}
     for name, m in means.items():
-        out[name] = {"vs_best": paired_difference(m["mean_pct"], means[best]["mean_pct"], m.get("draws"),
+        out[name] = {**({"same_layers_as": rows[name]["same_layers_as"]} if rows[name].get("same_layers_as") else {}),
+                     "vs_best": paired_difference(m["mean_pct"], means[best]["mean_pct"], m.get("draws"),
                                                   means[best].get("draws")),
                      "vs_random_mean": None if rand is None else paired_difference(m["mean_pct"], rand[0],
                                                                                    m.get("draws"), rand[1])}

@@ -181,12 +181,14 @@ class HallucinationConfig(RunOptions):
     out: str = option("runs/hallucination", "output folder (refused if it exists and is not empty, unless "
                       "--overwrite)", flag="--out")
     model: ModelSection = section(ModelSection)
-    sources: list[str] = option(help="QA sources: truthfulqa, halueval, nq_open, triviaqa, sciq", flag="--sources",
+    sources: list[str] = option(help="QA sources (default: all): truthfulqa, halueval, nq_open, triviaqa, sciq, wikiqa",
+                                flag="--sources",
                                 choices=_SOURCES, factory=lambda: list(QA_SOURCES.names()))
     limits: dict[str, int | None] = option(
         help="questions per source from its score part (null = all); --limit N sets every source in sources",
         flag="--limit", broadcast="sources", keys=_SOURCES, min=1,
-        factory=lambda: {"truthfulqa": 300, "halueval": None, "nq_open": 800, "triviaqa": 800, "sciq": None})
+        factory=lambda: {"truthfulqa": 300, "halueval": None, "nq_open": 800, "triviaqa": 800, "sciq": None,
+                         "wikiqa": None})
     split: SplitSection = section(SplitSection)
     generation: GenerationSection = section(GenerationSection)
     judge: JudgeSection = section(JudgeSection)

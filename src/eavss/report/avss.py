@@ -175,7 +175,7 @@ def alternatives_table(report: dict) -> str:
     tasks = list(ev["retention"])
     rows = [(f"**{pr['score']}** (this run)", pr["removed"], ev.get("mean_retention_pct"), ev["retention"])]
     rows += [(name, a["removed"], a.get("mean_retention_pct"), a["retention"]) for name, a in ev["alternatives"].items()]
-    lines = [f"## The same {len(pr['removed'])} layers chosen another way\n",
+    lines = [f"## {len(pr['removed'])} layers chosen another way\n",
              "Each alternative is evaluated with its layers skipped in place, on the same tasks and items.\n",
              "| selection | removed | mean retention % | " + " | ".join(f"{t} %" for t in tasks) + " |",
              "|---|---|---|" + "---|" * len(tasks)]

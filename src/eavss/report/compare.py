@@ -171,10 +171,12 @@ def retention_table(rows: dict, tasks: list[str], block: str | None = None, extr
 
 def original_table(original: dict) -> str:
     """Markdown: the original model's primary metric per task."""
-    lines = ["| task | metric | original | items |", "|---|---|---|---|"]
+    lines = ["| task | metric | original [95 % CI] | items |", "|---|---|---|---|"]
     for task, r in original.items():
         m = r.get("primary_metric")
-        lines.append(f"| {task} | {m} | {_fmt((r.get('metrics') or {}).get(m))} | {_fmt(r.get('n_samples'))} |")
+        ci = (r.get("ci") or {}).get(m)
+        ci_s = f" [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci and ci[0] is not None else ""
+        lines.append(f"| {task} | {m} | {_fmt((r.get('metrics') or {}).get(m))}{ci_s} | {_fmt(r.get('n_samples'))} |")
     return "\n".join(lines) + "\n"
 
 
@@ -207,7 +209,8 @@ def paired_table(paired: dict | None) -> str:
     lines = [f"| metric | minus the best ({paired['best']}) | minus the random mean ({', '.join(paired['random_rows']) or 'no random rows'}) |",
              "|---|---|---|"]
     for row, e in paired["rows"].items():
-        lines.append(f"| {row} | {_diff(e['vs_best'])} | {_diff(e['vs_random_mean'])} |")
+        label = f"{row} (same layers as {e['same_layers_as']})" if e.get("same_layers_as") else row
+        lines.append(f"| {label} | {_diff(e['vs_best'])} | {_diff(e['vs_random_mean'])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -250,7 +253,7 @@ def healing_section(report: dict, tasks: list[str]) -> list[str]:
     out = ["## Healing\n",
            f"{h['note']}.\n",
            f"- healing text: {t['source']} — {t['why']}; {t.get('train_sequences')} training sequences "
-           f"({t.get('train_tokens')} tokens, {t.get('packing')}), {t.get('held_out_sequences')} held out",
+           f"({t.get('train_tokens')} tokens in all, {t.get('packing')}), {t.get('held_out_sequences')} held out",
            f"- budget (the same for every model): {tr['method']} on layers "
            f"{'all' if report['config']['heal']['layers'] is None else report['config']['heal']['layers']}, "
            f"{tr['steps']} steps × {tr['grad_accum']} micro-batches, lr {tr['lr']}, {tr['dtype']}, seed {tr['seed']}",

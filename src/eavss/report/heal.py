@@ -68,7 +68,7 @@ def render_markdown(report: dict) -> str:
         out.append(f"- the model was pruned: layers {p['removed_layers']} of {p.get('original_num_layers')} removed "
                    f"(from {p.get('source_model')})")
     out.append(f"- healing text: {t['source']} — {t['why']}")
-    out.append(f"- {t.get('train_sequences')} training sequences ({t.get('train_tokens')} tokens, {t.get('packing')}, "
+    out.append(f"- {t.get('train_sequences')} training sequences ({t.get('train_tokens')} tokens in all, {t.get('packing')}, "
                f"max length {t.get('max_length')}), {t.get('held_out_sequences')} held out (never trained on)")
     out.append(f"- {h['method']} on layers {h['layers']}: {h['trainable_parameters']:,} of {h['total_parameters']:,} "
                f"parameters train ({100 * h['trainable_fraction']:.2f}%)" +
