@@ -58,6 +58,7 @@ def test_config_file_and_overrides(tmp_path, capsys):
     (["run", "--tau", "-0.1", "--out", "OUT"], "stats.sparsity.tau must be >= 0, got -0.1"),
     (["eval", "--model", "", "--tasks", "ppl", "--out", "OUT"], "--model (model.name) is empty"),
     (["score", "--calib", "text:", "--out", "OUT"], "calibration path is empty"),
+    (["eval", "--suite", "hallucination", "--splits", "/nonexistent", "--out", "OUT"], "/nonexistent not found"),
 ])
 def test_bad_input_is_one_line(tmp_path, capsys, argv, needle):
     argv = [str(tmp_path / "o") if a == "OUT" else a for a in argv]

@@ -33,7 +33,6 @@ for both models); :func:`mean_retention` averages one task per capability.
 from __future__ import annotations
 
 import functools
-
 import importlib.metadata
 import math
 import os

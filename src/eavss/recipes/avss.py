@@ -239,6 +239,11 @@ def check_before_loading(cfg) -> dict:
         out["texts"] = load_calibration_texts(cfg.calibration.dataset, cfg.data_dir)
     if hasattr(cfg, "eval"):
         check_task_files(cfg.eval.tasks, cfg.data_dir)
+        splits = getattr(cfg.eval, "splits", None)
+        if splits:  # read it now, not after lm-eval has started building the first suite task
+            from eavss.hallucination.splits import load_splits
+
+            load_splits(splits)
     return out
 
 

@@ -117,7 +117,9 @@ def warnings(report: dict) -> list[str]:
         p = perm.get(key)
         if p is not None and p > 0.05:
             out.append(f"The largest per-layer {name} difference is within label-permutation noise "
-                       f"(family-wise p = {p:.2f}); its ranking reflects noise as much as signal.")
+                       f"(family-wise p = {p:.2f}); its ranking reflects noise as much as signal. (This tests the "
+                       f"{name.split(' ')[0]} component alone; the top-k table's p-values test each layer's EAVSS, "
+                       "which combines both components, so the two can disagree.)")
     for src, d in ev.get("per_source", {}).items():
         if d["weight"] == 0:
             out.append(f"Source {src} has too few answers in a class (truthful {d['n_truthful']:.0f}, hallucinated "
@@ -136,6 +138,10 @@ def warnings(report: dict) -> list[str]:
         out.append(f"Top-{ev['k']} layers {weak} are not significant on their own (permutation p of EAVSS > 0.05): "
                    "their EAVSS is within what shuffled labels give.")
     n_perm = perm.get("permutations") or 0
+    sc_cfg = (report.get("config") or {}).get("scores") or {}
+    if not sc_cfg.get("permutations") and not sc_cfg.get("bootstrap"):
+        out.append("No noise estimate: scores.permutations and scores.bootstrap are both 0, so nothing in this report "
+                   "says whether the top-k layers differ from what shuffled labels or resampled questions give.")
     if ev.get("rank_by") == "z" and n_perm < 50:
         out.append(f"The z ranking rests on {n_perm} label permutations; the null SD (and so z) is coarse below ~50.")
     bl = report.get("baselines") or {}
