@@ -59,6 +59,8 @@ def test_config_file_and_overrides(tmp_path, capsys):
     (["eval", "--model", "", "--tasks", "ppl", "--out", "OUT"], "--model (model.name) is empty"),
     (["score", "--calib", "text:", "--out", "OUT"], "calibration path is empty"),
     (["eval", "--suite", "hallucination", "--splits", "/nonexistent", "--out", "OUT"], "/nonexistent not found"),
+    (["heal", "--model", "/no/such/dir", "--heal-steps", "2", "heal.warmup_steps=5", "--out", "OUT"],
+     "heal.warmup_steps (5) is more than heal.steps (2)"),
 ])
 def test_bad_input_is_one_line(tmp_path, capsys, argv, needle):
     argv = [str(tmp_path / "o") if a == "OUT" else a for a in argv]

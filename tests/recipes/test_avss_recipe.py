@@ -77,4 +77,10 @@ def test_run_evaluates_block_influence_and_random_beside_the_score(tmp_path, cap
     ref = evaluate(pruned, loaded.tokenizer, ["ppl"], limit=1, task_options={"ppl": {"context_length": 64}})
     got = alt["random"]["results"]["ppl"]["metrics"]["token_perplexity"]
     assert got == pytest.approx(ref["ppl"]["metrics"]["token_perplexity"], rel=1e-5)
-    assert "chosen another way" in (out / "report.md").read_text()
+    md = (out / "report.md").read_text()
+    assert "chosen another way" in md and "retention % [95 % paired bootstrap CI]" in md
+    from eavss.report.common import format_number
+
+    ci = alt["random"]["mean_retention"]["ci"]
+    line = next(ln for ln in md.splitlines() if ln.startswith("| random |"))
+    assert ci is None or f"[{format_number(ci[0], 1)}, {format_number(ci[1], 1)}]" in line

@@ -62,6 +62,9 @@ class HealSection:
 
     def check(self) -> None:
         check_heal_dataset_name(self.dataset)
+        if self.warmup_steps > self.steps:
+            raise EavssError(f"heal.warmup_steps ({self.warmup_steps}) is more than heal.steps ({self.steps}): the "
+                             "learning rate would never reach heal.lr; lower heal.warmup_steps or raise --heal-steps")
 
 
 @dataclass

@@ -173,15 +173,23 @@ def alternatives_table(report: dict) -> str:
     """Markdown: the pruned model's retention beside other choices of the same number of layers."""
     ev, pr = report["evaluation"], report["pruning"]
     tasks = list(ev["retention"])
-    rows = [(f"**{pr['score']}** (this run)", pr["removed"], ev.get("mean_retention_pct"), ev["retention"])]
-    rows += [(name, a["removed"], a.get("mean_retention_pct"), a["retention"]) for name, a in ev["alternatives"].items()]
+    rows = [(f"**{pr['score']}** (this run)", pr["removed"], ev.get("mean_retention") or
+             {"mean_pct": ev.get("mean_retention_pct")}, ev["retention"])]
+    rows += [(name, a["removed"], a.get("mean_retention") or {"mean_pct": a.get("mean_retention_pct")}, a["retention"])
+             for name, a in ev["alternatives"].items()]
     lines = [f"## {len(pr['removed'])} layers chosen another way\n",
-             "Each alternative is evaluated with its layers skipped in place, on the same tasks and items.\n",
+             "Each alternative is evaluated with its layers skipped in place, on the same tasks and items; "
+             "retention % [95 % paired bootstrap CI].\n",
              "| selection | removed | mean retention % | " + " | ".join(f"{t} %" for t in tasks) + " |",
              "|---|---|---|" + "---|" * len(tasks)]
+
+    def with_ci(v, ci) -> str:
+        s = _fmt(v, 1)
+        return s + f" [{_fmt(ci[0], 1)}, {_fmt(ci[1], 1)}]" if v is not None and ci and ci[0] is not None else s
+
     for name, removed, mean, ret in rows:
-        cells = [_fmt((ret.get(t) or {}).get("retention_pct"), 1) for t in tasks]
-        lines.append(f"| {name} | {removed} | {_fmt(mean, 1)} | " + " | ".join(cells) + " |")
+        cells = [with_ci((ret.get(t) or {}).get("retention_pct"), (ret.get(t) or {}).get("ci")) for t in tasks]
+        lines.append(f"| {name} | {removed} | {with_ci(mean.get('mean_pct'), mean.get('ci'))} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
