@@ -981,12 +981,8 @@ def mean_retention(retention: Mapping[str, Mapping[str, Any]], level: float = in
         caps[cap] = members[0][2]
         dup += [t for _, _, t in members[1:]]
     vals = [float(retention[t]["retention_pct"]) for t in used]
-    ci = mean_draws = None
-    draws = [retention[t].get("draws") for t in used]
-    if used and all(isinstance(d, list) and d for d in draws) and len({len(d) for d in draws}) == 1:
-        arr = np.array([[np.nan if v is None else v for v in d] for d in draws], dtype=np.float64)
-        mean_draws = arr.mean(axis=0)
-        ci = _pair(intervals.percentile_interval(mean_draws, level))
+    mean_draws = intervals.mean_of_draws([retention[t].get("draws") for t in used])
+    ci = None if mean_draws is None else _pair(intervals.percentile_interval(mean_draws, level))
     extra = {}
     if keep_draws and mean_draws is not None:
         extra["draws"] = [None if not math.isfinite(v) else round(float(v), 4) for v in mean_draws]

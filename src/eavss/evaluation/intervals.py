@@ -160,6 +160,19 @@ def percentile_interval(draws: np.ndarray, level: float = LEVEL) -> tuple[float 
     return float(lo), float(hi)
 
 
+def draws_array(draws: Sequence[float | None]) -> np.ndarray:
+    """``(R,)`` float64 bootstrap draws; None (how JSON keeps a non-finite draw) becomes NaN."""
+    return np.array([np.nan if v is None else v for v in draws], dtype=np.float64)
+
+
+def mean_of_draws(draw_lists: Sequence[Sequence[float | None] | None]) -> np.ndarray | None:
+    """Resample-by-resample mean of several statistics' draws from the *same* resamples (NaN where
+    any is NaN); None when a list is missing or empty or their lengths differ."""
+    if not draw_lists or not all(d is not None and len(d) for d in draw_lists) or len({len(d) for d in draw_lists}) != 1:
+        return None
+    return np.stack([draws_array(d) for d in draw_lists]).mean(axis=0)
+
+
 def paired_difference(a: float | None, b: float | None, draws_a: Sequence[float | None] | None,
                       draws_b: Sequence[float | None] | None, level: float = LEVEL) -> dict[str, Any]:
     """Difference ``a - b`` of two statistics bootstrapped on the *same* resamples of the same
@@ -169,8 +182,8 @@ def paired_difference(a: float | None, b: float | None, draws_a: Sequence[float 
 
     Args:
         a, b: the two point estimates (None: unknown).
-        draws_a, draws_b: ``(R,)`` bootstrap draws of each (None entries = non-finite draws), from
-            the same resample indices; None when a side has no draws.
+        draws_a, draws_b: ``(R,)`` bootstrap draws of each (lists with None for non-finite draws,
+            or arrays), from the same resample indices; None when a side has no draws.
         level: confidence level.
 
     Returns:
@@ -178,12 +191,10 @@ def paired_difference(a: float | None, b: float | None, draws_a: Sequence[float 
         when either side has no draws or their lengths differ.
     """
     diff = None if a is None or b is None else float(a) - float(b)
-    if not draws_a or not draws_b or len(draws_a) != len(draws_b):
+    if draws_a is None or draws_b is None or not len(draws_a) or len(draws_a) != len(draws_b):
         return {"diff": diff, "ci": None, "resamples": None}
-    da = np.array([np.nan if v is None else v for v in draws_a], dtype=np.float64)
-    db = np.array([np.nan if v is None else v for v in draws_b], dtype=np.float64)
-    lo, hi = percentile_interval(da - db, level)
-    return {"diff": diff, "ci": None if lo is None else [lo, hi], "resamples": len(da)}
+    lo, hi = percentile_interval(draws_array(draws_a) - draws_array(draws_b), level)
+    return {"diff": diff, "ci": None if lo is None else [lo, hi], "resamples": len(draws_a)}
 
 
 def bootstrap_ci(

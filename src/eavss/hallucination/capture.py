@@ -34,7 +34,7 @@ from typing import Iterable, Sequence
 import torch
 
 from eavss.errors import EavssError
-from eavss.stats.collector import input_device
+from eavss.stats.collector import input_device, stacked_rows
 
 
 # ---------------------------------------------------------------------------------------------
@@ -182,13 +182,7 @@ class PooledFeatures:
         a = acts if acts.dtype in (torch.float32, torch.bfloat16, torch.float16) else acts.float()
         prod = a * mask  # (K, B, T, D) float32, as in the hook
         pooled = prod[:, :, 0] if T == 1 else prod.sum(2)  # (K, B, D)
-        if list(layers) == list(range(self.num_layers)):  # a decoding step: every layer (no host-to-device copy)
-            base = self._layer_base.get(dev)
-            if base is None:
-                base = self._layer_base[dev] = torch.arange(self.num_layers, device=dev) * self.num_samples
-        else:
-            base = torch.as_tensor(list(layers), dtype=torch.long).to(dev) * self.num_samples
-        rows = (base[:, None] + self._rows.to(dev)[None, :]).reshape(K * B)
+        rows = stacked_rows(self._layer_base, layers, self.num_layers, self.num_samples, self._rows.to(dev))
         self._sums.view(-1, D).index_add_(0, rows, pooled.reshape(K * B, D).to(dev))
 
     def attach(self) -> None:

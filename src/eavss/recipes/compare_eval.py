@@ -77,7 +77,7 @@ def paired_rows(rows: Mapping[str, Any], block: str | None = None) -> dict | Non
     """
     import numpy as np
 
-    from eavss.evaluation.intervals import paired_difference
+    from eavss.evaluation.intervals import mean_of_draws, paired_difference
 
     means = {}
     for name, r in rows.items():
@@ -93,12 +93,8 @@ def paired_rows(rows: Mapping[str, Any], block: str | None = None) -> dict | Non
     seeded = [n for n in means if rows[n].get("seed") is not None]
     rand = None
     if seeded:
-        draws = [means[n].get("draws") for n in seeded]
-        rd = None
-        if all(draws) and len({len(d) for d in draws}) == 1:
-            arr = np.array([[np.nan if v is None else v for v in d] for d in draws], dtype=np.float64)
-            rd = [None if not np.isfinite(v) else float(v) for v in arr.mean(axis=0)]
-        rand = (float(np.mean([means[n]["mean_pct"] for n in seeded])), rd)
+        rand = (float(np.mean([means[n]["mean_pct"] for n in seeded])),
+                mean_of_draws([means[n].get("draws") for n in seeded]))
     out = {}
     for name, m in means.items():
         out[name] = {**({"same_layers_as": rows[name]["same_layers_as"]} if rows[name].get("same_layers_as") else {}),

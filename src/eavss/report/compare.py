@@ -209,8 +209,7 @@ def paired_table(paired: dict | None) -> str:
     lines = [f"| metric | minus the best ({paired['best']}) | minus the random mean ({', '.join(paired['random_rows']) or 'no random rows'}) |",
              "|---|---|---|"]
     for row, e in paired["rows"].items():
-        label = f"{row} (same layers as {e['same_layers_as']})" if e.get("same_layers_as") else row
-        lines.append(f"| {label} | {_diff(e['vs_best'])} | {_diff(e['vs_random_mean'])} |")
+        lines.append(f"| {_label(row, e)} | {_diff(e['vs_best'])} | {_diff(e['vs_random_mean'])} |")
     return "\n".join(lines) + "\n"
 
 

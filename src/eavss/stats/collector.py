@@ -97,14 +97,26 @@ class ActivationStatsCollector:
         self._home = input_device(model)
         self._layer_base: dict = {}  # per device: arange(L) * G, the accumulator row of each layer's group 0
 
+    def _mask_for(self, device: torch.device) -> torch.Tensor:
+        """The current batch's token mask on ``device`` (copied once per batch and device)."""
+        mask = self._mask_on.get(device)
+        if mask is None:
+            mask = self._mask_on[device] = self._mask.to(device, non_blocking=True)
+        return mask
+
+    def _accumulator(self, device: torch.device) -> torch.Tensor:
+        """The ``(L, G, NUM_FIELDS)`` accumulator, made (zeros, on ``device``) at its first use."""
+        if self._acc is None:
+            self._acc = torch.zeros(len(self.layers), len(self.group_names), NUM_FIELDS, device=device,
+                                    dtype=self.accum_dtype)
+        return self._acc
+
     # -- hooks -----------------------------------------------------------------------------
     def _on_activation(self, index: int, act: torch.Tensor, args: tuple, kwargs: dict) -> None:
         """Reduce one layer's site activation ``(B, T, D)`` into the accumulator."""
         if self._mask is None:
             return
-        mask = self._mask_on.get(act.device)
-        if mask is None:
-            mask = self._mask_on[act.device] = self._mask.to(act.device, non_blocking=True)
+        mask = self._mask_for(act.device)
         if act.dim() == 2 and act.shape[0] == mask.numel():  # MLPs that flatten tokens (OPT): (B*T, D)
             act = act.view(*mask.shape, act.shape[-1])
         if act.shape[:2] != mask.shape:
@@ -116,11 +128,8 @@ class ActivationStatsCollector:
             ref, version, sq = self._prev
             if ref() is x_in and _version(x_in) == version:  # this layer's input is the last output
                 x_sq = sq
-        if self._acc is None:
-            self._acc = torch.zeros(len(self.layers), len(self.group_names), NUM_FIELDS, device=act.device,
-                                    dtype=self.accum_dtype)
         _, act_sq = reduce_activations_ext(act, mask, self.rule, layer_input=x_in, pooled=self.pooled,
-                                           input_sq=x_sq, acc=self._acc[index], groups=self._groups,
+                                           input_sq=x_sq, acc=self._accumulator(act.device)[index], groups=self._groups,
                                            massive=self.massive)
         keep = act_sq is not None and x_in is not None
         self._prev = (weakref.ref(act), _version(act), act_sq) if keep else None
@@ -158,26 +167,15 @@ class ActivationStatsCollector:
         K, B, T, D = acts.shape
         if len(layers) != K:
             raise EavssError(f"reduce_layers: {K} stacked activations but {len(layers)} layer indices")
-        mask = self._mask_on.get(acts.device)
-        if mask is None:
-            mask = self._mask_on[acts.device] = self._mask.to(acts.device, non_blocking=True)
+        mask = self._mask_for(acts.device)
         if (B, T) != tuple(mask.shape):
             raise EavssError(f"stacked activations {tuple(acts.shape)} do not match the token mask {tuple(mask.shape)}")
-        if self._acc is None:
-            self._acc = torch.zeros(len(self.layers), len(self.group_names), NUM_FIELDS, device=acts.device,
-                                    dtype=self.accum_dtype)
-        G = len(self.group_names)
-        dev = self._acc.device
-        groups = self._groups.to(dev) if self._groups is not None else torch.zeros(B, dtype=torch.long, device=dev)
-        if list(layers) == list(range(len(self.layers))):
-            base = self._layer_base.get(dev)
-            if base is None:
-                base = self._layer_base[dev] = torch.arange(len(self.layers), device=dev) * G
-        else:
-            base = torch.as_tensor(list(layers), dtype=torch.long).to(dev) * G
-        rows = (base[:, None] + groups[None, :]).reshape(K * B)  # row (l, b) adds into acc[l, groups[b]]
+        acc = self._accumulator(acts.device)
+        groups = self._groups.to(acc.device) if self._groups is not None else \
+            torch.zeros(B, dtype=torch.long, device=acc.device)
+        rows = stacked_rows(self._layer_base, layers, len(self.layers), len(self.group_names), groups)  # acc[l, g[b]]
         reduce_activations_ext(acts.reshape(K * B, T, D), mask.expand(K, B, T).reshape(K * B, T), self.rule,
-                               pooled=self.pooled, acc=self._acc.view(-1, NUM_FIELDS), groups=rows)
+                               pooled=self.pooled, acc=acc.view(-1, NUM_FIELDS), groups=rows)
         self.width[list(layers)] = D
 
     def _on_layer_output(self, index: int, out: torch.Tensor, args: tuple, kwargs: dict) -> None:
@@ -187,15 +185,11 @@ class ActivationStatsCollector:
         x = input_tensor(args, kwargs)
         if x is None or x.shape != out.shape:
             return
-        mask = self._mask_on.get(out.device)
-        if mask is None:
-            mask = self._mask_on[out.device] = self._mask.to(out.device, non_blocking=True)
-        if self._acc is None:
-            self._acc = torch.zeros(len(self.layers), len(self.group_names), NUM_FIELDS, device=out.device,
-                                    dtype=self.accum_dtype)
-        bi = block_influence_sums(out, x, mask).to(self._acc.device, self._acc.dtype)
+        mask = self._mask_for(out.device)
+        acc = self._accumulator(out.device)
+        bi = block_influence_sums(out, x, mask).to(acc.device, acc.dtype)
         groups = self._groups if self._groups is not None else torch.zeros(len(bi), dtype=torch.long, device=bi.device)
-        self._acc[index, :, F["bi_sum"]].index_add_(0, groups.to(self._acc.device), bi)
+        acc[index, :, F["bi_sum"]].index_add_(0, groups.to(acc.device), bi)
 
     def __enter__(self) -> "ActivationStatsCollector":
         self.attach()
@@ -310,10 +304,7 @@ class ActivationStatsCollector:
 
         if not edist.is_distributed():
             return
-        if self._acc is None:
-            self._acc = torch.zeros(len(self.layers), len(self.group_names), NUM_FIELDS, device=self._home,
-                                    dtype=self.accum_dtype)
-        edist.all_reduce_(self._acc, "sum")
+        edist.all_reduce_(self._accumulator(self._home), "sum")
         width = torch.as_tensor(self.width, dtype=torch.int64, device=self._acc.device)
         edist.all_reduce_(width, "max")
         self.width = width.cpu().numpy().astype(np.int64)
@@ -336,6 +327,28 @@ class ActivationStatsCollector:
         sums = self._acc.detach().to("cpu", torch.float64).numpy().transpose(1, 0, 2).copy()
         return LayerStatistics(sums, self.width.copy(), self.site, list(self.group_names), self.rule.describe(),
                                self.block_influence, self.massive)
+
+
+def stacked_rows(cache: dict, layers: Sequence[int], num_layers: int, stride: int, inner: torch.Tensor) -> torch.Tensor:
+    """Rows ``layers[k] * stride + inner[b]`` (flattened ``(K * B,)``) of an ``(L * stride, ...)``
+    view, where stacked ``(K, B, ...)`` activations of decoder layers ``layers`` add: the flat index
+    of ``[layer, inner[b]]`` in an ``(L, stride, ...)`` buffer. For every layer in order (a decoding
+    step) the per-layer offsets are made once per device and kept in ``cache``, so a step copies
+    nothing from the host.
+
+    Args:
+        cache: ``{device: (L,) offsets}``, owned by the caller. layers: ``K`` distinct indices.
+        num_layers: ``L``. stride: rows per layer (groups, samples). inner: ``(B,)`` int64 row within
+            a layer, on the buffer's device.
+    """
+    dev = inner.device
+    if list(layers) == list(range(num_layers)):
+        base = cache.get(dev)
+        if base is None:
+            base = cache[dev] = torch.arange(num_layers, device=dev) * stride
+    else:
+        base = torch.as_tensor(list(layers), dtype=torch.long).to(dev) * stride
+    return (base[:, None] + inner[None, :]).reshape(-1)
 
 
 def input_device(model: torch.nn.Module) -> torch.device:
