@@ -8,8 +8,10 @@ large channels), a random token mask whose excluded positions hold NaN/Inf, one 
 both sparsity rules, register (D <= 32768) and chunked (D > 32768) kernel paths. Reference: the eager
 reduction on a float64 copy on the CPU (the same function computed in float64). Reported: max
 relative error per field. Then block influence at sites other than resid_post (the fused kernel
-vs. the eager form), and tiny models on the GPU vs. on the CPU through the whole collector (at
-resid_post, and at mlp_act / resid_delta, where block influence comes from a second hook).
+vs. the eager form, returned and added into an accumulator), ``resid_delta`` formed in the kernel
+(``delta=True``) vs. a float64 reference and vs. the kernel on the materialised difference, and
+tiny models on the GPU vs. on the CPU through the whole collector (at resid_post, mlp_act, where
+block influence comes from a second hook, and resid_delta).
 """
 
 from __future__ import annotations
@@ -131,9 +133,57 @@ def check_block_influence(device) -> dict:
         got = block_influence_sums(a, x, m, implementation="fused")
         ref = block_influence_sums(a.double().cpu(), x.double().cpu(), m.cpu(), implementation="eager")
         err = float(((got.double().cpu() - ref).abs() / ref.abs().clamp_min(1e-12)).max())
+        from eavss.stats.accumulators import F, NUM_FIELDS
+
+        acc = torch.zeros(2, NUM_FIELDS, dtype=torch.float64, device=device)  # the collector's path: into acc
+        grp = torch.tensor([i % 2 for i in range(B)], device=device)
+        block_influence_sums(a, x, m, implementation="fused", acc=acc, groups=grp)
+        want = torch.zeros(2, dtype=torch.float64).index_add_(0, grp.cpu(), got.double().cpu())
+        e_acc = float(((acc[:, F["bi_sum"]].cpu() - want).abs() / want.abs().clamp_min(1e-12)).max())
+        others = float(acc[:, [i for i in range(NUM_FIELDS) if i != F["bi_sum"]]].abs().max())
         out[f"{B}x{T}x{D} {dt}"] = err
+        out[f"{B}x{T}x{D} {dt} accumulate"] = {"vs_returned": e_acc, "other_fields_max_abs": others}
         print(f"  block influence fused vs float64 eager {B}x{T}x{D} {dt}: max rel err {err:.2e} "
-              f"(finite {bool(torch.isfinite(got).all())})", flush=True)
+              f"(finite {bool(torch.isfinite(got).all())}); into acc {e_acc:.2e}, other fields {others:g}", flush=True)
+    return out
+
+
+def check_delta(device) -> dict:
+    """The ``resid_delta`` site formed in the kernel (``delta=True``: statistics of ``out - x`` rounded
+    to the input dtype, block influence of ``x`` vs ``out``) vs. a float64 reference on the host:
+    the eager reduction of ``(out - x)`` subtracted by torch on the GPU, plus the eager block
+    influence of float64 copies; and vs. the fused kernel on that materialised difference."""
+    from eavss.stats.accumulators import F
+    from eavss.stats.reduce import block_influence_sums
+
+    out = {}
+    for (B, T, D, dt) in [(4, 300, 4096, torch.bfloat16), (3, 37, 3584, torch.bfloat16), (2, 50, 576, torch.float32),
+                          (2, 64, 896, torch.float16), (1, 16, 40960, torch.bfloat16)]:
+        o, x, m = make_inputs(B, T, D, dt, device, seed=13)
+        rule = SparsityRule()
+        for bi in (True, False):
+            got, _ = reduce_activations_ext(o, m, rule, x, True, implementation="fused", delta=True, block_influence=bi)
+            d = o - x  # torch's rounding of the difference: what the site is
+            ref, _ = reduce_activations_ext(d.double().cpu(), m.cpu(), rule, None, True, implementation="eager")
+            if bi:
+                ref[:, F["bi_sum"]] = block_influence_sums(o.double().cpu(), x.double().cpu(), m.cpu(),
+                                                           implementation="eager")
+            mat, _ = reduce_activations_ext(d, m, rule, None, True, implementation="fused")
+            if bi:
+                mat[:, F["bi_sum"]] = block_influence_sums(o, x, m, implementation="fused")
+            e_ref, e_mat = rel_err(got, ref), rel_err(got, mat)
+            acc = torch.zeros(2, got.shape[1], dtype=torch.float64, device=device)
+            grp = torch.tensor([i % 2 for i in range(B)], device=device)
+            reduce_activations_ext(o, m, rule, x, True, implementation="fused", delta=True, block_influence=bi,
+                                   acc=acc, groups=grp)
+            want = torch.zeros_like(acc).index_add_(0, grp, got)
+            e_acc = float(((acc - want).abs().amax(0) / want.abs().amax(0).clamp_min(1e-12)).max())
+            key = f"{B}x{T}x{D} {dt} bi={bi}"
+            out[key] = {"vs_float64_ref": max(e_ref.values()), "vs_materialised_fused": max(e_mat.values()),
+                        "accumulate_vs_returned": e_acc, "finite": bool(torch.isfinite(got).all()),
+                        "per_field_vs_ref": e_ref}
+            print(f"  delta {key}: vs float64 ref {max(e_ref.values()):.2e}, vs fused on out - x "
+                  f"{max(e_mat.values()):.2e}, accumulate {e_acc:.2e}", flush=True)
     return out
 
 
@@ -216,6 +266,8 @@ def main() -> int:
     res["all_finite"] = all(r["finite"] for r in res["correctness"])
     res["accumulate_vs_returned"] = check_accumulate(args.device)
     res["block_influence_fused_vs_eager"] = check_block_influence(args.device)
+    res["delta_in_kernel"] = check_delta(args.device)
+    res["delta_max_rel_err_vs_float64"] = max(v["vs_float64_ref"] for v in res["delta_in_kernel"].values())
     res["collector_gpu_vs_cpu"] = check_collector(args.device)
     if args.timing:
         print("kernel timing (8 x 2048 x 4096 bf16, with layer input):", flush=True)
@@ -224,7 +276,8 @@ def main() -> int:
         print(f"  fused {t['fused_ms']:.3f} ms ({t['fused_GBps']:.0f} GB/s of the 2 tensors read), without x "
               f"{t['fused_no_x_ms']:.3f} ms, eager {t['eager_ms']:.3f} ms, simple {t['simple_ms']:.3f} ms, "
               f"clone {t['copy_ms']:.3f} ms; sweep {t['config_sweep_ms']}; default {t['default_config']}", flush=True)
-    print(f"max rel err {res['max_rel_err']:.2e}, all finite {res['all_finite']}")
+    print(f"max rel err {res['max_rel_err']:.2e}, all finite {res['all_finite']}; resid_delta in the kernel "
+          f"{res['delta_max_rel_err_vs_float64']:.2e}")
     if args.out:
         Path(args.out).write_text(json.dumps(res, indent=1))
     return 0

@@ -11,9 +11,12 @@ computes it, in-place accumulation):
 post    ``resid_post``: the layer output with its input (block influence from the same kernel)
 act     ``mlp_act``: the ``D``-wide MLP activation alone (no layer input; ``D`` > 8192 takes the
         chunked path, each row read twice, the second time mostly from L2)
-delta   ``resid_delta``: ``out - x`` (one elementwise kernel) then the reduction of the difference
+delta   ``resid_delta`` as the collector runs it: ``out - x`` formed in the kernel, with block
+        influence from the same read (``delta_nobi``: without it); ``delta_sub``: the earlier form,
+        ``out - x`` by one elementwise kernel, then the reduction of the difference
 bi      block influence at a site other than ``resid_post`` (the collector's second hook):
-        ``block_influence_sums`` on the fused kernel; ``bi_eager``: its eager float32 form
+        ``block_influence_sums`` into the accumulator (the kernel's block-influence-only mode);
+        ``bi_eager``: its eager float32 form
 ======  ===========================================================================================
 
 Per case: the device time of every kernel launched, summed per kernel name, against a
@@ -41,12 +44,16 @@ from eavss.stats.reduce import SparsityRule, block_influence_sums, reduce_activa
 CONFIGS = ["", "1,0,8,4", "1,0,4,2", "1,0,4,8", "2,0,4,4", "2,0,8,4", "1,0,2,4"]
 """Register-path configurations (D <= 8192), as profiled before."""
 
-CHUNKED_CONFIGS = ["", "2,1024,4,4", "1,1024,4,8", "8,1024,8,4", "4,2048,8,4", "1,4096,8,4", "1,16384,16,4",
-                   "1,32768,16,4", "1,32768,32,2"]
-"""Wide-row configurations (D > 8192): fewer rows in flight (less L2 pressure for the second pass),
-wider chunks, or the whole row in registers (``BLOCK_D >= D`` takes the single-pass path)."""
+CHUNKED_CONFIGS = ["", "4,2048,8,4", "1,4096,8,4"]
+"""Wide rows (D > 8192) read in chunks, each row twice (see :data:`ROW_CONFIGS` for the whole row)."""
 
-MODES = ("post", "act", "delta", "bi", "bi_eager")
+MODES = ("post", "act", "delta", "delta_nobi", "delta_sub", "bi", "bi_eager")
+
+ROW_CONFIGS = ["", "1,0,16,4,0,0", "1,0,16,4,1,0", "1,0,16,4,0,1", "1,0,8,4,1,1", "1,0,16,2,1,1", "1,0,32,2,1,1",
+               "1,0,8,2,1,1", "2,0,16,4,1,1"]
+"""Whole-row configurations (``BLOCK_T,0,num_warps,programs_per_sm,split,joint``): the row in two
+power-of-two pieces or not, joint or separate reductions (``0,0`` = the configuration before both),
+and the warps and programs per SM around the default."""
 
 
 def kernel_times(fn, reps: int, device: str = "cuda") -> dict:
@@ -83,7 +90,8 @@ def parse_case(spec: str) -> tuple[int, int, int, str]:
     return B, T, D, mode
 
 
-def profile_case(B: int, T: int, D: int, mode: str, reps: int, sweep: bool, dev: str = "cuda") -> dict:
+def profile_case(B: int, T: int, D: int, mode: str, reps: int, sweep: bool, dev: str = "cuda",
+                 extra: tuple = ()) -> dict:
     """Kernel times of one case (see the module doc); the tensors are freed on return."""
     g = torch.Generator(device=dev).manual_seed(0)
     x = torch.randn(B, T, D, device=dev, dtype=torch.bfloat16, generator=g)
@@ -95,8 +103,12 @@ def profile_case(B: int, T: int, D: int, mode: str, reps: int, sweep: bool, dev:
     fns = {
         "post": (lambda: reduce_activations_ext(a, m, rule, x, True, acc=acc), 2 * elem),
         "act": (lambda: reduce_activations_ext(a, m, rule, None, True, acc=acc), elem),
-        "delta": (lambda: reduce_activations_ext(a - x, m, rule, None, True, acc=acc), 2 * elem),
-        "bi": (lambda: block_influence_sums(a, x, m), 2 * elem),
+        "delta": (lambda: reduce_activations_ext(a, m, rule, x, True, acc=acc, delta=True, block_influence=True),
+                  2 * elem),
+        "delta_nobi": (lambda: reduce_activations_ext(a, m, rule, x, True, acc=acc, delta=True,
+                                                      block_influence=False), 2 * elem),
+        "delta_sub": (lambda: reduce_activations_ext(a - x, m, rule, None, True, acc=acc), 2 * elem),
+        "bi": (lambda: block_influence_sums(a, x, m, acc=acc), 2 * elem),
         "bi_eager": (lambda: block_influence_sums(a, x, m, implementation="eager"), 2 * elem),
     }
     fn, need = fns[mode]
@@ -107,7 +119,15 @@ def profile_case(B: int, T: int, D: int, mode: str, reps: int, sweep: bool, dev:
         res["copy_us"] = sum(kernel_times(lambda: a.clone(), reps, dev).values())
         res["copy_TBps"] = 2 * elem / res["copy_us"] / 1e6  # read + write
         res["floor_us_at_copy_bandwidth"] = need / (res["copy_TBps"] * 1e6)
-        configs = (CHUNKED_CONFIGS if D > 8192 else CONFIGS) if sweep and mode in ("post", "act") else [""]
+        if not sweep:
+            configs = [""]
+        elif mode == "act" and D > 8192:
+            configs = CHUNKED_CONFIGS + ROW_CONFIGS[1:] + [c for c in extra if c]
+        elif mode in ("post", "act", "delta", "delta_nobi", "bi"):
+            configs = CONFIGS if mode in ("post", "act") else [""]
+            configs = configs + ["1,0,4,4,1,0", "1,0,8,2,1,1", "1,0,8,4,1,1"]
+        else:
+            configs = [""]
         for cfg in configs:
             if cfg:
                 os.environ["EAVSS_TRITON_CONFIG"] = cfg
@@ -120,7 +140,7 @@ def profile_case(B: int, T: int, D: int, mode: str, reps: int, sweep: bool, dev:
                 total = sum(kt.values())
                 res["configs"][cfg or "default"] = {
                     "main_us": main_us, "finish_us": fin_us, "total_us": total, "kernels": kt,
-                    "TBps_main": need / main_us / 1e6 if main_us and mode != "delta" else None,
+                    "TBps_main": need / main_us / 1e6 if main_us and mode != "delta_sub" else None,
                     "TBps_total": need / total / 1e6 if total else None}
             except Exception as e:  # noqa: BLE001 - a configuration that fails to compile
                 res["configs"][cfg or "default"] = {"error": repr(e)[:300]}
@@ -151,6 +171,8 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--cases", default=None, help="comma-separated BxTxD:MODE (default: 8x2048x4096:post)")
     ap.add_argument("--no-sweep", action="store_true", help="the default launch configuration only")
+    ap.add_argument("--extra-configs", default="", help="more configurations for the wide act cases, separated by ';' "
+                    "(each BLOCK_T,BLOCK_D,num_warps,programs_per_sm[,split[,joint]])")
     ap.add_argument("--device", default="cuda", help="cuda (what it is for); cpu: smoke run of the code path")
     args = ap.parse_args(argv)
     if args.cases is None:  # the earlier single-case output, unchanged in form
@@ -168,7 +190,8 @@ def main(argv=None) -> int:
         cases = [parse_case(c.strip()) for c in args.cases.split(",") if c.strip()]
         res = {"cases": {}}
         for B, T, D, mode in cases:
-            res["cases"][f"{B}x{T}x{D}:{mode}"] = profile_case(B, T, D, mode, args.reps, not args.no_sweep, args.device)
+            res["cases"][f"{B}x{T}x{D}:{mode}"] = profile_case(B, T, D, mode, args.reps, not args.no_sweep, args.device,
+                                                               tuple(args.extra_configs.split(";")))
             if args.out:  # after every case: a run stopped by a time cap keeps what it measured
                 Path(args.out).write_text(json.dumps(res, indent=1))
         swept = [v for v in res["cases"].values() if len(v["configs"]) > 1]

@@ -251,11 +251,27 @@ def test_capture_adds_no_host_sync_per_decoding_step(arch, monkeypatch):
 # staging: decoding steps reduce every layer at once
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
-@pytest.mark.parametrize("site", ["resid_post", "resid_delta", "mlp_act"])
+@pytest.mark.parametrize("arch,site", [(a, s) for a in ("llama", "qwen2", "gemma3")
+                                       for s in ("resid_post", "resid_delta", "mlp_act")] + [("opt", "mlp_act")])
 def test_staged_generation_capture_equals_per_layer(arch, site, monkeypatch):
+    _staged_equals_per_layer(arch, site, monkeypatch)
+
+
+def test_staging_with_a_buffer_of_one_step_flushes_as_it_fills(monkeypatch):
+    """A staging buffer that holds one decoding step (``STAGE_MAX_BYTES`` tiny) is reduced every
+    time the next step does not fit: still the per-layer sums to the bit, now in several reductions
+    per batch."""
+    import eavss.hallucination.capture as capture_mod
+
+    monkeypatch.setattr(capture_mod, "STAGE_MAX_BYTES", 1)
+    n = _staged_equals_per_layer("llama", "resid_post", monkeypatch)
+    assert n > 3
+
+
+def _staged_equals_per_layer(arch, site, monkeypatch) -> int:
     """Staging (default) gives the per-layer hooks' statistics and features to the last bit, and
-    the decoding steps really are staged (one reduction per forward pass, every layer in it)."""
+    the decoding steps really are staged (one reduction per batch of generation, every layer and
+    step in it)."""
     model, prefix, suffixes, stops = _arch_setup(arch)
     N = len(suffixes)
     kw = dict(max_new_tokens=8, newline_ids=stops[:1], eos_ids=stops[1:], pad_id=3, batch_size=4,
@@ -268,11 +284,15 @@ def test_staged_generation_capture_equals_per_layer(arch, site, monkeypatch):
     calls = []
     real = ActivationStatsCollector.reduce_layers
     monkeypatch.setattr(ActivationStatsCollector, "reduce_layers",
-                        lambda self, acts, layers: (calls.append(list(layers)), real(self, acts, layers))[1])
+                        lambda self, acts, layers, **kw: (calls.append(list(layers)), real(self, acts, layers, **kw))[1])
     staged = greedy_generate(model, suffixes, PrefixCache(model, prefix), capture=caps[True], **kw)
     n_staged = len(calls)
     per_layer = greedy_generate(model, suffixes, PrefixCache(model, prefix), capture=caps[False], **kw)
     assert len(calls) == n_staged > 0 and all(c == [0, 1, 2] for c in calls)  # unstaged: never called
+    import eavss.hallucination.capture as capture_mod
+
+    if capture_mod.STAGE_MAX_BYTES > 2**20:  # every decoding step of a batch reduced together: at most once per batch
+        assert n_staged <= -(-N // 4)
     assert [g.tokens for g in staged] == [g.tokens for g in per_layer]
     a, b = caps[True].collector.result(), caps[False].collector.result()
     np.testing.assert_array_equal(a.sums, b.sums)
@@ -280,6 +300,7 @@ def test_staged_generation_capture_equals_per_layer(arch, site, monkeypatch):
     (fa, ca), (fb, cb) = caps[True].features.result(), caps[False].features.result()
     torch.testing.assert_close(ca, cb, rtol=0, atol=0)
     torch.testing.assert_close(fa, fb, rtol=0, atol=0, equal_nan=True)
+    return n_staged
 
 
 def test_staging_reduces_a_misfit_layer_on_its_own_and_partial_stacks():
@@ -371,3 +392,47 @@ def test_interrupt_in_a_decoding_step_then_off_outside_inference_mode():
     assert cap._staged  # layers 0 and 1 of the interrupted step are staged
     cap.off()  # outside inference mode
     assert not cap._staged and cap.collector.result().sums[:, :, F["n_tokens"]].sum() > 0
+
+
+def test_staged_passes_of_different_lengths_counts_and_buffer_release():
+    """Staged passes with different token counts per row (T = 1, 3, 1), one of which stages
+    nothing (no forward after ``on``), flush together: the per-layer sums and token counts of
+    reducing each pass on its own; the collector counts one batch per pass; ``off`` releases the
+    staging buffer; a mask that does not match the activations is refused."""
+    from eavss.errors import EavssError
+
+    model = tiny_model("llama", seed=4, num_layers=2)
+    g = torch.Generator().manual_seed(3)
+    passes = [(torch.tensor([[True], [True]]), torch.tensor([0, 1]), torch.randn(2, 2, 1, 32, generator=g)),
+              (torch.tensor([[True, False, True]]), torch.tensor([2]), None),  # on() without a forward
+              (torch.tensor([[True], [False]]), torch.tensor([1, 2]), torch.randn(2, 2, 1, 32, generator=g))]
+
+    def run(stage):
+        col = ActivationStatsCollector(model, rule=SparsityRule(tau=TAU), group_names=["0", "1", "2"], pooled=False,
+                                       block_influence=False)
+        feats = PooledFeatures(model, 3)
+        cap = Capture(col, feats, stage=stage)
+        for mask, rows, acts in passes:
+            cap.on(mask, rows)
+            for i in range(2 if acts is not None else 0):
+                if stage:
+                    cap._stage_one(i, acts[i], (), {})
+                else:
+                    col.reduce_layers(acts[i][None], [i])
+                    feats.add_layers(acts[i][None], [i])
+        if stage:
+            assert cap._buf is not None
+        cap.off()
+        assert cap._buf is None
+        return col, feats
+
+    (c1, f1), (c2, f2) = run(True), run(False)
+    np.testing.assert_array_equal(c1.result().sums, c2.result().sums)
+    torch.testing.assert_close(f1._sums, f2._sums, rtol=0, atol=0)
+    torch.testing.assert_close(f1.counts, f2.counts, rtol=0, atol=0)
+    assert f1.counts.tolist() == [1.0, 2.0, 2.0]
+    assert c1.num_batches == c2.num_batches == 3
+    cap = _new_capture(model, 3)
+    cap.on(torch.ones(2, 1, dtype=torch.bool), torch.tensor([0, 1]))
+    with pytest.raises(EavssError, match="does not match the token mask"):
+        cap._stage_one(0, torch.randn(3, 1, 32), (), {})

@@ -112,6 +112,21 @@ def test_planted_layer_ranks_first(planted):
     pr = probe_layers(feats.numpy()[use], y[use], clusters[use], strata[use], folds=4, seed=0)
     assert pr["auroc"].shape == (6,)
     assert pr["auroc"][planted] >= 0.9
+    if planted == 3:  # worker processes (the command's CPU phases) give the same values, exactly
+        pr2 = probe_layers(feats.numpy()[use], y[use], clusters[use], strata[use], folds=4, seed=0, n_jobs=2)
+        np.testing.assert_array_equal(pr2["auroc"], pr["auroc"])
+        np.testing.assert_array_equal(pr2["auroc_pooled"], pr["auroc_pooled"])
+        from eavss.scores.hallucination import variant_table
+
+        kw = dict(rank_by="z", permutations=20, seed=3)
+        one = variant_table(ss, EavssOptions(min_per_class=2), **kw)
+        two = variant_table(ss, EavssOptions(min_per_class=2), n_jobs=2, **kw)
+        assert list(one) == list(two) and len(one) > 3
+        for name in one:
+            assert one[name].keys() == two[name].keys()
+            for key in ("eavss", "score", "z"):
+                if key in one[name]:
+                    np.testing.assert_array_equal(one[name][key], two[name][key])
 
 
 def test_no_signal_gives_large_permutation_p():

@@ -128,3 +128,71 @@ def test_block_influence_sums_equals_the_site_reduction_bi(dtype):
     assert bi.dtype == torch.float64 and bi.shape == (B,)
     np.testing.assert_allclose(bi.numpy(), red[:, F["bi_sum"]].numpy(), rtol=1e-6, atol=1e-9)
     assert torch.isfinite(bi).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_delta_reduction_is_the_reduction_of_the_difference_plus_layer_block_influence(dtype):
+    """``delta=True`` (the resid_delta site without a temporary on the GPU): every statistic equals
+    the reduction of the materialised ``out - x`` (rounded to the input dtype, as torch rounds it),
+    and ``bi_sum`` is the layer's block influence (``x`` vs ``out``, not vs the difference); without
+    block influence the field is 0; without the layer input it is refused."""
+    from eavss.stats.accumulators import NUM_FIELDS
+    from eavss.stats.reduce import block_influence_sums, reduce_activations_ext
+
+    g = torch.Generator().manual_seed(5)
+    B, T, D = 3, 8, 40
+    x = (torch.randn(B, T, D, generator=g, dtype=torch.float64) * 2.0).to(dtype)
+    out = (x.double() + 0.4 * torch.randn(B, T, D, generator=g, dtype=torch.float64)).to(dtype)
+    mask = torch.rand(B, T, generator=g) > 0.25
+    out[~mask] = float("nan")
+    got, sq = reduce_activations_ext(out, mask, SparsityRule(), layer_input=x, delta=True)
+    want, _ = reduce_activations_ext(out - x, mask, SparsityRule())
+    bi = block_influence_sums(out, x, mask)
+    assert sq is None  # |a|^2 of the difference is not the next layer's |x|^2: never reused
+    fields = [i for i in range(NUM_FIELDS) if i != F["bi_sum"]]
+    np.testing.assert_array_equal(got[:, fields].numpy(), want[:, fields].numpy())
+    np.testing.assert_array_equal(got[:, F["bi_sum"]].numpy(), bi.numpy())
+    assert float(bi.sum()) > 0
+    nobi, _ = reduce_activations_ext(out, mask, SparsityRule(), layer_input=x, delta=True, block_influence=False)
+    np.testing.assert_array_equal(nobi[:, fields].numpy(), want[:, fields].numpy())
+    assert float(nobi[:, F["bi_sum"]].abs().sum()) == 0.0
+    with pytest.raises(ValueError, match="need layer_input"):
+        reduce_activations_ext(out, mask, SparsityRule(), delta=True)
+
+
+def test_block_influence_sums_into_an_accumulator():
+    """The collector's path at ``mlp_act``: the per-sequence sums added into ``acc[groups[b], bi_sum]``
+    (no other field touched; group 0 for every sequence without groups)."""
+    from eavss.stats.accumulators import NUM_FIELDS
+    from eavss.stats.reduce import block_influence_sums
+
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(4, 5, 24, generator=g, dtype=torch.float64)
+    y = x + torch.randn(4, 5, 24, generator=g, dtype=torch.float64)
+    mask = torch.rand(4, 5, generator=g) > 0.2
+    per_seq = block_influence_sums(y, x, mask)
+    acc = torch.zeros(3, NUM_FIELDS, dtype=torch.float64)
+    assert block_influence_sums(y, x, mask, acc=acc, groups=torch.tensor([2, 0, 2, 2])) is None
+    want = torch.zeros(3, NUM_FIELDS, dtype=torch.float64)
+    want[0, F["bi_sum"]] = per_seq[1]
+    want[2, F["bi_sum"]] = per_seq[0] + per_seq[2] + per_seq[3]
+    torch.testing.assert_close(acc, want, rtol=1e-15, atol=0)
+    acc2 = torch.zeros(1, NUM_FIELDS, dtype=torch.float64)
+    block_influence_sums(y, x, mask, acc=acc2)
+    assert float(acc2[0, F["bi_sum"]]) == pytest.approx(float(per_seq.sum()), rel=1e-15)
+
+
+def test_delta_with_an_input_of_another_dtype_follows_torch_promotion():
+    """``out - x`` with a bfloat16 output and a float32 input is float32 in torch; the delta
+    reduction gives the statistics of exactly that (the kernel's rounding to the output dtype is
+    used only when both dtypes agree)."""
+    from eavss.stats.reduce import reduce_activations_ext
+
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(2, 6, 24, generator=g)
+    out = (x + 0.3 * torch.randn(2, 6, 24, generator=g)).to(torch.bfloat16)
+    mask = torch.ones(2, 6, dtype=torch.bool)
+    got, _ = reduce_activations_ext(out, mask, SparsityRule(), layer_input=x, delta=True, block_influence=False)
+    want, _ = reduce_activations_ext(out - x, mask, SparsityRule())
+    assert (out - x).dtype == torch.float32
+    np.testing.assert_array_equal(got.numpy(), want.numpy())

@@ -146,6 +146,8 @@ class PooledFeatures:
         if self._mask is None:
             return
         mask = self._mask if self._mask.device == act.device else self._mask.to(act.device, non_blocking=True)
+        if act.dim() == 2 and act.shape[0] == mask.shape[0] * mask.shape[1]:  # MLPs that flatten tokens (OPT)
+            act = act.view(mask.shape[0], mask.shape[1], act.shape[-1])
         if act.shape[:2] != mask.shape[:2]:
             raise EavssError(f"layer {index}: activation shape {tuple(act.shape)} does not match mask "
                              f"{tuple(mask.shape[:2])}")
@@ -159,19 +161,23 @@ class PooledFeatures:
         rows = self._rows if self._rows.device == self._sums.device else self._rows.to(self._sums.device)
         self._sums[index].index_add_(0, rows, pooled.to(self._sums.device))
 
-    def add_layers(self, acts: torch.Tensor, layers: Sequence[int]) -> None:
+    def add_layers(self, acts: torch.Tensor, layers: Sequence[int], rows_first: bool = False) -> None:
         """Pool the stacked site activations of several layers for the current batch
         (:meth:`set_batch`): the same sums as the hooks would add layer by layer, in three kernels.
 
         Args:
-            acts: ``(K, B, T, D)`` activations of decoder layers ``layers`` (``K`` distinct indices).
+            acts: ``(K, B, T, D)`` activations of decoder layers ``layers`` (``K`` distinct indices);
+                ``(B, K, T, D)`` with ``rows_first``.
 
         Raises:
             EavssError: the shapes do not match the batch's mask or the layer count.
         """
         if self._mask is None:
             return
-        K, B, T, D = acts.shape
+        if rows_first:
+            B, K, T, D = acts.shape
+        else:
+            K, B, T, D = acts.shape
         if len(layers) != K or (B, T) != tuple(self._mask.shape[:2]):
             raise EavssError(f"stacked activations {tuple(acts.shape)} do not match the token mask "
                              f"{tuple(self._mask.shape[:2])} and {len(layers)} layers")
@@ -179,10 +185,13 @@ class PooledFeatures:
             self._sums = torch.zeros(self.num_layers, self.num_samples, D, dtype=torch.float32, device=acts.device)
         dev = self._sums.device
         mask = self._mask.to(acts.device, non_blocking=True)
+        if rows_first:
+            mask = mask[:, None]  # (B, 1, T, 1)
         a = acts if acts.dtype in (torch.float32, torch.bfloat16, torch.float16) else acts.float()
-        prod = a * mask  # (K, B, T, D) float32, as in the hook
-        pooled = prod[:, :, 0] if T == 1 else prod.sum(2)  # (K, B, D)
-        rows = stacked_rows(self._layer_base, layers, self.num_layers, self.num_samples, self._rows.to(dev))
+        prod = a * mask  # (K, B, T, D) or (B, K, T, D) float32, as in the hook
+        pooled = prod[:, :, 0] if T == 1 else prod.sum(2)  # (K, B, D) or (B, K, D)
+        rows = stacked_rows(self._layer_base, layers, self.num_layers, self.num_samples, self._rows.to(dev),
+                            rows_first=rows_first)
         self._sums.view(-1, D).index_add_(0, rows, pooled.reshape(K * B, D).to(dev))
 
     def attach(self) -> None:
@@ -193,15 +202,21 @@ class PooledFeatures:
         """Remove the hooks."""
         self._hooks.detach()
 
-    def set_batch(self, mask: torch.Tensor, rows: torch.Tensor) -> None:
+    def set_batch(self, mask: torch.Tensor, rows: torch.Tensor, count: bool = True) -> None:
         """Counted tokens ``mask`` ``(B, T)`` and sample index ``rows`` ``(B,)`` of the next forward
-        (no host sync: the counts are added on the device)."""
+        (no host sync: the counts are added on the device). ``count=False``: the same tokens were
+        already counted (:class:`Capture` reduces one pass's layers in several calls)."""
         self._mask = mask.to(torch.float32).unsqueeze(-1)
         self._rows = rows.long()
+        if count:
+            self.add_counts(self._rows, mask.sum(1, dtype=torch.float64))
+
+    def add_counts(self, rows: torch.Tensor, n: torch.Tensor) -> None:
+        """Add ``n`` ``(B,)`` counted tokens to samples ``rows`` ``(B,)`` (on the device, no sync)."""
         if self._counts is None:
-            self._counts = torch.zeros(self.num_samples, dtype=torch.float64, device=mask.device)
-        rows_c = self._rows if self._rows.device == self._counts.device else self._rows.to(self._counts.device)
-        self._counts.index_add_(0, rows_c, mask.sum(1, dtype=torch.float64).to(self._counts.device))
+            self._counts = torch.zeros(self.num_samples, dtype=torch.float64, device=n.device)
+        dev = self._counts.device
+        self._counts.index_add_(0, rows.long().to(dev), n.to(dev, torch.float64))
 
     def result(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(features (N, L, D) float32, counts (N,))``; rows with no counted token are NaN."""
@@ -216,6 +231,22 @@ class PooledFeatures:
 STAGE_MAX_TOKENS = 4
 """Forward passes of at most this many tokens per row (decoding steps) are staged by :class:`Capture`."""
 
+STAGE_MAX_BYTES = 64 * 2**20
+"""Size of :class:`Capture`'s staging buffer: decoding steps are reduced together when it is full
+(or at the end of a batch); one step that alone is larger gets a buffer of its own size."""
+
+
+@dataclass
+class _Pass:
+    """A staged forward pass not yet reduced: its rows ``[start, start + n)`` of the buffer (start
+    None when nothing was staged), the decoder layers staged, its token mask and sample rows."""
+
+    start: int | None
+    n: int
+    layers: tuple
+    mask: torch.Tensor
+    rows: torch.Tensor
+
 
 @dataclass
 class Capture:
@@ -225,16 +256,22 @@ class Capture:
     indices; ``features``: :class:`PooledFeatures` or None.
 
     Staging (``stage=True``, the default): in a forward pass of at most :data:`STAGE_MAX_TOKENS`
-    tokens per row -- a decoding step -- one hook per decoder layer copies the site activation
-    ``(B, T, D)`` into an ``(L, B, T, D)`` buffer, and the collector and the features reduce all
-    layers at once when the pass is over (:meth:`flush`, called by the next :meth:`on` or by
-    :meth:`off`): the same sums as per-layer reduction (tested), with one copy kernel per layer
-    instead of the reductions' ~6 launches and their Python work, which dominate a decoding step
-    (the GPU waits on the host there). Longer passes (teacher-forced answers) reduce per layer:
-    there the arithmetic dominates and a buffer would cost memory. A layer whose activation does
-    not fit the buffer (another width, dtype or device) is reduced on its own, immediately.
-    Staging needs a collector without block influence and massive-token exclusion
-    (:attr:`~eavss.stats.ActivationStatsCollector.stackable`); otherwise every pass runs per layer.
+    tokens per row -- a decoding step -- one hook per decoder layer only copies the site activation
+    ``(B, T, D)`` into a ``(R, L, T, D)`` buffer (``R`` rows of :data:`STAGE_MAX_BYTES`), and
+    nothing else runs per step: the steps' masks and sample rows are kept, and the collector and the
+    features reduce every staged step and layer at once when the buffer is full, at the end of a
+    batch (:meth:`flush`, called by :func:`greedy_generate`) or when a longer pass or :meth:`off`
+    comes. The same sums as per-layer, per-step reduction (tested to the bit on the CPU, where each
+    accumulator row receives the same additions in the same order; on CUDA one sample's steps are
+    added by atomic operations in any order, so equal up to float64 rounding for the statistics and
+    float32 rounding for the probe features, and not bit-reproducible from run to run), with one
+    copy kernel per layer and step instead of the reductions' launches and their Python work, which
+    dominate a decoding step (the GPU waits on the host there). Longer passes (teacher-forced
+    answers) reduce per layer: there the arithmetic dominates and a buffer would cost memory. A layer whose activation
+    does not fit the buffer (another width, dtype or device than the pass's first layer) is reduced
+    on its own, immediately. Staging needs a collector without block influence and massive-token
+    exclusion (:attr:`~eavss.stats.ActivationStatsCollector.stackable`); otherwise every pass runs
+    per layer.
     """
 
     collector: object
@@ -242,8 +279,13 @@ class Capture:
     stage: bool = True
     _on: str | None = field(default=None, init=False)  # None, "layers" (per-layer hooks) or "staged"
     _stage_hooks: object = field(default=None, init=False)
-    _buf: torch.Tensor | None = field(default=None, init=False)
-    _staged: list = field(default_factory=list, init=False)
+    _buf: torch.Tensor | None = field(default=None, init=False)  # (R, L, T, D) staging buffer
+    _used: int = field(default=0, init=False)  # rows of the buffer holding passes not yet reduced
+    _start: int = field(default=0, init=False)  # first buffer row of the pass being staged
+    _step: tuple | None = field(default=None, init=False)  # (mask, rows) of the pass being staged
+    _view: torch.Tensor | None = field(default=None, init=False)  # its rows of the buffer, (n, L, T, D)
+    _staged: list = field(default_factory=list, init=False)  # layers staged in the current pass
+    _pending: list = field(default_factory=list, init=False)  # finished passes not yet reduced (_Pass)
 
     def on(self, mask: torch.Tensor, rows: torch.Tensor, check: bool = True) -> None:
         """Count ``mask`` ``(B, T)`` tokens of samples ``rows`` ``(B,)`` in the next forward.
@@ -252,7 +294,7 @@ class Capture:
         once; see :meth:`eavss.stats.ActivationStatsCollector.check_groups`). Nothing here syncs
         with an accelerator.
         """
-        self.flush()  # the previous pass's staged layers, with the previous batch's mask
+        self._commit()
         mode = "staged" if self.stage and mask.shape[1] <= STAGE_MAX_TOKENS and self.collector.stackable else "layers"
         if self._on != mode:
             self._detach()
@@ -264,42 +306,108 @@ class Capture:
                     self._stage_hooks = SiteHooks(c.model, c.site, self._stage_one, c.layers)
                 self._stage_hooks.attach()
             else:
+                self.flush()
                 self.collector.attach()
                 if self.features is not None:
                     self.features.attach()
             self._on = mode
+        if mode == "staged":  # nothing runs now: the pass's mask and rows wait for the flush
+            rows = torch.as_tensor(rows, dtype=torch.long)
+            if mask.dim() != 2 or rows.shape != mask.shape[:1]:
+                raise EavssError(f"capture: token mask (batch, seq) and one sample row per sequence expected, got "
+                                 f"shapes {tuple(mask.shape)} and {tuple(rows.shape)}")
+            if check:
+                self.collector.check_groups(rows)
+            self._step = (mask.bool(), rows.to(mask.device, non_blocking=True))
+            self.collector.num_batches += 1  # one forward pass, as set_batch counts them
+            return
         self.collector.set_batch(mask, rows, check=check)
         if self.features is not None:
             self.features.set_batch(mask, rows)
 
     def _stage_one(self, index: int, act: torch.Tensor, args: tuple, kwargs: dict) -> None:
-        buf = self._buf
-        if buf is None:
-            buf = self._buf = act.new_empty((len(self.collector.layers), *act.shape))
-        if act.shape == buf.shape[1:] and act.dtype == buf.dtype and act.device == buf.device:
-            buf[index].copy_(act)
+        if self._step is None:
+            return
+        if act.dim() == 2 and act.shape[0] == self._step[0].numel():  # MLPs that flatten tokens (OPT): (B*T, D)
+            act = act.view(*self._step[0].shape, act.shape[-1])
+        if tuple(act.shape[:2]) != tuple(self._step[0].shape):
+            raise EavssError(f"layer {index}: activation shape {tuple(act.shape)} does not match the token mask "
+                             f"{tuple(self._step[0].shape)}")
+        if self._view is None:  # the pass's first staged layer: rows of the buffer for it
+            self._view = self._rows_for(act)
+        view = self._view
+        if act.shape == view.shape[:1] + view.shape[2:] and act.dtype == view.dtype and act.device == view.device:
+            view[:, index].copy_(act)
             self._staged.append(index)
-        else:  # another width, dtype or device than the first layer's: reduce this layer now
+        else:  # another width, dtype or device than the pass's first layer: reduce this layer now
+            mask, rows = self._step
+            self.collector.set_batch(mask, rows, check=False, new_batch=False)
             self.collector.reduce_layers(act[None], [index])
             if self.features is not None:
+                self.features.set_batch(mask, rows, count=False)  # counted once per pass, at the flush
                 self.features.add_layers(act[None], [index])
 
-    def flush(self) -> None:
-        """Reduce the layers staged in the last forward pass (no-op when none are)."""
-        if self._buf is None:
+    def _rows_for(self, act: torch.Tensor) -> torch.Tensor:
+        """``(n, L, T, D)`` rows of the staging buffer for a pass whose first staged activation is
+        ``act`` ``(n, T, D)``: the next free rows, after reducing what is pending when they do not
+        fit (or when the buffer holds another shape, dtype or device)."""
+        n, L = act.shape[0], len(self.collector.layers)
+        buf = self._buf
+        fits = buf is not None and buf.shape[2:] == act.shape[1:] and buf.dtype == act.dtype and buf.device == act.device
+        if not fits or self._used + n > buf.shape[0]:
+            self._reduce_pending()
+            if not fits or n > buf.shape[0]:
+                per_row = L * act[0].numel() * act.element_size()
+                buf = self._buf = act.new_empty((max(n, STAGE_MAX_BYTES // max(per_row, 1)), L, *act.shape[1:]))
+        self._start = self._used
+        self._used += n
+        return buf[self._start:self._start + n]
+
+    def _commit(self) -> None:
+        """The pass being staged is over: keep its rows, layers, mask and sample rows for the flush."""
+        if self._step is None:
             return
-        idx, buf = self._staged, self._buf
-        self._buf, self._staged = None, []
-        if not idx:
+        mask, rows = self._step
+        start = self._start if self._view is not None else None
+        self._pending.append(_Pass(start, mask.shape[0], tuple(self._staged), mask, rows))
+        self._step, self._view, self._staged = None, None, []
+
+    def flush(self) -> None:
+        """Reduce every staged pass not yet reduced (no-op when none is)."""
+        self._commit()
+        self._reduce_pending()
+
+    def _reduce_pending(self) -> None:
+        pend, self._pending = self._pending, []
+        self._used = 0
+        if not pend:
             return
         # inference mode: the staged buffer and the accumulators were made in the generation's
         # inference mode; a flush from outside it (``off()`` in a caller's ``finally`` after Ctrl-C in
         # the middle of a step) must still be allowed to add into them
         with torch.inference_mode():
-            acts = buf if idx == list(range(len(buf))) else buf[torch.as_tensor(idx, device=buf.device)]
-            self.collector.reduce_layers(acts, idx)
-            if self.features is not None:
-                self.features.add_layers(acts, idx)
+            if self.features is not None:  # the passes' token counts, once (passes may differ in length)
+                self.features.add_counts(_cat([p.rows for p in pend]),
+                                         _cat([p.mask.sum(1, dtype=torch.float64) for p in pend]))
+            i = 0
+            while i < len(pend):  # runs of passes with the same layers, adjacent in the buffer
+                j = i
+                while j + 1 < len(pend) and pend[j + 1].layers == pend[i].layers and pend[j].start is not None \
+                        and pend[j + 1].start == pend[j].start + pend[j].n:
+                    j += 1
+                run, i = pend[i:j + 1], j + 1
+                layers = list(run[0].layers)
+                if not layers or run[0].start is None:
+                    continue
+                acts = self._buf[run[0].start:run[-1].start + run[-1].n]  # (rows, L, T, D)
+                if layers != list(range(acts.shape[1])):
+                    acts = acts[:, torch.as_tensor(layers, device=acts.device)]
+                mask, rows = _cat([p.mask for p in run]), _cat([p.rows for p in run])
+                self.collector.set_batch(mask, rows, check=False, new_batch=False)
+                self.collector.reduce_layers(acts, layers, rows_first=True)
+                if self.features is not None:
+                    self.features.set_batch(mask, rows, count=False)
+                    self.features.add_layers(acts, layers, rows_first=True)
 
     def _detach(self) -> None:
         self.collector.detach()
@@ -309,10 +417,16 @@ class Capture:
             self._stage_hooks.detach()
 
     def off(self) -> None:
-        """Count nothing in the next forward passes (hooks removed; staged layers reduced first)."""
+        """Count nothing in the next forward passes (hooks removed; staged passes reduced first,
+        the staging buffer released)."""
         self.flush()
+        self._buf = None
         self._detach()
         self._on = None
+
+
+def _cat(ts: list) -> torch.Tensor:
+    return ts[0] if len(ts) == 1 else torch.cat(ts, 0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -552,6 +666,7 @@ def greedy_generate(model: torch.nn.Module, suffixes: Sequence[list[int]], prefi
             results[i] = Generated(tokens=toks, answer_tokens=ans, stop=reason[b])
             n_gen += len(toks)
         if capture is not None:  # NaN/Inf: no wait here on an accelerator (reads the previous batch's flag)
+            capture.flush()  # the batch's staged decoding steps, reduced together
             capture.collector.check_finite(block=False)
     if capture is not None:
         capture.off()

@@ -65,29 +65,51 @@ def source_aurocs(y: np.ndarray, scores: np.ndarray, strata: np.ndarray) -> tupl
     return within, pooled, by_source
 
 
-def _fit_all(X: np.ndarray, y: np.ndarray, splits, oof: np.ndarray, C: float, max_iter: int, progress: bool) -> None:
-    """Fill ``oof`` ``(L, N)`` with out-of-fold decision values, one probe per layer and fold."""
+def _fit_layer(X: np.ndarray, layer: int, y: np.ndarray, splits, C: float, max_iter: int) -> np.ndarray:
+    """``(N,)`` out-of-fold decision values of the probes of one layer (one per fold)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
-    from tqdm.auto import tqdm
+    from threadpoolctl import threadpool_limits
 
-    for layer in tqdm(range(X.shape[1]), desc="probes", unit="layer", disable=not progress):
-        Xl = X[:, layer, :].astype(np.float64)
+    oof = np.zeros(len(y))
+    Xl = np.asarray(X[:, layer, :], dtype=np.float64)
+    # one BLAS thread: these fits are tiny, and multi-threaded BLAS is 20-50x slower on a busy CPU
+    with threadpool_limits(1):
         for tr, te in splits:
             if len(np.unique(y[tr])) < 2:
-                oof[layer, te] = 0.0
                 continue
             clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter))
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # ConvergenceWarning on nearly separable layers
                 clf.fit(Xl[tr], y[tr])
-            oof[layer, te] = clf.decision_function(Xl[te])
+            oof[te] = clf.decision_function(Xl[te])
+    return oof
+
+
+def _fit_all(X: np.ndarray, y: np.ndarray, splits, oof: np.ndarray, C: float, max_iter: int, progress: bool,
+             n_jobs: int = 1) -> None:
+    """Fill ``oof`` ``(L, N)`` with out-of-fold decision values, one probe per layer and fold; the
+    layers in ``n_jobs`` worker processes (each fit is deterministic: the same values either way)."""
+    from tqdm.auto import tqdm
+
+    L = X.shape[1]
+    if n_jobs > 1 and L > 1:
+        from joblib import Parallel, delayed
+
+        # X is memory-mapped into the workers once (joblib), each worker fits whole layers
+        gen = Parallel(n_jobs=min(n_jobs, L), return_as="generator")(
+            delayed(_fit_layer)(X, layer, y, splits, C, max_iter) for layer in range(L))
+        for layer, row in enumerate(tqdm(gen, total=L, desc="probes", unit="layer", disable=not progress)):
+            oof[layer] = row
+        return
+    for layer in tqdm(range(L), desc="probes", unit="layer", disable=not progress):
+        oof[layer] = _fit_layer(X, layer, y, splits, C, max_iter)
 
 
 def probe_layers(features: np.ndarray, y: np.ndarray, groups: np.ndarray, strata: np.ndarray, folds: int = 5,
                  C: float = 0.05, max_iter: int = 500, seed: int = 0, progress: bool = False,
-                 site: str = "resid_post") -> dict:
+                 site: str = "resid_post", n_jobs: int = 1) -> dict:
     """Cross-validated logistic-regression probe per layer.
 
     Args:
@@ -97,6 +119,8 @@ def probe_layers(features: np.ndarray, y: np.ndarray, groups: np.ndarray, strata
         groups: ``(N,)`` question ids (fold grouping). strata: ``(N,)`` source names.
         folds: number of CV folds. C: inverse L2 strength of sklearn's LogisticRegression.
         seed: fold shuffling seed.
+        n_jobs: worker processes for the layers' fits (1: in this process); the results do not
+            depend on it.
 
     Returns:
         ``{"auroc": (L,) mean within-source AUROC, "auroc_pooled": (L,), "auroc_by_source":
@@ -108,7 +132,6 @@ def probe_layers(features: np.ndarray, y: np.ndarray, groups: np.ndarray, strata
         EavssError: fewer than 2 samples in a class, or shapes that disagree.
     """
     from sklearn.metrics import roc_auc_score
-    from threadpoolctl import threadpool_limits
 
     X = np.asarray(features)
     y = np.asarray(y).astype(int)
@@ -122,9 +145,7 @@ def probe_layers(features: np.ndarray, y: np.ndarray, groups: np.ndarray, strata
     splits = cv_folds(y, np.asarray(groups, dtype=object), strata, folds, seed)
     N, L, _ = X.shape
     oof = np.zeros((L, N))
-    # one BLAS thread: these fits are tiny, and multi-threaded BLAS is 20-50x slower on a busy CPU
-    with threadpool_limits(1):
-        _fit_all(X, y, splits, oof, C, max_iter, progress)
+    _fit_all(X, y, splits, oof, C, max_iter, progress, n_jobs)
     pooled = np.array([roc_auc_score(y, oof[layer]) for layer in range(L)])
     by_source = {}
     for s in dict.fromkeys(strata.tolist()):

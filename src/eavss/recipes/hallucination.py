@@ -602,6 +602,25 @@ def score_layers(samples: list[Sample], stats, cfg: HallucinationConfig, timings
     return {"ss": ss, "opts": opts, "result": result, "perm": perm, "ranked": ranked, "boot": boot, "variants": variants}
 
 
+MIN_WORKERS = 4
+"""The probes (one per layer and fold) run in worker processes only from this many threads on.
+Measured (``benchmarks/RESULTS.md``, issue 10 second pass): on this 2-core CPU two workers were
+slower than one process (default limits: 7.8 -> 9.1 s; starting the workers, importing scikit-learn
+there and mapping the features cost more than the second core gives); on the H200's 16-core host 15
+workers took the probes of the 8B-shape analysis from 7.4 to 4.0 s. The score variants stay in this
+process: in workers they went from 1.3 to 2.7 s there (each variant is small)."""
+
+
+def _workers() -> int:
+    """Worker processes for the probes: the run's thread count (``--threads``, or the idle cores it
+    chose; :func:`eavss.recipes.common.start`) when it is at least :data:`MIN_WORKERS`, else 1 (in
+    this process)."""
+    import torch
+
+    n = torch.get_num_threads()
+    return n if n >= MIN_WORKERS else 1
+
+
 def agreement_with_probe(score: np.ndarray, auroc: np.ndarray, k: int) -> dict:
     """Rank agreement of a per-layer score with the probe AUROC, with the warning a reader must see
     when they disagree (Spearman < 0.3 or undefined)."""
@@ -635,7 +654,7 @@ def probe_check(features, scored: dict, cfg: HallucinationConfig) -> tuple[dict 
     use = ss.used() & (counts.numpy() > 0)
     probe = probe_layers(feats.numpy()[use], ss.labels[use], ss.clusters[use], ss.strata[use], folds=cfg.probe.folds,
                          C=cfg.probe.C, max_iter=cfg.probe.max_iter, seed=cfg.seed, progress=cfg.progress,
-                         site=cfg.stats.site)
+                         site=cfg.stats.site, n_jobs=_workers())
     agree = agreement_with_probe(ranked["score"], probe["auroc"], k)
     agree["ranked_by"] = ranked["rank_by"]
     agree["pooled_auroc"] = {kk: v for kk, v in rank_agreement(ranked["score"], probe["auroc_pooled"], k).items()

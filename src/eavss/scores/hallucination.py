@@ -651,7 +651,7 @@ def permutation_test(ss: SampleStatistics, opts: EavssOptions, permutations: int
 
 
 def variant_table(ss: SampleStatistics, base: EavssOptions, names: Sequence[tuple[str, dict]] | None = None,
-                  rank_by: str = "effect", permutations: int = 0, seed: int = 0) -> dict:
+                  rank_by: str = "effect", permutations: int = 0, seed: int = 0, n_jobs: int = 1) -> dict:
     """EAVSS under alternative definitions (for the report's comparison with the probe).
 
     Args:
@@ -659,6 +659,10 @@ def variant_table(ss: SampleStatistics, base: EavssOptions, names: Sequence[tupl
             every combination, each changed alone from ``base``.
         rank_by: ``effect`` | ``z``; with ``z`` every variant gets its own permutation test
             (``permutations`` label permutations, ``seed``) and is ranked by its z.
+        n_jobs: worker processes, one variant each (1: in this process); the results do not
+            depend on it (each variant's permutations are seeded with ``seed``). Pays only when the
+            variants are large: at a tenth of the hallucination analysis's default limits on the
+            H200's host, 15 workers took 2.7 s against 1.3 s in one process.
 
     Returns:
         ``{label: {"options": dict, "eavss": (L,), "score": (L,)`` the ranked statistic,
@@ -673,16 +677,29 @@ def variant_table(ss: SampleStatistics, base: EavssOptions, names: Sequence[tupl
         names += [(f"pooling={m}", {"pooling": m}) for m in POOLINGS if m != base.pooling]
         names += [(f"combine={m}", {"combine": m}) for m in COMBINATIONS if m != base.combine]
         names += [(f"with_avss={not base.with_avss}", {"with_avss": not base.with_avss})]
-    out = {}
-    for label, ov in names:
-        o = dataclasses.replace(base, **ov)
+    opts = [(label, ov, dataclasses.replace(base, **ov)) for label, ov in names]
+    if n_jobs > 1 and len(opts) > 1:
+        from joblib import Parallel, delayed
+
+        rows = Parallel(n_jobs=min(n_jobs, len(opts)))(delayed(_variant)(ss, o, ov, rank_by, permutations, seed)
+                                                        for _, ov, o in opts)
+    else:
+        rows = [_variant(ss, o, ov, rank_by, permutations, seed) for _, ov, o in opts]
+    return {label: row for (label, _, _), row in zip(opts, rows)}
+
+
+def _variant(ss: SampleStatistics, o: EavssOptions, ov: dict, rank_by: str, permutations: int, seed: int) -> dict:
+    """One row of :func:`variant_table` (one BLAS thread: small products)."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):
         try:
             r = compute_eavss(ss, o)
             z = permutation_test(ss, o, permutations, seed).get("z_eavss") if rank_by == "z" else None
             ranked = rank_layers(r["eavss"], rank_by, z, o.top_k)
-            out[label] = {"options": ov, "eavss": r["eavss"], "score": ranked["score"], "top_k": ranked["top_k"]}
+            row = {"options": ov, "eavss": r["eavss"], "score": ranked["score"], "top_k": ranked["top_k"]}
             if z is not None:
-                out[label]["z"] = z
+                row["z"] = z
+            return row
         except EavssError as e:
-            out[label] = {"options": ov, "error": str(e)}
-    return out
+            return {"options": ov, "error": str(e)}

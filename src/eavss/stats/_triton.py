@@ -8,10 +8,18 @@ One kernel launch per layer and batch. Program ``(b, p)`` owns tokens ``[p*TPP, 
 sequence ``b`` and walks them ``BLOCK_T`` rows at a time. For each row it computes, in float32:
 ``sum a``, ``sum a^2``, the centred ``sum (a - mu)^2`` (two passes over the row, the second from
 registers or L2, so the variance is exact per token), the near-zero count, and with the layer
-input ``x``: ``x.a`` and ``|x|^2``. Rows are selected with ``where(ok, ., 0)`` (``ok`` = in the
-token mask and finite), never multiplied, so NaN/Inf in padding never reaches a sum. The program
-writes its sums over its tokens to ``OUT[b, p, :]`` (float32, <= TPP terms each) and its pooled
-column sums to ``POOL[b, p, :]``; the caller merges programs in float64.
+input ``x``: ``x.o``, ``|x|^2`` and ``|o|^2`` for block influence (``o`` the hooked tensor). Rows are
+selected with ``where(ok, ., 0)`` (``ok`` = in the token mask and finite), never multiplied, so
+NaN/Inf in padding never reaches a sum. The program writes its sums over its tokens to
+``OUT[b, p, :]`` (float32, <= TPP terms each) and its pooled column sums to ``POOL[b, p, :]``; the
+caller merges programs in float64.
+
+Modes (compile-time): ``DELTA`` -- the site is ``o - x`` (``resid_delta``), formed in registers and
+rounded to the input dtype as torch's subtraction rounds it, with block influence from the same
+read of ``o`` and ``x``; ``BI`` -- block influence on; ``STATS`` off -- block influence only (the
+second hook at ``mlp_act``; every other field 0). Rows up to :data:`SINGLE_MAX_D` wide are held
+whole in registers, as one or two power-of-two pieces (:data:`SPLIT_ROWS`); wider rows are read in
+chunks, twice. A row's sums are reduced together (:data:`JOINT_REDUCE`).
 
 Device-memory traffic: one read of ``act`` (and of ``layer_input``) plus ``B*P*(D + K)`` float32
 writes, i.e. ~1-2 % of the activation bytes for the default launch shape.
@@ -33,16 +41,99 @@ _I_OK = NUM_FIELDS
 
 
 @triton.jit
+def _add2(a0, b0, a1, b1):
+    return a0 + a1, b0 + b1
+
+
+@triton.jit
+def _add4(a0, b0, c0, d0, a1, b1, c1, d1):
+    return a0 + a1, b0 + b1, c0 + c1, d0 + d1
+
+
+@triton.jit
+def _add5(a0, b0, c0, d0, e0, a1, b1, c1, d1, e1):
+    return a0 + a1, b0 + b1, c0 + c1, d0 + d1, e0 + e1
+
+
+@triton.jit
+def _load_rows(a_ptrs, x_ptrs, lm, DELTA: tl.constexpr, LOAD_X: tl.constexpr):
+    """``(a, o, x)`` float32 for the ``(BLOCK_T, BLOCK)`` tile: ``o`` the hooked tensor, ``x`` the
+    layer input (``o`` when not loaded), ``a`` the site values: ``o``, or ``o - x`` rounded to the
+    hooked tensor's dtype (what ``out - x`` in torch gives) when ``DELTA``."""
+    o_raw = tl.load(a_ptrs, mask=lm, other=0.0)
+    o = o_raw.to(tl.float32)
+    if LOAD_X:
+        x = tl.load(x_ptrs, mask=lm, other=0.0).to(tl.float32)
+    else:
+        x = o
+    if DELTA:
+        a = (o - x).to(o_raw.dtype).to(tl.float32)
+    else:
+        a = o
+    return a, o, x
+
+
+@triton.jit
+def _row_sums(a, o, x, DELTA: tl.constexpr, BI: tl.constexpr, JOINT: tl.constexpr):
+    """Per row of the tile: ``sum a``, ``sum a^2``, and for block influence ``x.o``, ``|x|^2``,
+    ``|o|^2`` (zeros without it). ``JOINT`` reduces them together (one exchange between warps)."""
+    if BI:
+        if DELTA:
+            if JOINT:
+                s, ss, dot, xx, oo = tl.reduce((a, a * a, x * o, x * x, o * o), 1, _add5)
+            else:
+                s = tl.sum(a, axis=1)
+                ss = tl.sum(a * a, axis=1)
+                dot = tl.sum(x * o, axis=1)
+                xx = tl.sum(x * x, axis=1)
+                oo = tl.sum(o * o, axis=1)
+        else:
+            if JOINT:
+                s, ss, dot, xx = tl.reduce((a, a * a, x * o, x * x), 1, _add4)
+            else:
+                s = tl.sum(a, axis=1)
+                ss = tl.sum(a * a, axis=1)
+                dot = tl.sum(x * o, axis=1)
+                xx = tl.sum(x * x, axis=1)
+            oo = ss
+    else:
+        if JOINT:
+            s, ss = tl.reduce((a, a * a), 1, _add2)
+        else:
+            s = tl.sum(a, axis=1)
+            ss = tl.sum(a * a, axis=1)
+        dot = tl.zeros_like(s)
+        xx = dot
+        oo = dot
+    return s, ss, dot, xx, oo
+
+
+@triton.jit
+def _centred_sums(a, lm, mu, thr, JOINT: tl.constexpr):
+    """Per row: ``sum (a - mu)^2`` and the near-zero count ``#{|a| < thr}`` over the tile's columns."""
+    dv = tl.where(lm, a - mu[:, None], 0.0)
+    nzv = tl.where(lm & (tl.abs(a) < thr[:, None]), 1.0, 0.0)
+    if JOINT:
+        m2, nz = tl.reduce((dv * dv, nzv), 1, _add2)
+    else:
+        m2 = tl.sum(dv * dv, axis=1)
+        nz = tl.sum(nzv, axis=1)
+    return m2, nz
+
+
+@triton.jit
 def _token_stats_kernel(
     A, X, M, OUT, POOL,
     T, D, TPP,
     s_ab, s_at, s_xb, s_xt, s_mb, s_mt,
     thr_param,
-    REL: tl.constexpr, HAS_X: tl.constexpr, POOLED: tl.constexpr, SINGLE: tl.constexpr,
-    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, K: tl.constexpr, FLT_MAX: tl.constexpr,
+    REL: tl.constexpr, DELTA: tl.constexpr, BI: tl.constexpr, STATS: tl.constexpr, POOLED: tl.constexpr,
+    SINGLE: tl.constexpr, JOINT: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_D2: tl.constexpr, K: tl.constexpr, FLT_MAX: tl.constexpr,
     I_N: tl.constexpr, I_M2: tl.constexpr, I_MU: tl.constexpr, I_MU2: tl.constexpr, I_NZ: tl.constexpr,
     I_BI: tl.constexpr, I_NF: tl.constexpr, I_OK: tl.constexpr, I_MS: tl.constexpr,
 ):
+    LOAD_X: tl.constexpr = DELTA or BI
     b = tl.program_id(0)
     p = tl.program_id(1)
     P = tl.num_programs(1)
@@ -55,6 +146,7 @@ def _token_stats_kernel(
     pool_base = POOL + prog * D
     rt = tl.arange(0, BLOCK_T)
     rd = tl.arange(0, BLOCK_D)
+    rd2 = BLOCK_D + tl.arange(0, BLOCK_D2)  # the second piece of a row held in two (BLOCK_D2 > 1)
 
     acc_n = tl.zeros([BLOCK_T], tl.float32)
     acc_m2 = tl.zeros([BLOCK_T], tl.float32)
@@ -65,7 +157,9 @@ def _token_stats_kernel(
     acc_nf = tl.zeros([BLOCK_T], tl.float32)
     acc_ok = tl.zeros([BLOCK_T], tl.float32)
     pool_acc = tl.zeros([BLOCK_D], tl.float32)
+    pool_acc2 = tl.zeros([BLOCK_D2], tl.float32)
     dmask0 = rd < D
+    dmask2 = rd2 < D
 
     for t0 in range(t_lo, t_lo + TPP, BLOCK_T):  # TPP is a multiple of BLOCK_T
         offs_t = t0 + rt
@@ -74,72 +168,84 @@ def _token_stats_kernel(
         m = (tl.load(m_base + offs_t64 * s_mt, mask=tmask, other=0) != 0) & tmask
         row_a = a_base + offs_t64[:, None] * s_at
         row_x = x_base + offs_t64[:, None] * s_xt
-        dot = tl.zeros([BLOCK_T], tl.float32)
-        xx = tl.zeros([BLOCK_T], tl.float32)
         if SINGLE:
             lm = tmask[:, None] & dmask0[None, :]
-            a = tl.load(row_a + rd[None, :], mask=lm, other=0.0).to(tl.float32)
-            s = tl.sum(a, axis=1)
-            ss = tl.sum(a * a, axis=1)
-            if HAS_X:
-                x = tl.load(row_x + rd[None, :], mask=lm, other=0.0).to(tl.float32)
-                dot = tl.sum(x * a, axis=1)
-                xx = tl.sum(x * x, axis=1)
+            a, o, x = _load_rows(row_a + rd[None, :], row_x + rd[None, :], lm, DELTA, LOAD_X)
+            s, ss, dot, xx, oo = _row_sums(a, o, x, DELTA, BI, JOINT)
+            if BLOCK_D2 > 1:
+                lm2 = tmask[:, None] & dmask2[None, :]
+                a2, o2, x2 = _load_rows(row_a + rd2[None, :], row_x + rd2[None, :], lm2, DELTA, LOAD_X)
+                s2, ss2, dot2, xx2, oo2 = _row_sums(a2, o2, x2, DELTA, BI, JOINT)
+                s += s2
+                ss += ss2
+                dot += dot2
+                xx += xx2
+                oo += oo2
             mu = s / D
             finite = ss <= FLT_MAX  # False for NaN and Inf
             ok = m & finite
-            if REL:
-                thr = thr_param * tl.sqrt(ss / D)
-            else:
-                thr = tl.zeros([BLOCK_T], tl.float32) + thr_param
-            dv = tl.where(lm, a - mu[:, None], 0.0)
-            m2 = tl.sum(dv * dv, axis=1)
-            nz = tl.sum(tl.where(lm & (tl.abs(a) < thr[:, None]), 1.0, 0.0), axis=1)
-            if POOLED:
-                pool_acc += tl.sum(tl.where(ok[:, None], a, 0.0), axis=0)
+            if STATS:
+                if REL:
+                    thr = thr_param * tl.sqrt(ss / D)
+                else:
+                    thr = tl.zeros([BLOCK_T], tl.float32) + thr_param
+                m2, nz = _centred_sums(a, lm, mu, thr, JOINT)
+                if POOLED:
+                    pool_acc += tl.sum(tl.where(ok[:, None], a, 0.0), axis=0)
+                if BLOCK_D2 > 1:
+                    m2b, nzb = _centred_sums(a2, lm2, mu, thr, JOINT)
+                    m2 += m2b
+                    nz += nzb
+                    if POOLED:
+                        pool_acc2 += tl.sum(tl.where(ok[:, None], a2, 0.0), axis=0)
         else:
             s = tl.zeros([BLOCK_T], tl.float32)
             ss = tl.zeros([BLOCK_T], tl.float32)
+            dot = tl.zeros([BLOCK_T], tl.float32)
+            xx = tl.zeros([BLOCK_T], tl.float32)
+            oo = tl.zeros([BLOCK_T], tl.float32)
             for d0 in range(0, D, BLOCK_D):
                 cd = d0 + rd
                 lm = tmask[:, None] & (cd < D)[None, :]
-                a = tl.load(row_a + cd[None, :], mask=lm, other=0.0).to(tl.float32)
-                s += tl.sum(a, axis=1)
-                ss += tl.sum(a * a, axis=1)
-                if HAS_X:
-                    x = tl.load(row_x + cd[None, :], mask=lm, other=0.0).to(tl.float32)
-                    dot += tl.sum(x * a, axis=1)
-                    xx += tl.sum(x * x, axis=1)
+                a, o, x = _load_rows(row_a + cd[None, :], row_x + cd[None, :], lm, DELTA, LOAD_X)
+                cs, css, cdot, cxx, coo = _row_sums(a, o, x, DELTA, BI, JOINT)
+                s += cs
+                ss += css
+                dot += cdot
+                xx += cxx
+                oo += coo
             mu = s / D
             finite = ss <= FLT_MAX
             ok = m & finite
-            if REL:
-                thr = thr_param * tl.sqrt(ss / D)
-            else:
-                thr = tl.zeros([BLOCK_T], tl.float32) + thr_param
-            m2 = tl.zeros([BLOCK_T], tl.float32)
-            nz = tl.zeros([BLOCK_T], tl.float32)
-            for d0 in range(0, D, BLOCK_D):  # second pass: the rows were just read, mostly L2 hits
-                cd = d0 + rd
-                dm = cd < D
-                lm = tmask[:, None] & dm[None, :]
-                a = tl.load(row_a + cd[None, :], mask=lm, other=0.0).to(tl.float32)
-                dv = tl.where(lm, a - mu[:, None], 0.0)
-                m2 += tl.sum(dv * dv, axis=1)
-                nz += tl.sum(tl.where(lm & (tl.abs(a) < thr[:, None]), 1.0, 0.0), axis=1)
-                if POOLED:
-                    col = tl.sum(tl.where(ok[:, None], a, 0.0), axis=0)
-                    tl.atomic_add(pool_base + cd, col, mask=dm)  # one program per row of POOL
-        acc_n += tl.where(m, 1.0, 0.0)
-        acc_ok += tl.where(ok, 1.0, 0.0)
-        acc_nf += tl.where(m & ~finite, 1.0, 0.0)
-        acc_m2 += tl.where(ok, m2, 0.0)
-        acc_mu += tl.where(ok, mu, 0.0)
-        acc_mu2 += tl.where(ok, mu * mu, 0.0)
-        acc_nz += tl.where(ok, nz, 0.0)
-        if HAS_X:
-            cos = dot / tl.maximum(tl.sqrt(xx * ss), 1e-30)
+            if STATS:
+                if REL:
+                    thr = thr_param * tl.sqrt(ss / D)
+                else:
+                    thr = tl.zeros([BLOCK_T], tl.float32) + thr_param
+                m2 = tl.zeros([BLOCK_T], tl.float32)
+                nz = tl.zeros([BLOCK_T], tl.float32)
+                for d0 in range(0, D, BLOCK_D):  # second pass: the rows were just read, mostly L2 hits
+                    cd = d0 + rd
+                    dm = cd < D
+                    lm = tmask[:, None] & dm[None, :]
+                    a, o, x = _load_rows(row_a + cd[None, :], row_x + cd[None, :], lm, DELTA, DELTA)
+                    cm2, cnz = _centred_sums(a, lm, mu, thr, JOINT)
+                    m2 += cm2
+                    nz += cnz
+                    if POOLED:
+                        col = tl.sum(tl.where(ok[:, None], a, 0.0), axis=0)
+                        tl.atomic_add(pool_base + cd, col, mask=dm)  # one program per row of POOL
+        if BI:
+            cos = dot / tl.maximum(tl.sqrt(xx * oo), 1e-30)
             acc_bi += tl.where(ok, 1.0 - cos, 0.0)
+        if STATS:
+            acc_n += tl.where(m, 1.0, 0.0)
+            acc_ok += tl.where(ok, 1.0, 0.0)
+            acc_nf += tl.where(m & ~finite, 1.0, 0.0)
+            acc_m2 += tl.where(ok, m2, 0.0)
+            acc_mu += tl.where(ok, mu, 0.0)
+            acc_mu2 += tl.where(ok, mu * mu, 0.0)
+            acc_nz += tl.where(ok, nz, 0.0)
 
     out = OUT + prog * K
     tl.store(out + I_N, tl.sum(acc_n, axis=0))
@@ -152,8 +258,11 @@ def _token_stats_kernel(
     tl.store(out + I_OK, tl.sum(acc_ok, axis=0))
     tl.store(out + I_MS, 0.0)  # n_massive: exclusion is eager-only; OUT is uninitialised memory
     if SINGLE:
-        if POOLED:
-            tl.store(pool_base + rd, pool_acc, mask=dmask0)
+        if STATS:
+            if POOLED:
+                tl.store(pool_base + rd, pool_acc, mask=dmask0)
+                if BLOCK_D2 > 1:
+                    tl.store(pool_base + rd2, pool_acc2, mask=dmask2)
 
 
 @triton.jit
@@ -230,10 +339,41 @@ rows are read in chunks of 1,024. Measured on one H200 (``benchmarks/profile_fus
 8 x 2048 tokens): the whole row is 1.6x faster than chunks at D = 18,944 (533 vs 844 us) and 2.1x
 at D = 14,336 (304 vs 629 us) -- the MLP activations of Qwen2.5-7B and Llama-3-8B."""
 
+SPLIT_ROWS = True
+"""Hold a whole row of one token as two power-of-two pieces (``BLOCK_D + BLOCK_D2`` lanes) when
+that is narrower than the next power of two: 18,944 -> 16,384 + 4,096 lanes instead of 32,768,
+11,008 -> 8,192 + 4,096 instead of 16,384, 4,864 -> 4,096 + 1,024 instead of 8,192 (only for rows
+wider than 2,048, where one token fills a program step)."""
+
+JOINT_REDUCE = None
+"""Reduce a row's sums together (one exchange between the program's warps for ``sum a``, ``sum a^2``
+and the block-influence dot products, one for the centred sum and the near-zero count) instead of
+one exchange per sum. None (default): only for rows split in two pieces (and where
+:data:`WIDE_TUNED` says so). Measured on one H200
+(``profile_fused.py``, bf16, 8 x 2048 tokens): joint reductions cost 12-40 % at D = 3584-4096
+(e.g. block influence alone 58 -> 81 us) and 6 % at 14,336 unsplit, and save 10 % at 18,944
+split (504 -> 459 us)."""
+
+WIDE_TUNED = {(16384, 4096): (1, 8, 2, True), (16384, 1): (2, 16, 4, True)}
+"""``(BLOCK_D, BLOCK_D2) -> (BLOCK_T, num_warps, programs_per_sm, joint)`` for wide whole rows, the best of
+the H200 sweep (``profile_fused.py``, bf16, 8 x 2048 tokens): D = 18,944 (Qwen2.5-7B MLP; 16,384 +
+4,096 lanes) 459 -> 440 us, D = 14,336 (Llama-3-8B MLP) 294 -> 220 us. The second entry serves
+every width in (12,288, 16,384]; measured only at 14,336. Other widths keep the general rule (one
+token per step, 16 warps, 4 programs per SM). ``BLOCK_T`` never exceeds the sequence length
+(staged decoding steps have one token)."""
+
 
 def launch_config(B: int, T: int, D: int, device: torch.device) -> dict:
     """Tile sizes, warps and grid for a ``(B, T, D)`` activation (overridable for tuning with
-    ``EAVSS_TRITON_CONFIG="BLOCK_T,BLOCK_D,num_warps,programs_per_sm"``)."""
+    ``EAVSS_TRITON_CONFIG="BLOCK_T,BLOCK_D,num_warps,programs_per_sm[,split[,joint]]"``; ``BLOCK_D``
+    0 keeps the default width, ``split``/``joint`` 0 or 1 for :data:`SPLIT_ROWS` / :data:`JOINT_REDUCE`;
+    the override replaces :data:`WIDE_TUNED` too).
+
+    Returns:
+        dict with ``BLOCK_T``, ``BLOCK_D``, ``BLOCK_D2`` (the second piece of a split row; 1 = none),
+        ``SINGLE`` (whole row in registers), ``JOINT``, ``num_warps``, ``P`` (programs per sequence)
+        and ``TPP`` (tokens per program).
+    """
     block_d = triton.next_power_of_2(max(D, 16))
     single = block_d <= SINGLE_MAX_D
     programs_per_sm = 4
@@ -242,29 +382,59 @@ def launch_config(B: int, T: int, D: int, device: torch.device) -> dict:
     block_t = max(1, 4096 // block_d) if single else 4
     block_t = min(block_t, 16)
     num_warps = max(4, min(16, block_t * block_d // 1024))  # ~32 elements per thread per tensor
+    split, joint = SPLIT_ROWS, JOINT_REDUCE
     env = os.environ.get("EAVSS_TRITON_CONFIG")
     if env:
-        bt, bd, nw, pps = (int(v) for v in env.split(","))
+        vals = [int(v) for v in env.split(",")]
+        bt, bd, nw, pps = vals[:4]
         block_t, num_warps, programs_per_sm = bt, nw, pps
+        if len(vals) > 4:
+            split = bool(vals[4])
+        if len(vals) > 5:
+            joint = bool(vals[5])
         if bd:
             block_d = bd
             single = block_d >= D
+    block_d2 = 1
+    if single and split and block_t == 1 and block_d >= 4096 and block_d >= D:
+        lo = block_d // 2  # the largest power of two below D (when D is not one)
+        if lo < D:
+            d2 = triton.next_power_of_2(D - lo)
+            if lo + d2 < block_d:
+                block_d, block_d2 = lo, d2
+    if not env and single and (block_d, block_d2) in WIDE_TUNED:
+        block_t, num_warps, programs_per_sm, joint = WIDE_TUNED[(block_d, block_d2)]
+    if joint is None:
+        joint = block_d2 > 1
+    block_t = max(1, min(block_t, triton.next_power_of_2(max(T, 1))))  # no tile rows past the sequence
     # programs per sequence: fill the device ~programs_per_sm times, at least BLOCK_T tokens each
     p = max(1, min(triton.cdiv(T, block_t), triton.cdiv(programs_per_sm * _num_sms(device), max(B, 1))))
     tpp = triton.cdiv(triton.cdiv(T, p), block_t) * block_t
     p = triton.cdiv(T, tpp) if T > 0 else 1
-    return dict(BLOCK_T=block_t, BLOCK_D=block_d, SINGLE=single, num_warps=num_warps, P=p, TPP=tpp)
+    return dict(BLOCK_T=block_t, BLOCK_D=block_d, BLOCK_D2=block_d2, SINGLE=single, JOINT=joint,
+                num_warps=num_warps, P=p, TPP=tpp)
 
 
 def fused_reduce(act: torch.Tensor, mask: torch.Tensor, rule, layer_input: torch.Tensor | None,
                  pooled: bool, acc: torch.Tensor | None = None,
-                 groups: torch.Tensor | None = None) -> torch.Tensor | None:
+                 groups: torch.Tensor | None = None, *, delta: bool = False,
+                 block_influence: bool | None = None, stats: bool = True) -> torch.Tensor | None:
     """``(B, NUM_FIELDS)`` float64 sums of ``act`` (see :func:`eavss.stats.reduce.reduce_activations`).
 
     With ``acc`` (a ``(G, NUM_FIELDS)`` float32/float64 CUDA tensor on ``act``'s device) the sums
     are instead added into ``acc[groups[b]]`` (``groups``: ``(B,)`` ints, None = all 0) by a second
     small kernel, and None is returned: two Triton launches and one torch sum per layer.
+
+    ``delta=True``: the statistics are those of ``act - layer_input`` (rounded to ``act``'s dtype,
+    as torch's subtraction rounds), formed in registers, and block influence compares
+    ``layer_input`` with ``act`` itself (the layer output): one read of each, no temporary.
+    ``block_influence`` (default: ``layer_input`` is given) computes ``bi_sum`` from
+    ``layer_input``; ``stats=False`` computes only ``bi_sum`` (every other field 0).
     """
+    if block_influence is None:
+        block_influence = layer_input is not None
+    if (delta or block_influence) and layer_input is None:
+        raise ValueError("fused_reduce: delta and block influence need the layer input")
     B, T, D = act.shape
     dev = act.device
     a = act if act.stride(-1) == 1 else act.contiguous()
@@ -275,7 +445,7 @@ def fused_reduce(act: torch.Tensor, mask: torch.Tensor, rule, layer_input: torch
     cfg = launch_config(B, T, D, dev)
     P = cfg["P"]
     out = torch.empty(B, P, _K, dtype=torch.float32, device=dev)
-    do_pool = bool(pooled and D > 1)
+    do_pool = bool(pooled and D > 1 and stats)
     if do_pool:
         pool = (torch.empty if cfg["SINGLE"] else torch.zeros)(B, P, D, dtype=torch.float32, device=dev)
     else:
@@ -290,8 +460,9 @@ def fused_reduce(act: torch.Tensor, mask: torch.Tensor, rule, layer_input: torch
                 (x if x is not None else a).stride(0), (x if x is not None else a).stride(1),
                 m.stride(0), m.stride(1),
                 float(rule.tau if rel else rule.epsilon),
-                REL=rel, HAS_X=x is not None, POOLED=do_pool, SINGLE=cfg["SINGLE"],
-                BLOCK_T=cfg["BLOCK_T"], BLOCK_D=cfg["BLOCK_D"], K=_K, FLT_MAX=_FLT_MAX,
+                REL=rel, DELTA=delta, BI=block_influence, STATS=stats, POOLED=do_pool, SINGLE=cfg["SINGLE"],
+                JOINT=cfg["JOINT"], BLOCK_T=cfg["BLOCK_T"], BLOCK_D=cfg["BLOCK_D"], BLOCK_D2=cfg["BLOCK_D2"],
+                K=_K, FLT_MAX=_FLT_MAX,
                 I_N=F["n_tokens"], I_M2=F["within_m2"], I_MU=F["sum_mean"], I_MU2=F["sum_mean_sq"],
                 I_NZ=F["near_zero"], I_BI=F["bi_sum"], I_NF=F["nonfinite"], I_OK=_I_OK, I_MS=F["n_massive"],
                 num_warps=cfg["num_warps"],

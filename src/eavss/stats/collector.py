@@ -41,9 +41,10 @@ class ActivationStatsCollector:
         rule: near-zero threshold for sparsity.
         group_names: names of the ``G`` groups; :meth:`set_batch` assigns each sequence to one.
         pooled: also accumulate the official-code pooled variance.
-        block_influence: also accumulate ShortGPT block influence (at ``resid_post`` from the site
-            reduction; at another site from a second hook on the decoder layer's output, so one
-            pass gives both).
+        block_influence: also accumulate ShortGPT block influence (at ``resid_post`` and
+            ``resid_delta`` from the site reduction, which reads the layer's output and input
+            anyway; at ``mlp_act`` from a second hook on the decoder layer's output, so one pass
+            gives both).
         accum_dtype: float64 (default) or float32 accumulator.
         layers: optional explicit ``(path, ModuleList)``; found automatically otherwise.
         massive: massive-token factor ``k`` (None or 0: off, the default): at each layer, tokens
@@ -81,11 +82,13 @@ class ActivationStatsCollector:
         self.accum_dtype = accum_dtype
         self.massive = massive_factor(massive)
         self.layers_path, self.layers = layers if layers is not None else find_decoder_layers(model)
-        self._hooks = SiteHooks(model, site, self._on_activation, self.layers)
+        # resid_delta: the hook passes the layer output; the reduction forms output - input itself
+        self._hooks = SiteHooks(model, site, self._on_activation, self.layers, materialize_delta=False)
         self.modules = self._hooks.modules
-        # block influence at another site: a second hook on the decoder layers' outputs
+        # block influence at a site inside the layer (mlp_act): a second hook on the decoder layers'
+        # outputs. resid_post and resid_delta get it from the site reduction (same tensors).
         self._bi_hooks = SiteHooks(model, "resid_post", self._on_layer_output, self.layers) \
-            if block_influence and site != "resid_post" else None
+            if block_influence and site != "resid_post" and not self._hooks.delta else None
         self.width = np.zeros(len(self.layers), dtype=np.int64)
         self._acc: torch.Tensor | None = None
         self._mask: torch.Tensor | None = None
@@ -122,15 +125,23 @@ class ActivationStatsCollector:
         if act.shape[:2] != mask.shape:
             raise EavssError(f"layer {index}: activation shape {tuple(act.shape)} does not match the token mask "
                              f"{tuple(mask.shape)}; pass the batch's attention_mask to set_batch")
-        x_in = input_tensor(args, kwargs) if self.block_influence and self._bi_hooks is None else None
+        delta = self._hooks.delta
+        if delta:  # act is the layer output; the site is act - x
+            x_in = input_tensor(args, kwargs)
+            if x_in is None or x_in.shape != act.shape:
+                raise EavssError(f"site {self.site}: decoder layer {index} has no hidden-state input of the output's "
+                                 "shape; use stats.site=resid_post")
+        else:
+            x_in = input_tensor(args, kwargs) if self.block_influence and self._bi_hooks is None else None
         x_sq = None
-        if x_in is not None and self._prev is not None:
+        if x_in is not None and not delta and self._prev is not None:
             ref, version, sq = self._prev
             if ref() is x_in and _version(x_in) == version:  # this layer's input is the last output
                 x_sq = sq
         _, act_sq = reduce_activations_ext(act, mask, self.rule, layer_input=x_in, pooled=self.pooled,
                                            input_sq=x_sq, acc=self._accumulator(act.device)[index], groups=self._groups,
-                                           massive=self.massive)
+                                           massive=self.massive, delta=delta,
+                                           block_influence=self.block_influence if delta else None)
         keep = act_sq is not None and x_in is not None
         self._prev = (weakref.ref(act), _version(act), act_sq) if keep else None
         self.width[index] = act.shape[-1]
@@ -142,7 +153,7 @@ class ActivationStatsCollector:
         median) is on."""
         return not self.block_influence and self.massive is None
 
-    def reduce_layers(self, acts: torch.Tensor, layers: Sequence[int]) -> None:
+    def reduce_layers(self, acts: torch.Tensor, layers: Sequence[int], rows_first: bool = False) -> None:
         """Reduce the site activations of several decoder layers, stacked, for the current batch
         (:meth:`set_batch`): the same sums as the hooks would add layer by layer, in one reduction.
 
@@ -152,7 +163,9 @@ class ActivationStatsCollector:
         launches the same kernels once per forward pass instead of once per layer.
 
         Args:
-            acts: ``(K, B, T, D)`` activations of layers ``layers`` (any float dtype).
+            acts: ``(K, B, T, D)`` activations of layers ``layers`` (any float dtype); ``(B, K, T, D)``
+                with ``rows_first`` (the staging buffer's layout: several decoding steps' rows,
+                each with every layer).
             layers: the ``K`` decoder-layer indices, distinct.
 
         Raises:
@@ -164,7 +177,10 @@ class ActivationStatsCollector:
         if not self.stackable:
             raise EavssError("reduce_layers needs block_influence=False and massive=None (each layer's input or "
                              "batch median is needed); use the hooks")
-        K, B, T, D = acts.shape
+        if rows_first:
+            B, K, T, D = acts.shape
+        else:
+            K, B, T, D = acts.shape
         if len(layers) != K:
             raise EavssError(f"reduce_layers: {K} stacked activations but {len(layers)} layer indices")
         mask = self._mask_for(acts.device)
@@ -173,8 +189,10 @@ class ActivationStatsCollector:
         acc = self._accumulator(acts.device)
         groups = self._groups.to(acc.device) if self._groups is not None else \
             torch.zeros(B, dtype=torch.long, device=acc.device)
-        rows = stacked_rows(self._layer_base, layers, len(self.layers), len(self.group_names), groups)  # acc[l, g[b]]
-        reduce_activations_ext(acts.reshape(K * B, T, D), mask.expand(K, B, T).reshape(K * B, T), self.rule,
+        rows = stacked_rows(self._layer_base, layers, len(self.layers), len(self.group_names), groups,
+                            rows_first=rows_first)  # acc[l, g[b]] of each flattened row
+        flat_mask = mask[:, None].expand(B, K, T) if rows_first else mask.expand(K, B, T)
+        reduce_activations_ext(acts.reshape(K * B, T, D), flat_mask.reshape(K * B, T), self.rule,
                                pooled=self.pooled, acc=acc.view(-1, NUM_FIELDS), groups=rows)
         self.width[list(layers)] = D
 
@@ -185,11 +203,8 @@ class ActivationStatsCollector:
         x = input_tensor(args, kwargs)
         if x is None or x.shape != out.shape:
             return
-        mask = self._mask_for(out.device)
-        acc = self._accumulator(out.device)
-        bi = block_influence_sums(out, x, mask).to(acc.device, acc.dtype)
-        groups = self._groups if self._groups is not None else torch.zeros(len(bi), dtype=torch.long, device=bi.device)
-        acc[index, :, F["bi_sum"]].index_add_(0, groups.to(acc.device), bi)
+        block_influence_sums(out, x, self._mask_for(out.device), acc=self._accumulator(out.device)[index],
+                             groups=self._groups)
 
     def __enter__(self) -> "ActivationStatsCollector":
         self.attach()
@@ -225,7 +240,7 @@ class ActivationStatsCollector:
             raise EavssError(f"group ids must be in [0, {len(self.group_names)}), got {g.tolist()}")
 
     def set_batch(self, mask: torch.Tensor, groups: torch.Tensor | Sequence[int] | None = None,
-                  check: bool = True) -> None:
+                  check: bool = True, new_batch: bool = True) -> None:
         """Set the token mask (and group of each sequence) for the next forward pass.
 
         Args:
@@ -234,6 +249,8 @@ class ActivationStatsCollector:
             groups: ``(B,)`` ints in ``[0, G)``; None means group 0 for every sequence.
             check: range-check host ``groups`` (:meth:`check_groups`); False when the caller did
                 it once for many batches (per-step generation).
+            new_batch: count a forward pass in :attr:`num_batches` (False: the tokens of passes
+                already counted, reduced later together -- answer capture's staged decoding steps).
 
         Raises:
             EavssError: wrong shapes or group ids out of range.
@@ -252,7 +269,8 @@ class ActivationStatsCollector:
             self._groups = _to_device(g, mask.device)
         else:
             self._groups = None
-        self.num_batches += 1
+        if new_batch:
+            self.num_batches += 1
 
     def check_finite(self, block: bool = True) -> None:
         """Raise if any masked activation seen so far was NaN/Inf.
@@ -329,7 +347,8 @@ class ActivationStatsCollector:
                                self.block_influence, self.massive)
 
 
-def stacked_rows(cache: dict, layers: Sequence[int], num_layers: int, stride: int, inner: torch.Tensor) -> torch.Tensor:
+def stacked_rows(cache: dict, layers: Sequence[int], num_layers: int, stride: int, inner: torch.Tensor,
+                 rows_first: bool = False) -> torch.Tensor:
     """Rows ``layers[k] * stride + inner[b]`` (flattened ``(K * B,)``) of an ``(L * stride, ...)``
     view, where stacked ``(K, B, ...)`` activations of decoder layers ``layers`` add: the flat index
     of ``[layer, inner[b]]`` in an ``(L, stride, ...)`` buffer. For every layer in order (a decoding
@@ -340,6 +359,8 @@ def stacked_rows(cache: dict, layers: Sequence[int], num_layers: int, stride: in
         cache: ``{device: (L,) offsets}``, owned by the caller. layers: ``K`` distinct indices.
         num_layers: ``L``. stride: rows per layer (groups, samples). inner: ``(B,)`` int64 row within
             a layer, on the buffer's device.
+        rows_first: the activations are stacked ``(B, K, ...)`` instead: flattened ``(B * K,)`` in
+            that order.
     """
     dev = inner.device
     if list(layers) == list(range(num_layers)):
@@ -348,6 +369,8 @@ def stacked_rows(cache: dict, layers: Sequence[int], num_layers: int, stride: in
             base = cache[dev] = torch.arange(num_layers, device=dev) * stride
     else:
         base = torch.as_tensor(list(layers), dtype=torch.long).to(dev) * stride
+    if rows_first:
+        return (inner[:, None] + base[None, :]).reshape(-1)
     return (base[:, None] + inner[None, :]).reshape(-1)
 
 

@@ -204,6 +204,8 @@ def reduce_activations_ext(
     acc: torch.Tensor | None = None,
     groups: torch.Tensor | None = None,
     massive: float | None = None,
+    delta: bool = False,
+    block_influence: bool | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """:func:`reduce_activations` plus a reusable by-product and in-place accumulation, for the
     collector's hooks.
@@ -219,6 +221,13 @@ def reduce_activations_ext(
         groups: ``(B,)`` int64 group of each sequence (None: group 0), used with ``acc``.
         massive: massive-token factor (see :func:`reduce_activations`); when on, ``auto`` picks the
             eager implementation on every device and ``fused`` raises.
+        delta: ``act`` is a decoder layer's output and ``layer_input`` its input; the statistics are
+            those of ``act - layer_input`` (the ``resid_delta`` site, rounded to ``act``'s dtype as
+            torch's subtraction rounds) and block influence compares ``layer_input`` with ``act``.
+            The fused implementation forms the difference in registers (one read of each tensor,
+            no ``(B, T, D)`` temporary) when both have one dtype; the eager one (and mixed dtypes)
+            subtracts as torch does, then adds :func:`block_influence_sums`.
+        block_influence: compute ``bi_sum`` from ``layer_input`` (default: whether it is given).
 
     Returns:
         ``(sums, act_sq)``: the ``(B, NUM_FIELDS)`` float64 sums (None when ``acc`` was given),
@@ -227,6 +236,9 @@ def reduce_activations_ext(
     """
     if act.dim() != 3 or mask.shape != act.shape[:2]:
         raise ValueError(f"act must be (B, T, D) and mask (B, T); got {tuple(act.shape)} and {tuple(mask.shape)}")
+    bi = (layer_input is not None) if block_influence is None else bool(block_influence)
+    if (delta or bi) and layer_input is None:
+        raise ValueError("delta and block influence need layer_input, the decoder layer's input")
     if layer_input is not None:
         if layer_input.shape != act.shape:
             raise ValueError(f"layer_input {tuple(layer_input.shape)} and act {tuple(act.shape)} differ in shape")
@@ -243,16 +255,24 @@ def reduce_activations_ext(
     if k is not None and (implementation or os.environ.get("EAVSS_REDUCE", "auto")) == "fused":
         raise EavssError("the fused reduction does not implement massive-token exclusion; use the eager one "
                          "(EAVSS_REDUCE=eager or auto) or massive=None")
-    if k is None and reduce_backend(act.device, implementation) == "fused":
+    # the kernel rounds out - x to act's dtype: with another input dtype torch would promote instead
+    mixed_delta = delta and layer_input.dtype != act.dtype
+    if k is None and not mixed_delta and reduce_backend(act.device, implementation) == "fused":
         from eavss.stats._triton import fused_reduce
 
         if acc is not None and acc.device == act.device:
-            fused_reduce(act, m, rule, layer_input, pooled, acc=acc, groups=groups)
+            fused_reduce(act, m, rule, layer_input, pooled, acc=acc, groups=groups, delta=delta, block_influence=bi)
             return None, None
-        red, act_sq = fused_reduce(act, m, rule, layer_input, pooled), None
+        red, act_sq = fused_reduce(act, m, rule, layer_input, pooled, delta=delta, block_influence=bi), None
+    elif delta:
+        with _one_thread(act.device):
+            red, _ = _eager_reduce(act - layer_input, m, rule, None, pooled, None, k)
+        if bi:
+            red[:, F["bi_sum"]] = block_influence_sums(act, layer_input, m, implementation="eager")
+        act_sq = None
     else:
         with _one_thread(act.device):
-            red, act_sq = _eager_reduce(act, m, rule, layer_input, pooled, input_sq, k)
+            red, act_sq = _eager_reduce(act, m, rule, layer_input if bi else None, pooled, input_sq, k)
     if acc is None:
         return red, act_sq
     red = red.to(acc.device, non_blocking=True)
@@ -374,7 +394,8 @@ def _pooled_var(a: torch.Tensor, ok: torch.Tensor, finite: torch.Tensor, n_tok: 
 
 @torch.no_grad()
 def block_influence_sums(out: torch.Tensor, layer_input: torch.Tensor, mask: torch.Tensor,
-                         implementation: str | None = None) -> torch.Tensor:
+                         implementation: str | None = None, acc: torch.Tensor | None = None,
+                         groups: torch.Tensor | None = None) -> torch.Tensor | None:
     """Per-sequence block influence sums ``sum_t (1 - cos(x_t, a_t))`` over counted tokens.
 
     ShortGPT's block influence (Men et al. 2024, arXiv 2403.03853, Eq. 2), token-weighted: ``x_t``
@@ -383,10 +404,11 @@ def block_influence_sums(out: torch.Tensor, layer_input: torch.Tensor, mask: tor
 
     Two implementations, chosen like :func:`reduce_activations`'s (:func:`reduce_backend`):
 
-    * **fused** (CUDA with Triton): the fused kernel with the layer input, which reads ``out`` and
-      ``layer_input`` once each in their own dtype (the same kernel and the same ``bi_sum`` as the
-      ``resid_post`` reduction; its other fields are discarded). A token counts when it is in the
-      mask and its output row is finite (the ``resid_post`` rule).
+    * **fused** (CUDA with Triton): the fused kernel in its block-influence-only mode, which reads
+      ``out`` and ``layer_input`` once each in their own dtype and reduces ``x.a``, ``|x|^2`` and
+      ``|a|^2`` per token (the same ``bi_sum`` as the ``resid_post`` reduction, without the other
+      statistics). A token counts when it is in the mask and its output row is finite (the
+      ``resid_post`` rule).
     * **eager** (CPU, or ``EAVSS_REDUCE=eager``): float32 copies of both tensors, an elementwise
       product and three row reductions: ~36 bytes of device traffic per element of a bf16 ``out``
       (two upcast copies, the product, three reads) against 4 for the fused one; a token counts
@@ -399,15 +421,24 @@ def block_influence_sums(out: torch.Tensor, layer_input: torch.Tensor, mask: tor
         out: ``(B, T, D)`` layer output. layer_input: ``(B, T, D)`` layer input. mask: ``(B, T)``
             bool, tokens that count.
         implementation: ``auto`` | ``fused`` | ``eager`` (default ``$EAVSS_REDUCE`` or ``auto``).
+        acc: optional contiguous ``(G, NUM_FIELDS)`` accumulator: the sums are added into
+            ``acc[groups[b], bi_sum]`` instead of returned (fused: by the kernel's second launch).
+        groups: ``(B,)`` int64 group of each sequence (None: group 0), with ``acc``.
 
     Returns:
-        ``(B,)`` float64 sums (unit: 1).
+        ``(B,)`` float64 sums (unit: 1), or None with ``acc``.
     """
     if reduce_backend(out.device, implementation) == "fused":
+        from eavss.stats._triton import fused_reduce
+
         m = mask if (mask.dtype == torch.bool and mask.device == out.device) else mask.to(out.device, torch.bool)
-        red, _ = reduce_activations_ext(out, m, SparsityRule(), layer_input=layer_input, pooled=False,
-                                        implementation="fused")
-        return red[:, F["bi_sum"]]
+        x = layer_input if layer_input.device == out.device else layer_input.to(out.device, non_blocking=True)
+        if acc is not None and acc.device == out.device:
+            g = groups if groups is None or groups.device == out.device else groups.to(out.device)
+            fused_reduce(out, m, SparsityRule(), x, False, acc=acc, groups=g, stats=False)
+            return None
+        bi = fused_reduce(out, m, SparsityRule(), x, False, stats=False)[:, F["bi_sum"]]
+        return bi if acc is None else _add_field(acc, groups, bi, F["bi_sum"])
     a = out.float() if out.dtype not in (torch.float32, torch.float64) else out
     x = layer_input.to(a.dtype)
     if x.device != a.device:
@@ -417,4 +448,15 @@ def block_influence_sums(out: torch.Tensor, layer_input: torch.Tensor, mask: tor
     nn_ = (_row_sq(x).to(f64) * _row_sq(a).to(f64)).sqrt().clamp_min(1e-30)
     cos = dot / nn_
     ok = mask.to(a.device).bool() & torch.isfinite(cos)
-    return torch.where(ok, 1.0 - cos, torch.zeros((), dtype=f64, device=a.device)).sum(dim=1)
+    bi = torch.where(ok, 1.0 - cos, torch.zeros((), dtype=f64, device=a.device)).sum(dim=1)
+    return bi if acc is None else _add_field(acc, groups, bi, F["bi_sum"])
+
+
+def _add_field(acc: torch.Tensor, groups: torch.Tensor | None, values: torch.Tensor, field: int) -> None:
+    """``acc[groups[b], field] += values[b]`` (group 0 for every ``b`` when ``groups`` is None)."""
+    v = values.to(acc.device, acc.dtype)
+    if groups is None:
+        acc[0, field] += v.sum()
+    else:
+        acc[:, field].index_add_(0, groups.to(acc.device), v)
+    return None

@@ -98,7 +98,9 @@ class SiteHooks:
     For each decoder layer ``l`` the hook calls ``fn(l, act, args, kwargs)`` where ``act`` is the
     site's tensor ``(B, T, D)`` -- for ``resid_delta`` already the layer's output minus its input
     -- and ``args``/``kwargs`` are the hooked module's call arguments (for the layer input).
-    ``fn`` returns nothing; the model's output is never changed.
+    ``fn`` returns nothing; the model's output is never changed. With ``materialize_delta=False``
+    a ``resid_delta`` hook passes the layer *output* instead and ``fn`` forms the difference itself
+    (the statistics collector does it in its reduction kernel, with no temporary).
 
     Args:
         model: a transformers causal LM (or base model).
@@ -106,6 +108,8 @@ class SiteHooks:
         fn: the callback above.
         layers: the decoder ``ModuleList`` (found with
             :func:`eavss.models.layers.find_decoder_layers` when None).
+        materialize_delta: for ``resid_delta``, pass ``output - input`` (default) or the output
+            itself (the callback subtracts).
 
     Raises:
         EavssError: unknown site, no decoder layers, a site module missing in a layer; at run
@@ -115,13 +119,15 @@ class SiteHooks:
     ``detach()`` (both idempotent).
     """
 
-    def __init__(self, model: torch.nn.Module, site: str, fn: Callable, layers: torch.nn.ModuleList | None = None):
+    def __init__(self, model: torch.nn.Module, site: str, fn: Callable, layers: torch.nn.ModuleList | None = None,
+                 materialize_delta: bool = True):
         if layers is None:
             from eavss.models.layers import find_decoder_layers
 
             _, layers = find_decoder_layers(model)
         self.site = site
         self.delta = site in DELTA_SITES
+        self.materialize_delta = materialize_delta
         resolver = resolve_site(site)
         self.modules = [resolver(model, i, layer) for i, layer in enumerate(layers)]
         self._fn = fn
@@ -130,7 +136,7 @@ class SiteHooks:
     def _hook(self, index: int):
         def hook(module, args, kwargs, output):
             act = output_tensor(output)
-            if self.delta:  # the block's update to the residual stream: output - input
+            if self.delta and self.materialize_delta:  # the block's update to the residual stream: output - input
                 x = input_tensor(args, kwargs)
                 if x is None or x.shape != act.shape:
                     raise EavssError(f"site {self.site}: decoder layer {index} has no hidden-state input of the output's "
