@@ -56,7 +56,8 @@ def make_inputs(B, T, D, dtype, device, seed):
 
 CASES = [(8, 512, 4096, torch.bfloat16), (8, 512, 4096, torch.float32), (3, 37, 576, torch.bfloat16),
          (2, 100, 14336, torch.bfloat16), (4, 64, 896, torch.float16), (1, 1, 4096, torch.bfloat16),
-         (2, 64, 18944, torch.bfloat16), (1, 16, 40960, torch.bfloat16)]  # whole-row up to 32768, chunked above
+         (2, 64, 18944, torch.bfloat16), (1, 16, 40960, torch.bfloat16),  # whole-row up to 32768, chunked above
+         (6, 1, 14336, torch.bfloat16), (6, 1, 18944, torch.bfloat16)]  # decoding steps: one token, tuned widths
 
 
 def check_correctness(device, cases=CASES) -> list[dict]:
