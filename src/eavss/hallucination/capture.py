@@ -35,6 +35,7 @@ import torch
 
 from eavss.errors import EavssError
 from eavss.stats.collector import input_device, stacked_rows
+from eavss.stats.sites import token_view
 
 
 # ---------------------------------------------------------------------------------------------
@@ -146,11 +147,7 @@ class PooledFeatures:
         if self._mask is None:
             return
         mask = self._mask if self._mask.device == act.device else self._mask.to(act.device, non_blocking=True)
-        if act.dim() == 2 and act.shape[0] == mask.shape[0] * mask.shape[1]:  # MLPs that flatten tokens (OPT)
-            act = act.view(mask.shape[0], mask.shape[1], act.shape[-1])
-        if act.shape[:2] != mask.shape[:2]:
-            raise EavssError(f"layer {index}: activation shape {tuple(act.shape)} does not match mask "
-                             f"{tuple(mask.shape[:2])}")
+        act = token_view(act, mask.shape[:2], index)
         if self._sums is None:
             self._sums = torch.zeros(self.num_layers, self.num_samples, act.shape[-1], dtype=torch.float32,
                                      device=act.device)
@@ -328,11 +325,7 @@ class Capture:
     def _stage_one(self, index: int, act: torch.Tensor, args: tuple, kwargs: dict) -> None:
         if self._step is None:
             return
-        if act.dim() == 2 and act.shape[0] == self._step[0].numel():  # MLPs that flatten tokens (OPT): (B*T, D)
-            act = act.view(*self._step[0].shape, act.shape[-1])
-        if tuple(act.shape[:2]) != tuple(self._step[0].shape):
-            raise EavssError(f"layer {index}: activation shape {tuple(act.shape)} does not match the token mask "
-                             f"{tuple(self._step[0].shape)}")
+        act = token_view(act, self._step[0].shape, index)
         if self._view is None:  # the pass's first staged layer: rows of the buffer for it
             self._view = self._rows_for(act)
         view = self._view

@@ -33,6 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
+from eavss.errors import EavssError
 from eavss.stats.accumulators import F, NUM_FIELDS
 
 _FLT_MAX = 3.4028234663852886e38
@@ -109,6 +110,16 @@ def _row_sums(a, o, x, DELTA: tl.constexpr, BI: tl.constexpr, JOINT: tl.constexp
 
 
 @triton.jit
+def _threshold(ss, D, thr_param, REL: tl.constexpr):
+    """Per row: the near-zero threshold, ``thr_param * RMS`` (relative rule) or ``thr_param``."""
+    if REL:
+        thr = thr_param * tl.sqrt(ss / D)
+    else:
+        thr = tl.zeros_like(ss) + thr_param
+    return thr
+
+
+@triton.jit
 def _centred_sums(a, lm, mu, thr, JOINT: tl.constexpr):
     """Per row: ``sum (a - mu)^2`` and the near-zero count ``#{|a| < thr}`` over the tile's columns."""
     dv = tl.where(lm, a - mu[:, None], 0.0)
@@ -176,19 +187,12 @@ def _token_stats_kernel(
                 lm2 = tmask[:, None] & dmask2[None, :]
                 a2, o2, x2 = _load_rows(row_a + rd2[None, :], row_x + rd2[None, :], lm2, DELTA, LOAD_X)
                 s2, ss2, dot2, xx2, oo2 = _row_sums(a2, o2, x2, DELTA, BI, JOINT)
-                s += s2
-                ss += ss2
-                dot += dot2
-                xx += xx2
-                oo += oo2
+                s, ss, dot, xx, oo = _add5(s, ss, dot, xx, oo, s2, ss2, dot2, xx2, oo2)
             mu = s / D
             finite = ss <= FLT_MAX  # False for NaN and Inf
             ok = m & finite
             if STATS:
-                if REL:
-                    thr = thr_param * tl.sqrt(ss / D)
-                else:
-                    thr = tl.zeros([BLOCK_T], tl.float32) + thr_param
+                thr = _threshold(ss, D, thr_param, REL)
                 m2, nz = _centred_sums(a, lm, mu, thr, JOINT)
                 if POOLED:
                     pool_acc += tl.sum(tl.where(ok[:, None], a, 0.0), axis=0)
@@ -209,19 +213,12 @@ def _token_stats_kernel(
                 lm = tmask[:, None] & (cd < D)[None, :]
                 a, o, x = _load_rows(row_a + cd[None, :], row_x + cd[None, :], lm, DELTA, LOAD_X)
                 cs, css, cdot, cxx, coo = _row_sums(a, o, x, DELTA, BI, JOINT)
-                s += cs
-                ss += css
-                dot += cdot
-                xx += cxx
-                oo += coo
+                s, ss, dot, xx, oo = _add5(s, ss, dot, xx, oo, cs, css, cdot, cxx, coo)
             mu = s / D
             finite = ss <= FLT_MAX
             ok = m & finite
             if STATS:
-                if REL:
-                    thr = thr_param * tl.sqrt(ss / D)
-                else:
-                    thr = tl.zeros([BLOCK_T], tl.float32) + thr_param
+                thr = _threshold(ss, D, thr_param, REL)
                 m2 = tl.zeros([BLOCK_T], tl.float32)
                 nz = tl.zeros([BLOCK_T], tl.float32)
                 for d0 in range(0, D, BLOCK_D):  # second pass: the rows were just read, mostly L2 hits
@@ -385,7 +382,13 @@ def launch_config(B: int, T: int, D: int, device: torch.device) -> dict:
     split, joint = SPLIT_ROWS, JOINT_REDUCE
     env = os.environ.get("EAVSS_TRITON_CONFIG")
     if env:
-        vals = [int(v) for v in env.split(",")]
+        try:
+            vals = [int(v) for v in env.split(",")]
+            if not 4 <= len(vals) <= 6:
+                raise ValueError
+        except ValueError:
+            raise EavssError(f"EAVSS_TRITON_CONFIG must be 4 to 6 integers, BLOCK_T,BLOCK_D,num_warps,programs_per_sm"
+                             f"[,split[,joint]], got {env!r}; unset it for the defaults") from None
         bt, bd, nw, pps = vals[:4]
         block_t, num_warps, programs_per_sm = bt, nw, pps
         if len(vals) > 4:

@@ -19,7 +19,7 @@ import torch
 from eavss.errors import EavssError, NonFiniteActivationError
 from eavss.stats.accumulators import NUM_FIELDS, F, LayerStatistics
 from eavss.stats.reduce import SparsityRule, block_influence_sums, massive_factor, reduce_activations_ext
-from eavss.stats.sites import SiteHooks, input_tensor
+from eavss.stats.sites import SiteHooks, delta_input, input_tensor, token_view
 
 
 class ActivationStatsCollector:
@@ -120,17 +120,10 @@ class ActivationStatsCollector:
         if self._mask is None:
             return
         mask = self._mask_for(act.device)
-        if act.dim() == 2 and act.shape[0] == mask.numel():  # MLPs that flatten tokens (OPT): (B*T, D)
-            act = act.view(*mask.shape, act.shape[-1])
-        if act.shape[:2] != mask.shape:
-            raise EavssError(f"layer {index}: activation shape {tuple(act.shape)} does not match the token mask "
-                             f"{tuple(mask.shape)}; pass the batch's attention_mask to set_batch")
+        act = token_view(act, mask.shape, index, "; pass the batch's attention_mask to set_batch")
         delta = self._hooks.delta
         if delta:  # act is the layer output; the site is act - x
-            x_in = input_tensor(args, kwargs)
-            if x_in is None or x_in.shape != act.shape:
-                raise EavssError(f"site {self.site}: decoder layer {index} has no hidden-state input of the output's "
-                                 "shape; use stats.site=resid_post")
+            x_in = delta_input(self.site, index, act, args, kwargs)
         else:
             x_in = input_tensor(args, kwargs) if self.block_influence and self._bi_hooks is None else None
         x_sq = None

@@ -83,6 +83,36 @@ def output_tensor(output) -> torch.Tensor:
     raise TypeError(f"cannot find a hidden-state tensor in a module output of type {type(output).__name__}")
 
 
+def token_view(act: torch.Tensor, tokens: tuple, index: int, hint: str = "") -> torch.Tensor:
+    """The ``(B, T, D)`` view of layer ``index``'s site tensor for a batch of ``tokens = (B, T)``:
+    ``act`` itself, or unflattened from ``(B*T, D)`` (MLPs that flatten tokens: OPT).
+
+    Raises:
+        EavssError: ``act`` is neither shape (``hint`` is appended to the message).
+    """
+    B, T = (int(v) for v in tokens)
+    if act.dim() == 2 and act.shape[0] == B * T:
+        act = act.view(B, T, act.shape[-1])
+    if tuple(act.shape[:2]) != (B, T):
+        raise EavssError(f"layer {index}: activation shape {tuple(act.shape)} does not match the token mask "
+                         f"{(B, T)}{hint}")
+    return act
+
+
+def delta_input(site: str, index: int, out: torch.Tensor, args: tuple, kwargs: dict) -> torch.Tensor:
+    """The hidden-state input of decoder layer ``index`` whose output is ``out``, for a site that
+    subtracts it (``resid_delta``).
+
+    Raises:
+        EavssError: the layer has no hidden-state input of ``out``'s shape.
+    """
+    x = input_tensor(args, kwargs)
+    if x is None or x.shape != out.shape:
+        raise EavssError(f"site {site}: decoder layer {index} has no hidden-state input of the output's shape; "
+                         "use stats.site=resid_post")
+    return x
+
+
 def input_tensor(args: tuple, kwargs: dict) -> torch.Tensor | None:
     """The hidden-state input of a decoder layer's forward call (positional or ``hidden_states=``)."""
     if args and isinstance(args[0], torch.Tensor):
@@ -137,11 +167,7 @@ class SiteHooks:
         def hook(module, args, kwargs, output):
             act = output_tensor(output)
             if self.delta and self.materialize_delta:  # the block's update to the residual stream: output - input
-                x = input_tensor(args, kwargs)
-                if x is None or x.shape != act.shape:
-                    raise EavssError(f"site {self.site}: decoder layer {index} has no hidden-state input of the output's "
-                                     "shape; use stats.site=resid_post")
-                act = act - x
+                act = act - delta_input(self.site, index, act, args, kwargs)
             self._fn(index, act, args, kwargs)
             return None
 
