@@ -10,6 +10,9 @@ capture         the analysis's own generation with its capture hooks, exactly as
                 it: :func:`eavss.recipes.hallucination.generate_answers` (the shared prefix's KV
                 cache, ``greedy_generate``) with :func:`~eavss.recipes.hallucination.answer_capture`
                 (the statistics collector, one group per sample, and the probe features)
+capture_step    the same, counting the last token of an answer cut at the length cap in one extra
+                decoding step per batch (``last_token="step"``, the implementation before
+                2026-12-02 evening) instead of the deferred teacher-forced passes
 capture_layers  the same with the capture reducing layer by layer in every decoding step
                 (``Capture.stage = False``: the implementation before staging)
 capture_stats   the same with the statistics collector only (``probe.enabled=false``)
@@ -25,8 +28,13 @@ so all variants do the same number of steps whatever the (random) weights produc
 analysis's rule, stop at a newline token or EOS (needs a tokenizer: a real model, or ``--tokenizer``;
 HF ``generate`` gets the same ids as ``eos_token_id``, and keeps finished rows in the batch where
 ``greedy_generate`` drops them). Capture counts the last answer token of a row cut at the length
-cap with one extra forward step of the decoder stack (no LM head; so ``capture`` makes one more model
-call per batch than ``plain``); the per-call ratio is reported beside the plain ratio.
+cap in teacher-forced passes over ``prompt + answer`` shared by many batches, when a batch's cut
+rows hold at most :data:`eavss.hallucination.capture.LAST_TOKEN_DEFER_TOKENS` tokens, else in one
+extra decoding step; ``capture_step`` always takes the step. With ``--stop none`` every row is cut,
+so a batch of 8 or more prompts usually takes the step and ``capture`` ~ ``capture_step``; with real
+prompts and ``--stop recipe`` (``--prompts``) few rows are cut and their batches defer. Both make
+more model calls than ``plain``; the per-call ratio is reported beside the plain ratio. ``--batches-per-size`` > 1
+gives several batches per call, as in the analysis (66 batches), where the deferred pass is shared.
 
 Timing: the capture variants' hooks and buffers are built before the clock starts (the analysis
 builds them once for all its samples; before 2026-12-02 they were built inside it, which on a GPU
@@ -35,8 +43,9 @@ one process on the same model, one warm-up round (which also counts
 model calls and, on CUDA, measures peak allocated memory per variant), then ``--rounds`` rounds,
 each running every (batch size, variant) once in rotating variant order; reported: median seconds,
 generated tokens/s, and the median over rounds of the paired per-round ratios
-``capture / plain`` (target <= 1.05), ``capture_stats / plain``, ``plain / hf``, ``plain_full / hf``
-and ``plain / plain_full``. Checks: the capture variants and ``plain`` must generate identical
+``capture / plain`` (target <= 1.05), ``capture / capture_step``, ``capture_step / plain``,
+``capture / capture_layers``, ``capture_layers / plain``, ``capture_stats / plain``, ``plain / hf``,
+``plain_full / hf`` and ``plain / plain_full`` (each where both variants ran). Checks: the capture variants and ``plain`` must generate identical
 tokens (capture never changes the model's output) wherever ``plain`` itself repeats exactly (its
 first timed run against the warm-up's; on a GPU, bf16 kernels may round differently from run to
 run, and random weights give near-tied logits, so a flipped token there says nothing about
@@ -73,9 +82,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from stats_overhead import build_model, machine_info  # noqa: E402
 
-VARIANTS = ("capture", "capture_layers", "capture_stats", "plain", "plain_full", "hf")
+VARIANTS = ("capture", "capture_step", "capture_layers", "capture_stats", "plain", "plain_full", "hf")
 RATIOS = {"capture/plain": ("capture", "plain"), "capture_layers/plain": ("capture_layers", "plain"),
           "capture/capture_layers": ("capture", "capture_layers"), "capture_stats/plain": ("capture_stats", "plain"),
+          "capture/capture_step": ("capture", "capture_step"), "capture_step/plain": ("capture_step", "plain"),
           "plain/hf": ("plain", "hf"), "plain_full/hf": ("plain_full", "hf"), "plain/plain_full": ("plain", "plain_full")}
 
 SUFFIX_QUANTILES = [(0.0, 11), (0.1, 15), (0.25, 16), (0.5, 18), (0.75, 23), (0.9, 30), (1.0, 83)]
@@ -201,7 +211,8 @@ class Setup:
             outs = generate_answers(self.model, self.full, None, self.ids, cfg, stats=info)
         else:
             outs = generate_answers(self.model, self.suffixes, self.cache, self.ids, cfg, capture=cap,
-                                    sample_indices=list(range(n)) if cap is not None else None, stats=info)
+                                    sample_indices=list(range(n)) if cap is not None else None, stats=info,
+                                    last_token="step" if variant == "capture_step" else "deferred")
         return {"tokens": [g.tokens for g in outs], "capture": cap, "info": info}
 
 
@@ -294,6 +305,11 @@ def main(argv=None) -> int:
                     help="prompts per batch size = this x the batch size (default 1: one full batch)")
     ap.add_argument("--max-new-tokens", type=int, default=16, help="the analysis's default answer cap is 16")
     ap.add_argument("--prefix-len", type=int, default=PREFIX_LEN)
+    ap.add_argument("--prompts", default=None,
+                    help="JSON {prefix: ids, suffixes: [ids, ...]}: real prompts instead of random ones (e.g. an "
+                         "analysis's, from benchmarks/prompts_from_samples.py); every prompt at every batch size")
+    ap.add_argument("--prompt-sample", type=int, default=0,
+                    help="with --prompts: a seeded random sample (--seed) of this many of them (0: all)")
     ap.add_argument("--stop", default="none", choices=["none", "recipe"])
     ap.add_argument("--tokenizer", default=None, help="tokenizer folder (for --stop recipe with a shape model)")
     ap.add_argument("--site", default="resid_post", help="capture site (the analysis's default: resid_post)")
@@ -328,8 +344,15 @@ def main(argv=None) -> int:
     if tok is not None:
         vocab = min(vocab, len(tok))
     setups = {}
+    given = json.loads(Path(args.prompts).read_text()) if args.prompts else None
+    if given is not None and 0 < args.prompt_sample < len(given["suffixes"]):
+        pick = np.random.default_rng(args.seed).choice(len(given["suffixes"]), args.prompt_sample, replace=False)
+        given["suffixes"] = [given["suffixes"][i] for i in sorted(pick)]
     for bs in sizes:
-        prefix, suffixes = make_prompts(bs * args.batches_per_size, vocab, args.prefix_len, seed=args.seed + bs)
+        if given is not None:
+            prefix, suffixes = given["prefix"], given["suffixes"]
+        else:
+            prefix, suffixes = make_prompts(bs * args.batches_per_size, vocab, args.prefix_len, seed=args.seed + bs)
         setups[bs] = Setup(model, prefix, suffixes, newline, eos, pad, args.max_new_tokens, args.site,
                            args.capture_rows)
     print(f"{mdesc['model']} {args.dtype} on {args.device}: batch sizes {sizes}, {args.max_new_tokens} new tokens, "
@@ -374,6 +397,7 @@ def main(argv=None) -> int:
     res = {"machine": info, "model": mdesc, "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
            "workload": {"batch_sizes": sizes, "prompts_per_size": {bs: len(setups[bs].suffixes) for bs in sizes},
                         "max_new_tokens": args.max_new_tokens, "prefix_len": args.prefix_len, "stop": args.stop,
+                        "prompts": args.prompts or "random", "prompt_sample": args.prompt_sample or "all",
                         "suffix_length_quantiles": SUFFIX_QUANTILES, "site": args.site,
                         "capture_rows": {bs: setups[bs].rows for bs in sizes}, "rounds": args.rounds,
                         "warmup": args.warmup, "dtype": args.dtype},
@@ -415,7 +439,7 @@ def main(argv=None) -> int:
         res["sizes"][str(bs)] = row
     res["capture_identical_everywhere"] = all(r["checks"].get(f"{n}_identical", True)
                                               for r in res["sizes"].values()
-                                              for n in ("capture", "capture_layers", "capture_stats"))
+                                              for n in ("capture", "capture_step", "capture_layers", "capture_stats"))
     print(render(res))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

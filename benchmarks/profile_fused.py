@@ -91,7 +91,7 @@ def parse_case(spec: str) -> tuple[int, int, int, str]:
 
 
 def profile_case(B: int, T: int, D: int, mode: str, reps: int, sweep: bool, dev: str = "cuda",
-                 extra: tuple = ()) -> dict:
+                 extra: tuple = (), only_extra: bool = False) -> dict:
     """Kernel times of one case (see the module doc); the tensors are freed on return."""
     g = torch.Generator(device=dev).manual_seed(0)
     x = torch.randn(B, T, D, device=dev, dtype=torch.bfloat16, generator=g)
@@ -122,7 +122,7 @@ def profile_case(B: int, T: int, D: int, mode: str, reps: int, sweep: bool, dev:
         if not sweep:
             configs = [""]
         elif mode == "act" and D > 8192:
-            configs = CHUNKED_CONFIGS + ROW_CONFIGS[1:] + [c for c in extra if c]
+            configs = ([""] if only_extra else CHUNKED_CONFIGS + ROW_CONFIGS[1:]) + [c for c in extra if c]
         elif mode in ("post", "act", "delta", "delta_nobi", "bi"):
             configs = CONFIGS if mode in ("post", "act") else [""]
             configs = configs + ["1,0,4,4,1,0", "1,0,8,2,1,1", "1,0,8,4,1,1"]
@@ -172,7 +172,8 @@ def main(argv=None) -> int:
     ap.add_argument("--cases", default=None, help="comma-separated BxTxD:MODE (default: 8x2048x4096:post)")
     ap.add_argument("--no-sweep", action="store_true", help="the default launch configuration only")
     ap.add_argument("--extra-configs", default="", help="more configurations for the wide act cases, separated by ';' "
-                    "(each BLOCK_T,BLOCK_D,num_warps,programs_per_sm[,split[,joint]])")
+                    "(each BLOCK_T,BLOCK_D,num_warps,programs_per_sm[,split[,joint[,num_stages]]])")
+    ap.add_argument("--only-extra", action="store_true", help="wide act cases: the default and --extra-configs only")
     ap.add_argument("--device", default="cuda", help="cuda (what it is for); cpu: smoke run of the code path")
     args = ap.parse_args(argv)
     if args.cases is None:  # the earlier single-case output, unchanged in form
@@ -191,7 +192,7 @@ def main(argv=None) -> int:
         res = {"cases": {}}
         for B, T, D, mode in cases:
             res["cases"][f"{B}x{T}x{D}:{mode}"] = profile_case(B, T, D, mode, args.reps, not args.no_sweep, args.device,
-                                                               tuple(args.extra_configs.split(";")))
+                                                               tuple(args.extra_configs.split(";")), args.only_extra)
             if args.out:  # after every case: a run stopped by a time cap keeps what it measured
                 Path(args.out).write_text(json.dumps(res, indent=1))
         swept = [v for v in res["cases"].values() if len(v["configs"]) > 1]

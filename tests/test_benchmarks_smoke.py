@@ -92,9 +92,12 @@ def test_gen_overhead_capture_is_the_recipes_and_changes_no_token(tmp_path):
     assert set(v) == set(gen_overhead.VARIANTS)
     for x in v.values():
         assert x["median_seconds"] > 0 and x["generated_tokens"] == 6 * 4 and len(x["seconds"]) == 1
-    # 2 batches x (prompt + 3 steps); capture counts the last token of a capped answer with one more step
+    # 2 batches x (prompt + 3 steps); capture counts the last token of the capped answers in
+    # teacher-forced passes after both batches (3 rows of ~20 tokens each, under LAST_TOKEN_DEFER_TOKENS: deferred;
+    # at most 3 rows a pass, the batch size: 2 passes), capture_step with one more step each
     assert v["plain"]["model_calls"] == v["hf"]["model_calls"] == 2 * 4
-    assert v["capture"]["model_calls"] == 2 * 5
+    assert v["capture"]["model_calls"] == 2 * 4 + 2
+    assert v["capture_step"]["model_calls"] == 2 * 5
     assert {"capture/plain", "plain/hf", "plain_full/hf"} <= set(row["ratios"])
 
     # the benchmark's capture variant vs. the recipe's capture step on the same prompts

@@ -22,6 +22,8 @@
 # The call (device tool):  command "bash benchmarks/device/speed.sh", carry [".dev/speed"], kind nvidia-h200
 # Knobs (environment): BUDGET (script seconds, default 540), HSCALE (default 0.1), KIT (default .dev/speed/kit.tar.xz),
 # GEN_BATCHES (default 8,64), GEN_ROUNDS (default 9), GEN_VARIANTS (default capture,capture_layers,capture_stats,plain,hf),
+# GEN_PER (batches per batch size, default 1), GEN_CAP / PROFILE_CAP (those steps' seconds, default 120 / 70),
+# PROFILE_ARGS (more profile_fused.py arguments, e.g. --only-extra),
 # STEPS (comma-separated step names to run, default all: check_fused,sites_qwen,sites_llama,profile_sites,gen_overhead,
 # hphases), CASES (profile cases), EXTRA_CONFIGS (profile: more launch configurations for the first wide case).
 # The results come back as ONE archive, $OUT/speed.tar.gz (a device call returns at most 8 files), plus steps.txt.
@@ -79,11 +81,11 @@ step sites_llama 90 $PY benchmarks/stats_overhead.py --model $ML $COMMON \
      --variants $SITES --out "$OUT/sites_llama.json"
 
 # 3. where the time goes at each site, and whether another launch configuration reads the wide rows faster
-step profile_sites 70 $PY benchmarks/profile_fused.py --device $DEV --reps 10 --cases $CASES ${EXTRA_CONFIGS:+--extra-configs "$EXTRA_CONFIGS"} \
+step profile_sites ${PROFILE_CAP:-70} $PY benchmarks/profile_fused.py --device $DEV --reps 10 --cases $CASES ${PROFILE_ARGS:-} ${EXTRA_CONFIGS:+--extra-configs "$EXTRA_CONFIGS"} \
      --best-config-file "$OUT/best_config_act.txt" --out "$OUT/profile_sites.json"
 
 # 4. target 2a: the analysis's generation with capture vs without vs HF generate (8B shape, batch 8-64)
-step gen_overhead 120 $PY benchmarks/gen_overhead.py --model $MG --device $DEV --dtype $DT $GEN \
+step gen_overhead ${GEN_CAP:-120} $PY benchmarks/gen_overhead.py --model $MG --device $DEV --dtype $DT $GEN --batches-per-size ${GEN_PER:-1} \
      --rounds ${GEN_ROUNDS:-9} --warmup 2 --capture-rows 3549 --variants ${GEN_VARIANTS:-capture,capture_layers,capture_stats,plain,hf} \
      --out "$OUT/gen_overhead.json"
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from eavss.errors import EavssError
 from eavss.hallucination.capture import (Capture, PooledFeatures, PrefixCache, greedy_generate, newline_token_ids,
                                          teacher_forced_pass)
 from eavss.stats import ActivationStatsCollector, SparsityRule
@@ -108,6 +109,159 @@ def test_batched_generation_is_exact_on_sliding_window_models(arch):
 
 
 # ---------------------------------------------------------------------------------------------
+# the last token of answers cut at the cap: deferred teacher-forced passes vs an extra decoding step
+
+
+class _Calls:
+    """Counts forward calls of a module (``n``)."""
+
+    def __init__(self, module):
+        self.n = 0
+        self._h = module.register_forward_pre_hook(self._pre)
+
+    def _pre(self, module, args):
+        self.n += 1
+
+    def close(self):
+        self._h.remove()
+
+
+def _counting_passes(monkeypatch, capture_mod) -> list:
+    """Record the rows of every teacher-forced last-token pass (``_counted_forward`` calls)."""
+    passes = []
+    real = capture_mod._counted_forward
+    monkeypatch.setattr(capture_mod, "_counted_forward", lambda runner, seqs, *a, **k: (passes.append(len(seqs)),
+                                                                                         real(runner, seqs, *a, **k))[1])
+    return passes
+
+
+def _run_modes(model, prefix, suffixes, kw, site="resid_post", massive=None, modes=("step", "deferred"),
+               before_deferred=None):
+    """Generation with capture in each ``last_token`` mode: ``(captures, generations, model calls, stats)``."""
+    N = len(suffixes)
+    caps, gens, calls, info = {}, {}, {}, {}
+    for mode in modes:
+        if mode == "deferred" and before_deferred is not None:
+            before_deferred(gens, info)
+        col = ActivationStatsCollector(model, site=site, rule=SparsityRule(tau=TAU), massive=massive,
+                                       group_names=[str(i) for i in range(N)], pooled=False, block_influence=False)
+        caps[mode] = Capture(col, PooledFeatures(model, N, site))
+        counter = _Calls(model.model)
+        info[mode] = {}
+        gens[mode] = greedy_generate(model, suffixes, PrefixCache(model, prefix), capture=caps[mode], last_token=mode,
+                                     stats=info[mode], **kw)
+        counter.close()
+        calls[mode] = counter.n
+    assert [(g.tokens, g.answer_tokens, g.stop) for g in gens["deferred"]] == \
+        [(g.tokens, g.answer_tokens, g.stop) for g in gens["step"]]
+    return caps, gens, calls, info
+
+
+def _assert_same_counts_close_sums(caps, exact: bool):
+    a, b = caps["deferred"].collector.result(), caps["step"].collector.result()
+    (fa, ca), (fb, cb) = caps["deferred"].features.result(), caps["step"].features.result()
+    torch.testing.assert_close(ca, cb, rtol=0, atol=0)
+    if exact:
+        np.testing.assert_array_equal(a.sums, b.sums)
+        torch.testing.assert_close(fa, fb, rtol=0, atol=0, equal_nan=True)
+        return
+    n_tok = F["n_tokens"]
+    np.testing.assert_array_equal(a.sums[:, :, n_tok], b.sums[:, :, n_tok])
+    fields = [F[k] for k in ("within_m2", "sum_mean", "sum_mean_sq", "near_zero", "nonfinite")]
+    np.testing.assert_allclose(a.sums[:, :, fields], b.sums[:, :, fields], rtol=1e-5, atol=1e-6)
+    scale = float(fb.nan_to_num().abs().max())  # float32 round-off of the pooled means, relative to their scale
+    torch.testing.assert_close(fa, fb, rtol=1e-5, atol=1e-6 * scale, equal_nan=True)
+
+
+@pytest.mark.parametrize("arch,site,max_counted,budget", [
+    ("llama", "resid_post", None, None), ("qwen2", "mlp_act", None, 1), ("gemma3", "resid_delta", None, None),
+    ("llama", "resid_post", 8, 40), ("mistral", "resid_post", None, None), ("qwen2", "resid_post", None, "mixed")])
+def test_deferred_last_token_equals_an_extra_decoding_step(arch, site, max_counted, budget, monkeypatch):
+    """Counting the last token of answers cut at the cap in teacher-forced passes after the batches
+    (the default) gives the extra decoding step's counts exactly and its sums up to float32
+    round-off, with fewer model calls: passes of at most a batch of cut answers for the whole call
+    instead of one step per batch (``budget`` small: a pass per row, and passes between batches;
+    ``mixed``: a defer limit between the batches' cut tokens, so some batches defer and the others
+    take the step in one call). Mistral's 8-token window is shorter than the prompts: generation
+    feeds the prefix with each prompt, and so does the deferred pass. ``max_counted=8`` = the cap:
+    the last token is still counted. ``forward_tokens`` trades the steps' tokens for the passes'."""
+    import eavss.hallucination.capture as capture_mod
+
+    if isinstance(budget, int):
+        monkeypatch.setattr(capture_mod, "LAST_TOKEN_PASS_TOKENS", budget)
+    if arch == "mistral":
+        model = tiny_model(arch, seed=3, num_layers=3, initializer_range=0.3)
+        _, prefix, suffixes, stops = _arch_setup("llama")
+    else:
+        model, prefix, suffixes, stops = _arch_setup(arch)
+    N, bs = len(suffixes), 3
+    order = sorted(range(N), key=lambda i: -len(suffixes[i]))  # greedy_generate's batches
+    batches = [order[i:i + bs] for i in range(0, N, bs)]
+    kw = dict(max_new_tokens=8, newline_ids=stops[:1], eos_ids=stops[1:], pad_id=3, batch_size=bs,
+              sample_indices=list(range(N)), max_counted=max_counted)
+
+    def cut_tokens(gens, info):  # per batch: the prompt + answer tokens of its cut answers
+        pre = len(prefix) if info["step"]["prefix_cache"].startswith("off") else 0  # sliding window: not cached
+        return [sum(pre + len(suffixes[j]) + len(gens["step"][j].tokens) for j in b if gens["step"][j].stop == "length")
+                for b in batches]
+
+    def set_limit(gens, info):  # "mixed": defer the batches with the fewest cut tokens, step the others
+        sums = sorted(t for t in cut_tokens(gens, info) if t)
+        assert sums[0] < sums[-1]
+        monkeypatch.setattr(capture_mod, "LAST_TOKEN_DEFER_TOKENS", sums[0])
+
+    passes = _counting_passes(monkeypatch, capture_mod)
+    caps, gens, calls, info = _run_modes(model, prefix, suffixes, kw, site,
+                                         before_deferred=set_limit if budget == "mixed" else None)
+    per_batch = cut_tokens(gens, info)
+    limit = capture_mod.LAST_TOKEN_DEFER_TOKENS
+    deferred_batches = [t for t in per_batch if 0 < t <= limit]
+    n_cut = sum(g.stop == "length" for g in gens["step"])
+    n_deferred = sum(gens["step"][j].stop == "length" for b, t in zip(batches, per_batch) if 0 < t <= limit for j in b)
+    assert n_cut >= 2 and len([t for t in per_batch if t]) >= 2
+    # deferred: the same decoding calls without the deferred batches' extra steps, plus the passes
+    assert calls["deferred"] == calls["step"] - len(deferred_batches) + len(passes)
+    assert sum(passes) == n_deferred and all(p <= bs for p in passes)
+    if budget is None:
+        assert len(passes) == -(-n_cut // bs)  # at the end, in passes of at most a batch
+    elif budget == 1:
+        assert passes == [1] * n_cut  # a pass per answer, between batches
+    elif budget == "mixed":
+        assert 0 < n_deferred < n_cut and passes
+    else:
+        assert len(passes) >= 2
+    assert info["deferred"]["forward_tokens"] == info["step"]["forward_tokens"] - n_deferred + sum(deferred_batches)
+    _assert_same_counts_close_sums(caps, exact=False)
+
+
+@pytest.mark.parametrize("why", ["limit", "max_counted", "massive"])
+def test_deferred_mode_takes_the_step_exactly(why, monkeypatch):
+    """Deferred mode where it must not defer gives the ``step`` mode's sums to the bit, its model
+    calls and no teacher-forced pass: cut answers over ``LAST_TOKEN_DEFER_TOKENS``; ``max_counted``
+    below the cap (the last token is not counted at all); massive-token exclusion (its reference is
+    one pass's tokens, so deferring would change what a batch excludes)."""
+    import eavss.hallucination.capture as capture_mod
+
+    if why == "limit":
+        monkeypatch.setattr(capture_mod, "LAST_TOKEN_DEFER_TOKENS", 0)
+    model, prefix, suffixes, stops = _arch_setup("qwen2")
+    kw = dict(max_new_tokens=8, newline_ids=stops[:1], eos_ids=stops[1:], pad_id=3, batch_size=3,
+              sample_indices=list(range(len(suffixes))), max_counted=3 if why == "max_counted" else None)
+    passes = _counting_passes(monkeypatch, capture_mod)
+    caps, gens, calls, _ = _run_modes(model, prefix, suffixes, kw, massive=2.0 if why == "massive" else None)
+    assert any(g.stop == "length" for g in gens["step"]) and not passes
+    assert calls["deferred"] == calls["step"]
+    _assert_same_counts_close_sums(caps, exact=True)
+
+
+def test_last_token_mode_is_checked():
+    tok, model, prefix, suffixes = _gen_setup()
+    with pytest.raises(EavssError, match="last_token must be"):
+        greedy_generate(model, suffixes, None, max_new_tokens=2, newline_ids=[], eos_ids=[], pad_id=3, batch_size=2,
+                        last_token="later")
+
+
+# ---------------------------------------------------------------------------------------------
 # equal to the implementation before the per-step host syncs were removed; syncs per step
 
 import hallucination_capture_reference as ref  # noqa: E402
@@ -144,8 +298,9 @@ def test_generation_capture_identical_to_pre_sync_removal_implementation(arch, m
     kw = dict(max_new_tokens=8, newline_ids=stops[:1], eos_ids=stops[1:], pad_id=3, batch_size=4,
               sample_indices=list(range(N)), max_counted=max_counted)
     new_cap = _new_capture(model, N)
+    kw_new = dict(kw, last_token="step")  # the reference fed the cut answers' last token in an extra step
     old_cap = _new_capture(model, N, cls=ref.Capture, pf=ref.PooledFeatures)
-    new = greedy_generate(model, suffixes, PrefixCache(model, prefix), capture=new_cap, **kw)
+    new = greedy_generate(model, suffixes, PrefixCache(model, prefix), capture=new_cap, **kw_new)
     old = ref.greedy_generate(model, suffixes, ref.PrefixCache(model, prefix), capture=old_cap, **kw)
     stops_seen = [g.stop for g in new]
     assert "length" in stops_seen and {"newline", "eos"} & set(stops_seen), stops_seen
@@ -160,7 +315,7 @@ def test_generation_capture_identical_to_pre_sync_removal_implementation(arch, m
     torch.testing.assert_close(f_new, f_old, rtol=0, atol=0, equal_nan=True)
     # statistics only (probe off) and no capture: the same tokens
     stats_only = _new_capture(model, N, features=False)
-    g2 = greedy_generate(model, suffixes, PrefixCache(model, prefix), capture=stats_only, **kw)
+    g2 = greedy_generate(model, suffixes, PrefixCache(model, prefix), capture=stats_only, **kw_new)
     kw.pop("sample_indices")
     g3 = greedy_generate(model, suffixes, PrefixCache(model, prefix), **kw)
     assert [g.tokens for g in g2] == [g.tokens for g in g3] == [g.tokens for g in new]

@@ -15,8 +15,23 @@ position ids count only real tokens, so every row sees exactly the token positio
 alone; a row's output equals one-at-a-time greedy decoding up to float round-off (tested). The
 statistics of a generated answer are taken *while it is generated*: when the answer token ``g_k``
 is fed back to produce ``g_{k+1}``, its activations are those of a teacher-forced pass over the
-generated tokens. The stop token is never counted; an answer cut by ``max_new_tokens`` gets one
-extra forward step (decoder stack only, no LM head) so that its last token is counted too.
+generated tokens. The stop token is never counted. The last token of an answer cut by
+``max_new_tokens`` is never fed back; two ways of counting it (``last_token``), the same tokens
+counted, activations equal up to round-off (tested):
+
+* ``"step"``: one extra decoding step (decoder stack only) at the end of the batch -- one more model
+  call per batch whose longest answer hits the cap: 34 of 854 calls (4 %) in the default analysis on
+  SmolLM2, 1 in 17 when every row runs to the cap. Decoding steps are host-bound, so the step costs
+  a whole call however few rows it has.
+* ``"deferred"`` (default): the batch's cut answers wait, across batches, until their prompts and
+  answers add up to :data:`LAST_TOKEN_PASS_TOKENS` tokens (or generation ends); then teacher-forced
+  passes over ``prompt + answer`` count only their last token: one call for many batches, but every
+  token of those answers recomputed. So a batch defers only when its cut answers hold at most
+  :data:`LAST_TOKEN_DEFER_TOKENS` tokens, and takes the step otherwise (with random weights every
+  answer runs to the cap: a batch of 8 prompts of the analysis's shape, ~36 tokens with the answer,
+  usually takes the step). With massive-token exclusion on (``massive`` of the collector), whose
+  reference is the median over one forward pass's counted tokens, every batch takes the step, so
+  the tokens a batch excludes do not depend on other batches.
 
 Host syncs: a decoding step reads the new tokens back once (the stopping rule, which also drops
 finished rows from the batch); the capture adds none per step -- token counts stay on the device
@@ -281,6 +296,7 @@ class Capture:
     _start: int = field(default=0, init=False)  # first buffer row of the pass being staged
     _step: tuple | None = field(default=None, init=False)  # (mask, rows) of the pass being staged
     _view: torch.Tensor | None = field(default=None, init=False)  # its rows of the buffer, (n, L, T, D)
+    _shape: tuple = field(default=(), init=False)  # the (n, T, D) shape of its first staged layer's activation
     _staged: list = field(default_factory=list, init=False)  # layers staged in the current pass
     _pending: list = field(default_factory=list, init=False)  # finished passes not yet reduced (_Pass)
 
@@ -325,10 +341,15 @@ class Capture:
     def _stage_one(self, index: int, act: torch.Tensor, args: tuple, kwargs: dict) -> None:
         if self._step is None:
             return
-        act = token_view(act, self._step[0].shape, index)
-        if self._view is None:  # the pass's first staged layer: rows of the buffer for it
-            self._view = self._rows_for(act)
         view = self._view
+        if view is not None and act.shape == self._shape and act.dtype == view.dtype and act.device == view.device:
+            torch.select(view, 1, index).copy_(act)  # a layer like the pass's first: the per-step fast path
+            self._staged.append(index)
+            return
+        act = token_view(act, self._step[0].shape, index)
+        if view is None:  # the pass's first staged layer: rows of the buffer for it
+            view = self._view = self._rows_for(act)
+            self._shape = act.shape
         if act.shape == view.shape[:1] + view.shape[2:] and act.dtype == view.dtype and act.device == view.device:
             view[:, index].copy_(act)
             self._staged.append(index)
@@ -431,6 +452,29 @@ def _batches(order: list[int], size: int) -> Iterable[list[int]]:
         yield order[i:i + size]
 
 
+def _counted_forward(runner, seqs: Sequence[list[int]], spans: Sequence[tuple[int, int]], samples: Sequence[int],
+                     prefix: PrefixCache | None, capture: Capture, pad_id: int, device, check: bool = True) -> tuple[int, int]:
+    """One right-padded forward of ``prefix + seqs[b]`` (``B`` rows) through ``runner`` that counts,
+    in ``capture``, the tokens ``seqs[b][start:start + n]`` (``spans[b] = (start, n)``) as sample
+    ``samples[b]``. Positions are ``P + 0 .. len - 1`` (``P`` the prefix length), padding is masked
+    out of attention and never counted. Returns ``(forward tokens, counted tokens)``."""
+    B, T = len(seqs), max(len(x) for x in seqs)
+    P = prefix.length if prefix is not None else 0
+    ids = torch.full((B, T), pad_id, dtype=torch.long)
+    am = torch.zeros(B, T, dtype=torch.long)
+    sm = torch.zeros(B, T, dtype=torch.bool)
+    for b, (x, (start, n)) in enumerate(zip(seqs, spans)):
+        ids[b, :len(x)] = torch.tensor(x)
+        am[b, :len(x)] = 1
+        sm[b, start:start + n] = True
+    full_am = torch.cat([torch.ones(B, P, dtype=torch.long), am], 1).to(device)
+    pos = (P + torch.arange(T)).expand(B, T).to(device)
+    cache = prefix.expand(B) if prefix is not None else None
+    capture.on(sm.to(device), torch.tensor(list(samples), device=device), check=check)
+    _call(runner, ids.to(device), full_am, pos, cache)
+    return int(am.sum()), int(sm.sum())
+
+
 @torch.inference_mode()
 def teacher_forced_pass(model: torch.nn.Module, rows: Sequence[tuple[list[int], list[int], int]], prefix: PrefixCache | None,
                         batch_size: int, capture: Capture, pad_id: int, progress: bool = False,
@@ -458,32 +502,19 @@ def teacher_forced_pass(model: torch.nn.Module, rows: Sequence[tuple[list[int], 
 
     runner = forward_for_stats(model)
     device = input_device(model)
-    P = prefix.length if prefix is not None else 0
     order = sorted(range(len(rows)), key=lambda i: -(len(rows[i][0]) + len(rows[i][1])))
     n_fwd = n_ans = 0
     t0 = time.perf_counter()
     for idx in tqdm(list(_batches(order, batch_size)), desc="teacher-forced answers", unit="batch", disable=not progress):
-        seqs = [rows[i][0] + rows[i][1] for i in idx]
         if any(not rows[i][1] for i in idx):
             raise EavssError("a teacher-forced answer has no tokens; check the source's answer texts")
-        T = max(len(s) for s in seqs)
-        B = len(idx)
-        ids = torch.full((B, T), pad_id, dtype=torch.long)
-        am = torch.zeros(B, T, dtype=torch.long)
-        sm = torch.zeros(B, T, dtype=torch.bool)
-        for b, i in enumerate(idx):
-            s, a = rows[i][0], rows[i][1]
-            ids[b, :len(s) + len(a)] = torch.tensor(s + a)
-            am[b, :len(s) + len(a)] = 1
-            sm[b, len(s):len(s) + (len(a) if max_counted is None else min(len(a), max_counted))] = True
-        full_am = torch.cat([torch.ones(B, P, dtype=torch.long), am], 1).to(device)
-        pos = (P + torch.arange(T)).expand(B, T).to(device)
-        cache = prefix.expand(B) if prefix is not None else None
-        capture.on(sm.to(device), torch.tensor([rows[i][2] for i in idx], device=device))
-        _call(runner, ids.to(device), full_am, pos, cache)
+        spans = [(len(rows[i][0]), len(rows[i][1]) if max_counted is None else min(len(rows[i][1]), max_counted))
+                 for i in idx]
+        f, c = _counted_forward(runner, [rows[i][0] + rows[i][1] for i in idx], spans, [rows[i][2] for i in idx],
+                                prefix, capture, pad_id, device)
         capture.collector.check_finite(block=False)  # no wait on an accelerator (the previous batch's flag)
-        n_fwd += int(am.sum())
-        n_ans += int(sm.sum())
+        n_fwd += f
+        n_ans += c
     capture.off()
     capture.collector.check_finite()  # complete
     return {"sequences": len(rows), "forward_tokens": n_fwd, "answer_tokens": n_ans,
@@ -513,6 +544,46 @@ def eos_token_ids(model: torch.nn.Module, tokenizer) -> list[int]:
     return sorted(ids)
 
 
+LAST_TOKEN_DEFER_TOKENS = 256
+"""The most tokens (prompts + answers) of one batch's answers cut at the cap that are deferred to the
+teacher-forced last-token passes (:func:`greedy_generate`, ``last_token="deferred"``); a batch with
+more takes the extra decoding step instead. Recomputing a token in a teacher-forced pass costs
+compute, the extra step costs one model call (host-bound in decoding): on one H200 with the
+Llama-3-8B shape the deferred passes took ~50 us per token and a decoding step ~25 ms, so 256
+tokens cost at most half a step there, and far less on smaller models (``benchmarks/RESULTS.md``).
+In the default analysis on SmolLM2 a batch has 0-3 cut answers (~40-80 tokens each) and defers;
+with random weights every answer is cut, and a batch of 8 or more prompts usually takes the step."""
+
+LAST_TOKEN_PASS_TOKENS = 16384
+"""Padded tokens (rows x longest ``prompt + answer``) of one teacher-forced pass that counts the last
+token of answers cut at the cap (:func:`greedy_generate`, ``last_token="deferred"``): such answers
+wait until their prompts and answers add up to this many tokens (or generation ends), then go
+through in passes of at most this many padded tokens (prefix included) and at most the
+generation's batch size of rows (at least one row each), so a pass needs no more memory than a
+prefill of the generation's batch."""
+
+
+def _last_token_passes(runner, pending: list, prefix: PrefixCache | None, capture: Capture, pad_id: int, device,
+                       max_rows: int, budget: int | None = None) -> int:
+    """Count the last answer token of each ``(prompt ids, answer ids, sample)`` in ``pending`` (emptied)
+    in right-padded teacher-forced passes of at most ``max_rows`` rows and ``budget`` padded tokens,
+    prefix included (default :data:`LAST_TOKEN_PASS_TOKENS`); returns the tokens forwarded (prompts
+    and answers, without padding)."""
+    budget = LAST_TOKEN_PASS_TOKENS if budget is None else budget
+    P = prefix.length if prefix is not None else 0
+    rows = sorted(pending, key=lambda r: -(len(r[0]) + len(r[1])))
+    pending.clear()
+    n_fwd, i = 0, 0
+    while i < len(rows):
+        width = P + len(rows[i][0]) + len(rows[i][1])  # the longest of this pass (rows are sorted)
+        j = min(len(rows), i + max(1, min(max_rows, budget // width)))
+        part = rows[i:j]
+        n_fwd += _counted_forward(runner, [p + a for p, a, _ in part], [(len(p) + len(a) - 1, 1) for p, a, _ in part],
+                                  [k for _, _, k in part], prefix, capture, pad_id, device, check=False)[0]
+        i = j
+    return n_fwd
+
+
 @dataclass
 class Generated:
     """One generated answer.
@@ -532,7 +603,8 @@ class Generated:
 def greedy_generate(model: torch.nn.Module, suffixes: Sequence[list[int]], prefix: PrefixCache | None, *,
                     max_new_tokens: int, newline_ids: Sequence[int], eos_ids: Sequence[int], pad_id: int,
                     batch_size: int, capture: Capture | None = None, sample_indices: Sequence[int] | None = None,
-                    progress: bool = False, stats: dict | None = None, max_counted: int | None = None) -> list[Generated]:
+                    progress: bool = False, stats: dict | None = None, max_counted: int | None = None,
+                    last_token: str = "deferred") -> list[Generated]:
     """Batched greedy decoding with left padding, stopping each row at a newline token or EOS.
 
     Args:
@@ -547,9 +619,16 @@ def greedy_generate(model: torch.nn.Module, suffixes: Sequence[list[int]], prefi
             still decoding.
         capture: if given, answer-token statistics/features are captured, row ``i`` as sample
             ``sample_indices[i]``.
-        stats: optional dict that receives ``forward_tokens``, ``generated_tokens``, ``seconds``,
-            ``prefix_cache`` (whether the prefix cache was used, and why not).
+        stats: optional dict that receives ``forward_tokens`` (tokens through the model after the
+            prefix, the deferred last-token passes' prompts and answers included),
+            ``generated_tokens``, ``seconds``, ``prefix_cache`` (whether the prefix cache was used,
+            and why not).
         max_counted: capture only the first ``max_counted`` answer tokens (None: all).
+        last_token: how the last token of an answer cut at ``max_new_tokens`` is counted (see
+            the module docstring): ``deferred`` (default; teacher-forced passes shared by many
+            batches, for a batch whose cut answers hold at most :data:`LAST_TOKEN_DEFER_TOKENS`
+            tokens and a collector without massive-token exclusion, else the step) or ``step``
+            (one extra decoding step per batch).
 
     Sliding-window models (:func:`eavss.models.layers.sliding_window`): when a row's prefix +
     prompt + answer can exceed the window, the left padding between a cached prefix and the prompt
@@ -560,10 +639,12 @@ def greedy_generate(model: torch.nn.Module, suffixes: Sequence[list[int]], prefi
         One :class:`Generated` per row, in input order.
 
     Raises:
-        EavssError: an empty prompt, or ``capture`` without ``sample_indices``.
+        EavssError: an empty prompt, ``capture`` without ``sample_indices``, or an unknown ``last_token``.
     """
     from tqdm.auto import tqdm
 
+    if last_token not in ("deferred", "step"):
+        raise EavssError(f"greedy_generate: last_token must be 'deferred' or 'step', got {last_token!r}")
     if capture is not None and (sample_indices is None or len(sample_indices) != len(suffixes)):
         raise EavssError("greedy_generate: capture needs one sample index per prompt")
     if any(len(s) == 0 for s in suffixes):
@@ -585,6 +666,8 @@ def greedy_generate(model: torch.nn.Module, suffixes: Sequence[list[int]], prefi
     P = prefix.length if prefix is not None else 0
     results: list[Generated | None] = [None] * len(suffixes)
     order = sorted(range(len(suffixes)), key=lambda i: -len(suffixes[i]))
+    cut: list[tuple[list[int], list[int], int]] = []  # answers cut at the cap, last token not yet counted
+    defer = last_token == "deferred" and capture is not None and getattr(capture.collector, "massive", None) is None
     n_fwd = n_gen = 0
     t0 = time.perf_counter()
     for idx in tqdm(list(_batches(order, batch_size)), desc="generation", unit="batch", disable=not progress):
@@ -631,6 +714,12 @@ def greedy_generate(model: torch.nn.Module, suffixes: Sequence[list[int]], prefi
             counted = max_counted is None or step < max_counted  # the token fed now is answer token number `step`
             if not keep or (last_step and (capture is None or not counted)):
                 break
+            if last_step and defer:  # rows cut at the cap: counted later, many at once ...
+                rows_cut = [(list(suffixes[idx[act[j]]]), list(gen[act[j]]), sample_indices[idx[act[j]]]) for j in keep]
+                if sum(len(p) + len(a) for p, a, _ in rows_cut) <= LAST_TOKEN_DEFER_TOKENS:
+                    cut.extend(rows_cut)
+                    break
+                # ... unless recomputing them costs more than the extra step: then the step, below
             tok = next_tok
             if len(keep) < len(act):  # drop finished rows: less compute per step
                 ki = _to_device(torch.tensor(keep, dtype=torch.long), device)
@@ -660,8 +749,12 @@ def greedy_generate(model: torch.nn.Module, suffixes: Sequence[list[int]], prefi
             n_gen += len(toks)
         if capture is not None:  # NaN/Inf: no wait here on an accelerator (reads the previous batch's flag)
             capture.flush()  # the batch's staged decoding steps, reduced together
+            if sum(len(p) + len(a) for p, a, _ in cut) >= LAST_TOKEN_PASS_TOKENS:
+                n_fwd += _last_token_passes(runner, cut, prefix, capture, pad_id, device, batch_size)
             capture.collector.check_finite(block=False)
     if capture is not None:
+        if cut:
+            n_fwd += _last_token_passes(runner, cut, prefix, capture, pad_id, device, batch_size)
         capture.off()
         capture.collector.check_finite()  # complete: one sync per call
     if stats is not None:

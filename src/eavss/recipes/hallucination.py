@@ -492,7 +492,7 @@ def answer_capture(model, num_samples: int, cfg: HallucinationConfig):
 
 
 def generate_answers(model, suffixes: list[list[int]], prefix, ids: Tokens, cfg: HallucinationConfig, capture=None,
-                     sample_indices: list[int] | None = None, stats: dict | None = None):
+                     sample_indices: list[int] | None = None, stats: dict | None = None, last_token: str = "deferred"):
     """Greedy generation of one prefix group's answers, as the analysis runs it
     (:func:`eavss.hallucination.capture.greedy_generate` with ``cfg.generation`` and
     ``stats.first_answer_tokens``).
@@ -503,6 +503,8 @@ def generate_answers(model, suffixes: list[list[int]], prefix, ids: Tokens, cfg:
             prompts). ids: newline/EOS/pad ids. capture: :func:`answer_capture`'s hooks (None: no
             capture). sample_indices: the sample (group) of each prompt, with ``capture``.
         stats: receives the pass's counts and seconds (see ``greedy_generate``).
+        last_token: how the last token of an answer cut at the cap is counted (``greedy_generate``:
+            ``deferred``, the analysis's, or ``step``, for benchmarks).
 
     Returns:
         One :class:`~eavss.hallucination.capture.Generated` per prompt, in input order.
@@ -512,7 +514,8 @@ def generate_answers(model, suffixes: list[list[int]], prefix, ids: Tokens, cfg:
     return greedy_generate(model, suffixes, prefix, max_new_tokens=cfg.generation.max_new_tokens,
                            newline_ids=ids.newline, eos_ids=ids.eos, pad_id=ids.pad,
                            batch_size=cfg.generation.batch_size, capture=capture, sample_indices=sample_indices,
-                           progress=cfg.progress, stats=stats, max_counted=cfg.stats.first_answer_tokens)
+                           progress=cfg.progress, stats=stats, max_counted=cfg.stats.first_answer_tokens,
+                           last_token=last_token)
 
 
 def capture_answers(model, tok, samples: list[Sample], ids: Tokens, cfg: HallucinationConfig,

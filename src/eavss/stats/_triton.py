@@ -362,14 +362,18 @@ token per step, 16 warps, 4 programs per SM). ``BLOCK_T`` never exceeds the sequ
 
 def launch_config(B: int, T: int, D: int, device: torch.device) -> dict:
     """Tile sizes, warps and grid for a ``(B, T, D)`` activation (overridable for tuning with
-    ``EAVSS_TRITON_CONFIG="BLOCK_T,BLOCK_D,num_warps,programs_per_sm[,split[,joint]]"``; ``BLOCK_D``
-    0 keeps the default width, ``split``/``joint`` 0 or 1 for :data:`SPLIT_ROWS` / :data:`JOINT_REDUCE`;
-    the override replaces :data:`WIDE_TUNED` too).
+    ``EAVSS_TRITON_CONFIG="BLOCK_T,BLOCK_D,num_warps,programs_per_sm[,split[,joint[,num_stages]]]"``;
+    ``BLOCK_D`` 0 keeps the default width, ``split``/``joint`` 0 or 1 for :data:`SPLIT_ROWS` /
+    :data:`JOINT_REDUCE`, ``num_stages`` the software-pipelining depth of the token loop (0: Triton's
+    default); the override replaces :data:`WIDE_TUNED` too).
 
     Returns:
         dict with ``BLOCK_T``, ``BLOCK_D``, ``BLOCK_D2`` (the second piece of a split row; 1 = none),
-        ``SINGLE`` (whole row in registers), ``JOINT``, ``num_warps``, ``P`` (programs per sequence)
-        and ``TPP`` (tokens per program).
+        ``SINGLE`` (whole row in registers), ``JOINT``, ``num_warps``, ``num_stages`` (None: Triton's
+        default), ``P`` (programs per sequence) and ``TPP`` (tokens per program).
+
+    Raises:
+        EavssError: a malformed ``EAVSS_TRITON_CONFIG``.
     """
     block_d = triton.next_power_of_2(max(D, 16))
     single = block_d <= SINGLE_MAX_D
@@ -379,22 +383,24 @@ def launch_config(B: int, T: int, D: int, device: torch.device) -> dict:
     block_t = max(1, 4096 // block_d) if single else 4
     block_t = min(block_t, 16)
     num_warps = max(4, min(16, block_t * block_d // 1024))  # ~32 elements per thread per tensor
-    split, joint = SPLIT_ROWS, JOINT_REDUCE
+    split, joint, num_stages = SPLIT_ROWS, JOINT_REDUCE, None
     env = os.environ.get("EAVSS_TRITON_CONFIG")
     if env:
         try:
             vals = [int(v) for v in env.split(",")]
-            if not 4 <= len(vals) <= 6:
+            if not 4 <= len(vals) <= 7:
                 raise ValueError
         except ValueError:
-            raise EavssError(f"EAVSS_TRITON_CONFIG must be 4 to 6 integers, BLOCK_T,BLOCK_D,num_warps,programs_per_sm"
-                             f"[,split[,joint]], got {env!r}; unset it for the defaults") from None
+            raise EavssError(f"EAVSS_TRITON_CONFIG must be 4 to 7 integers, BLOCK_T,BLOCK_D,num_warps,programs_per_sm"
+                             f"[,split[,joint[,num_stages]]], got {env!r}; unset it for the defaults") from None
         bt, bd, nw, pps = vals[:4]
         block_t, num_warps, programs_per_sm = bt, nw, pps
         if len(vals) > 4:
             split = bool(vals[4])
         if len(vals) > 5:
             joint = bool(vals[5])
+        if len(vals) > 6 and vals[6] > 0:
+            num_stages = vals[6]
         if bd:
             block_d = bd
             single = block_d >= D
@@ -415,7 +421,7 @@ def launch_config(B: int, T: int, D: int, device: torch.device) -> dict:
     tpp = triton.cdiv(triton.cdiv(T, p), block_t) * block_t
     p = triton.cdiv(T, tpp) if T > 0 else 1
     return dict(BLOCK_T=block_t, BLOCK_D=block_d, BLOCK_D2=block_d2, SINGLE=single, JOINT=joint,
-                num_warps=num_warps, P=p, TPP=tpp)
+                num_warps=num_warps, num_stages=num_stages, P=p, TPP=tpp)
 
 
 def fused_reduce(act: torch.Tensor, mask: torch.Tensor, rule, layer_input: torch.Tensor | None,
@@ -468,7 +474,7 @@ def fused_reduce(act: torch.Tensor, mask: torch.Tensor, rule, layer_input: torch
                 K=_K, FLT_MAX=_FLT_MAX,
                 I_N=F["n_tokens"], I_M2=F["within_m2"], I_MU=F["sum_mean"], I_MU2=F["sum_mean_sq"],
                 I_NZ=F["near_zero"], I_BI=F["bi_sum"], I_NF=F["nonfinite"], I_OK=_I_OK, I_MS=F["n_massive"],
-                num_warps=cfg["num_warps"],
+                num_warps=cfg["num_warps"], **({"num_stages": cfg["num_stages"]} if cfg["num_stages"] else {}),
             )
     else:
         out.zero_()
