@@ -45,7 +45,8 @@ each running every (batch size, variant) once in rotating variant order; reporte
 generated tokens/s, and the median over rounds of the paired per-round ratios
 ``capture / plain`` (target <= 1.05), ``capture / capture_step``, ``capture_step / plain``,
 ``capture / capture_layers``, ``capture_layers / plain``, ``capture_stats / plain``, ``plain / hf``,
-``plain_full / hf`` and ``plain / plain_full`` (each where both variants ran). Checks: the capture variants and ``plain`` must generate identical
+``plain_full / hf`` and ``plain / plain_full`` (each where both variants ran). With ``--out`` the JSON is rewritten after
+every round (``rounds_completed``), so a run stopped by a time cap keeps what it measured. Checks: the capture variants and ``plain`` must generate identical
 tokens (capture never changes the model's output) wherever ``plain`` itself repeats exactly (its
 first timed run against the warm-up's; on a GPU, bf16 kernels may round differently from run to
 run, and random weights give near-tied logits, so a flipped token there says nothing about
@@ -375,6 +376,58 @@ def main(argv=None) -> int:
                     if cuda:
                         memory[f"{bs}/{n}"] = torch.cuda.max_memory_allocated(device)
                 del out
+    def summarize(done: int) -> dict:
+        """The result dict after ``done`` complete timed rounds (written after every round, so a run
+        stopped by a time cap keeps what it measured)."""
+        res = {"machine": info, "model": mdesc, "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
+               "workload": {"batch_sizes": sizes, "prompts_per_size": {bs: len(setups[bs].suffixes) for bs in sizes},
+                            "max_new_tokens": args.max_new_tokens, "prefix_len": args.prefix_len, "stop": args.stop,
+                            "prompts": args.prompts or "random", "prompt_sample": args.prompt_sample or "all",
+                            "suffix_length_quantiles": SUFFIX_QUANTILES, "site": args.site,
+                            "capture_rows": {bs: setups[bs].rows for bs in sizes}, "rounds": args.rounds,
+                            "warmup": args.warmup, "dtype": args.dtype},
+               "sizes": {}}
+        for bs in sizes:
+            row = {"variants": {}, "ratios": {}, "checks": {}}
+            for n in names:
+                t = secs[bs][n]
+                k = f"{bs}/{n}"
+                med = statistics.median(t) if t else float("nan")
+                row["variants"][n] = {"seconds": t, "median_seconds": med, "generated_tokens": gen_tokens.get(k),
+                                      "tokens_per_second": gen_tokens[k] / med if t else None,
+                                      "model_calls": calls.get(k), "peak_bytes": memory.get(k)}
+            for name, (a, b) in RATIOS.items():
+                if a in names and b in names and secs[bs][a]:
+                    paired = [x / y for x, y in zip(secs[bs][a], secs[bs][b])]
+                    ent = {"median": statistics.median(paired), "rounds": paired, "min": min(paired), "max": max(paired)}
+                    ca, cb = calls.get(f"{bs}/{a}"), calls.get(f"{bs}/{b}")
+                    if ca and cb:
+                        ent["per_model_call"] = ent["median"] * cb / ca
+                    ma, mb = memory.get(f"{bs}/{a}"), memory.get(f"{bs}/{b}")
+                    if ma and mb:
+                        ent["peak_memory_ratio"] = ma / mb
+                    row["ratios"][name] = ent
+            ref = tokens.get(f"{bs}/plain")
+            again = tokens.get(f"{bs}/plain_again")
+            if ref is not None and again is not None:
+                same = [a == b for a, b in zip(again, ref)]
+                row["checks"]["plain_repeat_identical_rows"] = f"{sum(same)}/{len(same)}"
+            repeatable = again is None or again == ref
+            for n in names:
+                got = tokens.get(f"{bs}/{n}")
+                if n == "plain" or ref is None or got is None:
+                    continue
+                same = [a == b for a, b in zip(got, ref)]
+                row["checks"][f"{n}_vs_plain_identical_rows"] = f"{sum(same)}/{len(same)}"
+                if n.startswith("capture") and repeatable:  # else round-off already differs run to run
+                    row["checks"][f"{n}_identical"] = all(same)
+            res["sizes"][str(bs)] = row
+        res["capture_identical_everywhere"] = all(r["checks"].get(f"{n}_identical", True)
+                                                  for r in res["sizes"].values()
+                                                  for n in ("capture", "capture_step", "capture_layers", "capture_stats"))
+        res["rounds_completed"] = done
+        return res
+
     for r in range(args.rounds):
         order = names[r % len(names):] + names[:r % len(names)]
         for bs in sizes:
@@ -393,53 +446,12 @@ def main(argv=None) -> int:
                 print(f"  round {r + 1}/{args.rounds} bs {bs:3d} {n:14s} {secs[bs][n][-1]:8.3f} s", file=sys.stderr,
                       flush=True)
                 del out, cap
+        if args.out:  # a partial result after every round (written whole, then renamed)
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out + ".part").write_text(json.dumps(summarize(r + 1), indent=1))
+            os.replace(args.out + ".part", args.out)
 
-    res = {"machine": info, "model": mdesc, "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
-           "workload": {"batch_sizes": sizes, "prompts_per_size": {bs: len(setups[bs].suffixes) for bs in sizes},
-                        "max_new_tokens": args.max_new_tokens, "prefix_len": args.prefix_len, "stop": args.stop,
-                        "prompts": args.prompts or "random", "prompt_sample": args.prompt_sample or "all",
-                        "suffix_length_quantiles": SUFFIX_QUANTILES, "site": args.site,
-                        "capture_rows": {bs: setups[bs].rows for bs in sizes}, "rounds": args.rounds,
-                        "warmup": args.warmup, "dtype": args.dtype},
-           "sizes": {}}
-    for bs in sizes:
-        row = {"variants": {}, "ratios": {}, "checks": {}}
-        for n in names:
-            t = secs[bs][n]
-            k = f"{bs}/{n}"
-            med = statistics.median(t) if t else float("nan")
-            row["variants"][n] = {"seconds": t, "median_seconds": med, "generated_tokens": gen_tokens.get(k),
-                                  "tokens_per_second": gen_tokens[k] / med if t else None,
-                                  "model_calls": calls.get(k), "peak_bytes": memory.get(k)}
-        for name, (a, b) in RATIOS.items():
-            if a in names and b in names and secs[bs][a]:
-                paired = [x / y for x, y in zip(secs[bs][a], secs[bs][b])]
-                ent = {"median": statistics.median(paired), "rounds": paired, "min": min(paired), "max": max(paired)}
-                ca, cb = calls.get(f"{bs}/{a}"), calls.get(f"{bs}/{b}")
-                if ca and cb:
-                    ent["per_model_call"] = ent["median"] * cb / ca
-                ma, mb = memory.get(f"{bs}/{a}"), memory.get(f"{bs}/{b}")
-                if ma and mb:
-                    ent["peak_memory_ratio"] = ma / mb
-                row["ratios"][name] = ent
-        ref = tokens.get(f"{bs}/plain")
-        again = tokens.get(f"{bs}/plain_again")
-        if ref is not None and again is not None:
-            same = [a == b for a, b in zip(again, ref)]
-            row["checks"]["plain_repeat_identical_rows"] = f"{sum(same)}/{len(same)}"
-        repeatable = again is None or again == ref
-        for n in names:
-            got = tokens.get(f"{bs}/{n}")
-            if n == "plain" or ref is None or got is None:
-                continue
-            same = [a == b for a, b in zip(got, ref)]
-            row["checks"][f"{n}_vs_plain_identical_rows"] = f"{sum(same)}/{len(same)}"
-            if n.startswith("capture") and repeatable:  # else round-off already differs run to run
-                row["checks"][f"{n}_identical"] = all(same)
-        res["sizes"][str(bs)] = row
-    res["capture_identical_everywhere"] = all(r["checks"].get(f"{n}_identical", True)
-                                              for r in res["sizes"].values()
-                                              for n in ("capture", "capture_step", "capture_layers", "capture_stats"))
+    res = summarize(args.rounds)
     print(render(res))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
