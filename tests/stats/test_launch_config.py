@@ -1,0 +1,77 @@
+"""The fused kernel's launch configuration (:func:`eavss.stats._triton.launch_config`), on the CPU.
+
+Triton is not installed here, so the module is loaded under another name with a stand-in ``triton``
+(``jit`` = identity; ``next_power_of_2`` and ``cdiv`` as Triton defines them): the kernels are never
+launched, only the pure-Python choice of tiles, row pieces, tuned settings and the
+``EAVSS_TRITON_CONFIG`` override is tested. The real module, where Triton exists, is untouched.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+import eavss.stats
+from eavss.errors import EavssError
+
+
+def _fake_triton() -> types.ModuleType:
+    tr = types.ModuleType("triton")
+    tr.jit = lambda fn=None, **kw: fn if fn is not None else (lambda f: f)
+    tr.next_power_of_2 = lambda n: 1 if n <= 1 else 1 << (int(n) - 1).bit_length()
+    tr.cdiv = lambda a, b: -(-int(a) // int(b))
+    tr.language = types.ModuleType("triton.language")
+    return tr
+
+
+@pytest.fixture
+def tri(monkeypatch):
+    """``eavss/stats/_triton.py`` loaded with the stand-in Triton, as a module of its own name."""
+    if importlib.util.find_spec("triton") is None:
+        fake = _fake_triton()
+        monkeypatch.setitem(sys.modules, "triton", fake)
+        monkeypatch.setitem(sys.modules, "triton.language", fake.language)
+    path = Path(eavss.stats.__file__).parent / "_triton.py"
+    spec = importlib.util.spec_from_file_location("_eavss_triton_launch_config_test", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.delenv("EAVSS_TRITON_CONFIG", raising=False)
+    return mod
+
+
+CPU = torch.device("cpu")  # _num_sms: 8 "SMs" off CUDA
+
+
+def test_wide_rows_split_in_two_pieces_and_tuned(tri):
+    # Qwen2.5-7B MLP: 18,944 = 16,384 + 4,096 lanes, the tuned setting (1 token, 8 warps, joint)
+    c = tri.launch_config(8, 2048, 18944, CPU)
+    assert (c["BLOCK_D"], c["BLOCK_D2"], c["BLOCK_T"], c["num_warps"], c["JOINT"], c["SINGLE"]) == \
+        (16384, 4096, 1, 8, True, True)
+    assert c["num_stages"] is None
+    # Llama-3-8B MLP: 14,336 -> one 16,384-lane piece (16,384 + 1 would not be narrower), 2 tokens a step
+    c = tri.launch_config(8, 2048, 14336, CPU)
+    assert (c["BLOCK_D"], c["BLOCK_D2"], c["BLOCK_T"], c["num_warps"], c["JOINT"]) == (16384, 1, 2, 16, True)
+    # a residual stream (4,096): power of two, no split, separate reductions
+    c = tri.launch_config(8, 2048, 4096, CPU)
+    assert (c["BLOCK_D"], c["BLOCK_D2"], c["BLOCK_T"], c["JOINT"]) == (4096, 1, 1, False)
+    # tokens per program x programs covers the sequence; a decoding step has one token per tile
+    assert c["P"] * c["TPP"] >= 2048 and (c["P"] - 1) * c["TPP"] < 2048
+    assert tri.launch_config(32, 1, 14336, CPU)["BLOCK_T"] == 1
+
+
+def test_override_with_num_stages_and_malformed_override(tri, monkeypatch):
+    monkeypatch.setenv("EAVSS_TRITON_CONFIG", "2,0,16,2,1,1,3")
+    c = tri.launch_config(8, 2048, 14336, CPU)
+    assert (c["BLOCK_T"], c["num_warps"], c["JOINT"], c["num_stages"]) == (2, 16, True, 3)
+    monkeypatch.setenv("EAVSS_TRITON_CONFIG", "1,0,8,2,1,0,0")  # num_stages 0: Triton's default
+    c = tri.launch_config(8, 2048, 18944, CPU)
+    assert (c["BLOCK_D"], c["BLOCK_D2"], c["JOINT"], c["num_stages"]) == (16384, 4096, False, None)
+    for bad in ("1,0,8", "1,0,8,2,1,1,1,1", "a,b,c,d"):
+        monkeypatch.setenv("EAVSS_TRITON_CONFIG", bad)
+        with pytest.raises(EavssError, match="EAVSS_TRITON_CONFIG must be 4 to 7 integers"):
+            tri.launch_config(8, 2048, 4096, CPU)
