@@ -345,7 +345,18 @@ def main(argv=None) -> int:
     if tok is not None:
         vocab = min(vocab, len(tok))
     setups = {}
-    given = json.loads(Path(args.prompts).read_text()) if args.prompts else None
+    given = None
+    if args.prompts:
+        try:
+            given = json.loads(Path(args.prompts).read_text())
+            ok = isinstance(given["prefix"], list) and given["suffixes"] and all(given["suffixes"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            ap.error(f"--prompts {args.prompts}: cannot read it ({e}); make it with benchmarks/prompts_from_samples.py")
+        if not ok:
+            ap.error(f"--prompts {args.prompts}: needs a prefix list and non-empty suffixes; make it with "
+                     "benchmarks/prompts_from_samples.py")
+    if args.prompt_sample < 0:
+        ap.error(f"--prompt-sample must be >= 0 (0: every prompt), got {args.prompt_sample}")
     if given is not None and 0 < args.prompt_sample < len(given["suffixes"]):
         pick = np.random.default_rng(args.seed).choice(len(given["suffixes"]), args.prompt_sample, replace=False)
         given["suffixes"] = [given["suffixes"][i] for i in sorted(pick)]

@@ -30,16 +30,25 @@ def main(argv=None) -> int:
 
     if args.prefix not in PREFIXES:
         sys.exit(f"unknown prefix {args.prefix!r}; choose one of {sorted(PREFIXES)}")
-    tok = AutoTokenizer.from_pretrained(args.tokenizer)
-    rows = [json.loads(line) for line in Path(args.samples).read_text().splitlines() if line.strip()]
-    gen = [r for r in rows if r["kind"] != "teacher_forced" and r["prefix"] == args.prefix]
+    try:
+        rows = [json.loads(line) for line in Path(args.samples).read_text().splitlines() if line.strip()]
+        gen = [r for r in rows if r["kind"] != "teacher_forced" and r["prefix"] == args.prefix]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        sys.exit(f"{args.samples}: not an eavss hallucination samples.jsonl ({e!r}); pass the run's samples.jsonl")
+    try:
+        tok = AutoTokenizer.from_pretrained(args.tokenizer)
+    except Exception as e:  # noqa: BLE001 - any loading failure: one line
+        sys.exit(f"--tokenizer {args.tokenizer}: cannot load a tokenizer there ({type(e).__name__}); pass the run's "
+                 "model folder")
     if not gen:
         sys.exit(f"no generated samples with prefix {args.prefix!r} in {args.samples}")
     out = {"source": str(args.samples), "prefix_name": args.prefix,
            "prefix": tok(PREFIXES[args.prefix], add_special_tokens=True)["input_ids"],
            "suffixes": [tok(r["prompt_suffix"], add_special_tokens=False)["input_ids"] for r in gen],
            "stops_in_run": {k: sum(r["stop"] == k for r in gen) for k in ("newline", "eos", "length")}}
-    Path(args.out).write_text(json.dumps(out))
+    tmp = Path(args.out + ".part")
+    tmp.write_text(json.dumps(out))
+    tmp.replace(args.out)  # never a half-written file
     print(f"{len(gen)} prompts, prefix {len(out['prefix'])} tokens, stops in the run {out['stops_in_run']} -> {args.out}")
     return 0
 

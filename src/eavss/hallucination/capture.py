@@ -342,24 +342,23 @@ class Capture:
         if self._step is None:
             return
         view = self._view
-        if view is not None and act.shape == self._shape and act.dtype == view.dtype and act.device == view.device:
-            torch.select(view, 1, index).copy_(act)  # a layer like the pass's first: the per-step fast path
-            self._staged.append(index)
-            return
-        act = token_view(act, self._step[0].shape, index)
-        if view is None:  # the pass's first staged layer: rows of the buffer for it
-            view = self._view = self._rows_for(act)
-            self._shape = act.shape
-        if act.shape == view.shape[:1] + view.shape[2:] and act.dtype == view.dtype and act.device == view.device:
-            view[:, index].copy_(act)
-            self._staged.append(index)
-        else:  # another width, dtype or device than the pass's first layer: reduce this layer now
-            mask, rows = self._step
-            self.collector.set_batch(mask, rows, check=False, new_batch=False)
-            self.collector.reduce_layers(act[None], [index])
-            if self.features is not None:
-                self.features.set_batch(mask, rows, count=False)  # counted once per pass, at the flush
-                self.features.add_layers(act[None], [index])
+        if view is None or act.shape != self._shape or act.dtype != view.dtype or act.device != view.device:
+            # not a layer like the pass's first (the per-step fast path skips all of this)
+            act = token_view(act, self._step[0].shape, index)
+            if view is None:  # the pass's first staged layer: rows of the buffer for it
+                view = self._view = self._rows_for(act)
+                self._shape = act.shape
+            elif act.shape != self._shape or act.dtype != view.dtype or act.device != view.device:
+                # another width, dtype or device than the pass's first layer: reduce this layer now
+                mask, rows = self._step
+                self.collector.set_batch(mask, rows, check=False, new_batch=False)
+                self.collector.reduce_layers(act[None], [index])
+                if self.features is not None:
+                    self.features.set_batch(mask, rows, count=False)  # counted once per pass, at the flush
+                    self.features.add_layers(act[None], [index])
+                return
+        torch.select(view, 1, index).copy_(act)
+        self._staged.append(index)
 
     def _rows_for(self, act: torch.Tensor) -> torch.Tensor:
         """``(n, L, T, D)`` rows of the staging buffer for a pass whose first staged activation is
@@ -559,24 +558,23 @@ LAST_TOKEN_PASS_TOKENS = 16384
 token of answers cut at the cap (:func:`greedy_generate`, ``last_token="deferred"``): such answers
 wait until their prompts and answers add up to this many tokens (or generation ends), then go
 through in passes of at most this many padded tokens (prefix included) and at most the
-generation's batch size of rows (at least one row each), so a pass needs no more memory than a
-prefill of the generation's batch."""
+generation's batch size of rows (at least one row each): a pass holds no more rows than a batch of
+generation, each its prompt plus its answer."""
 
 
 def _last_token_passes(runner, pending: list, prefix: PrefixCache | None, capture: Capture, pad_id: int, device,
-                       max_rows: int, budget: int | None = None) -> int:
+                       max_rows: int) -> int:
     """Count the last answer token of each ``(prompt ids, answer ids, sample)`` in ``pending`` (emptied)
-    in right-padded teacher-forced passes of at most ``max_rows`` rows and ``budget`` padded tokens,
-    prefix included (default :data:`LAST_TOKEN_PASS_TOKENS`); returns the tokens forwarded (prompts
-    and answers, without padding)."""
-    budget = LAST_TOKEN_PASS_TOKENS if budget is None else budget
+    in right-padded teacher-forced passes of at most ``max_rows`` rows and
+    :data:`LAST_TOKEN_PASS_TOKENS` padded tokens, prefix included; returns the tokens forwarded
+    (prompts and answers, without padding)."""
     P = prefix.length if prefix is not None else 0
     rows = sorted(pending, key=lambda r: -(len(r[0]) + len(r[1])))
     pending.clear()
     n_fwd, i = 0, 0
     while i < len(rows):
         width = P + len(rows[i][0]) + len(rows[i][1])  # the longest of this pass (rows are sorted)
-        j = min(len(rows), i + max(1, min(max_rows, budget // width)))
+        j = min(len(rows), i + max(1, min(max_rows, LAST_TOKEN_PASS_TOKENS // width)))
         part = rows[i:j]
         n_fwd += _counted_forward(runner, [p + a for p, a, _ in part], [(len(p) + len(a) - 1, 1) for p, a, _ in part],
                                   [k for _, _, k in part], prefix, capture, pad_id, device, check=False)[0]
@@ -667,7 +665,7 @@ def greedy_generate(model: torch.nn.Module, suffixes: Sequence[list[int]], prefi
     results: list[Generated | None] = [None] * len(suffixes)
     order = sorted(range(len(suffixes)), key=lambda i: -len(suffixes[i]))
     cut: list[tuple[list[int], list[int], int]] = []  # answers cut at the cap, last token not yet counted
-    defer = last_token == "deferred" and capture is not None and getattr(capture.collector, "massive", None) is None
+    defer = last_token == "deferred" and capture is not None and capture.collector.massive is None
     n_fwd = n_gen = 0
     t0 = time.perf_counter()
     for idx in tqdm(list(_batches(order, batch_size)), desc="generation", unit="batch", disable=not progress):
