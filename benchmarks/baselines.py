@@ -27,7 +27,8 @@ eavss_SITE     ``eavss`` at capture site SITE (``resid_delta``, ``mlp_act``), as
                runs it there: the site reduction plus block influence from a second hook on the
                decoder layer's output (fused kernel on CUDA); ``..._nobi``: block influence off;
                ``..._eagerbi``: block influence by the eager float32 form (the code before the
-               fused one, for comparison)
+               fused one, for comparison); ``eavss_mlp_act_hook`` / ``eavss_mlp_act_nobi_hook``: the
+               SiLU not fused (``EAVSS_FUSE_SILU=hook``: the hook reads the activation again)
 ============== ==============================================================================
 """
 
@@ -112,15 +113,28 @@ class Eavss(Variant):
     name = "eavss"
 
     def __init__(self, model, pooled=True, block_influence=True, implementation=None, site="resid_post",
-                 bi_implementation=None):
+                 bi_implementation=None, fuse_silu=None):
         super().__init__(model)
         self.kw = dict(pooled=pooled, block_influence=block_influence, site=site)
         self.implementation = implementation
         self.bi_implementation = bi_implementation
+        self.fuse_silu = fuse_silu
         self.reset()
 
     def reset(self):
-        self.col = ActivationStatsCollector(self.model, rule=SparsityRule(), **self.kw)
+        import os
+
+        old = os.environ.get("EAVSS_FUSE_SILU")
+        if self.fuse_silu:  # read when the collector is made
+            os.environ["EAVSS_FUSE_SILU"] = self.fuse_silu
+        try:
+            self.col = ActivationStatsCollector(self.model, rule=SparsityRule(), **self.kw)
+        finally:
+            if self.fuse_silu:
+                if old is None:
+                    os.environ.pop("EAVSS_FUSE_SILU", None)
+                else:
+                    os.environ["EAVSS_FUSE_SILU"] = old
         self.timer = HookTimer()
 
     def step(self, batch):
@@ -354,3 +368,5 @@ for _site in ("resid_delta", "mlp_act"):
     VARIANTS[f"eavss_{_site}_nobi"] = lambda m, s=_site: Eavss(m, site=s, block_influence=False)
     VARIANTS[f"eavss_{_site}_eagerbi"] = lambda m, s=_site: Eavss(m, site=s, bi_implementation="eager")
     VARIANTS[f"eavss_{_site}_eager"] = lambda m, s=_site: Eavss(m, site=s, implementation="eager")
+VARIANTS["eavss_mlp_act_hook"] = lambda m: Eavss(m, site="mlp_act", fuse_silu="hook")  # SiLU not fused: the hook
+VARIANTS["eavss_mlp_act_nobi_hook"] = lambda m: Eavss(m, site="mlp_act", block_influence=False, fuse_silu="hook")

@@ -121,6 +121,78 @@ def check_collector(device) -> dict:
     return out
 
 
+SILU_CASES = [(2, 64, 18944), (2, 100, 14336), (3, 37, 576), (1, 16, 40960), (6, 1, 18944)]
+
+
+def check_silu(device) -> dict:
+    """The fused SiLU (``silu_out``) against ``torch.nn.functional.silu`` to the bit, for each dtype
+    and kernel path (whole row, split row, chunked, one-token rows), with extreme inputs (exp overflow,
+    signed zeros, subnormals, NaN/Inf in uncounted positions); its statistics against the kernel run on
+    torch's SiLU output; then tiny SiLU models through the collector: ``auto`` (replaced forward) vs
+    ``hook``, statistics and logits."""
+    import numpy as np
+
+    from eavss.stats.collector import ActivationStatsCollector, silu_matches_torch
+
+    out = {"cases": [], "matches_torch": {}}
+    rule = SparsityRule()
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+        out["matches_torch"][str(dtype)] = silu_matches_torch(torch.device(device), dtype)
+        for i, (B, T, D) in enumerate(SILU_CASES):
+            g = torch.Generator().manual_seed(i)
+            x = torch.randn(B, T, D, generator=g) * 4
+            flat = x.view(-1)
+            special = torch.tensor([0.0, -0.0, 88.0, -88.0, 100.0, -100.0, 1e4, -1e4, 1e-40, -1e-40, 1e-30, 3.0e38,
+                                    -3.0e38, float("inf"), float("-inf"), float("nan")])
+            flat[:len(special)] = special[:flat.numel()]
+            x = x.to(dtype).to(device)
+            m = torch.ones(B, T, dtype=torch.bool, device=device)
+            m[0, 0] = False  # the row with NaN/Inf is not counted (its SiLU is still written)
+            y = torch.empty_like(x)
+            sums = reduce_activations_ext(x, m, rule, None, True, silu_out=y)[0]
+            ref = torch.nn.functional.silu(x)
+            same = (y == ref) | (y.isnan() & ref.isnan())
+            bits = torch.equal(y.view(torch.int16 if dtype != torch.float32 else torch.int32)[~ref.isnan()],
+                               ref.view(torch.int16 if dtype != torch.float32 else torch.int32)[~ref.isnan()])
+            on_ref = reduce_activations_ext(ref, m, rule, None, True)[0]
+            row = {"shape": [B, T, D], "dtype": str(dtype), "bit_equal": bool(bits),
+                   "n_differ": int((~same).sum()), "max_abs_diff": float((y.float() - ref.float()).nan_to_num().abs().max()),
+                   "stats_vs_kernel_on_torch_silu": float((sums - on_ref).abs().max())}
+            out["cases"].append(row)
+            print(f"  silu {dtype} {B}x{T}x{D}: bit-equal {row['bit_equal']} (differ {row['n_differ']}), stats vs "
+                  f"torch's SiLU output {row['stats_vs_kernel_on_torch_silu']:.2e}", flush=True)
+    out["all_bit_equal"] = all(r["bit_equal"] for r in out["cases"])
+
+    from eavss.data.calibration import make_batches
+    from eavss.testing.tiny import tiny_model
+
+    gen = np.random.default_rng(1)
+    seqs = [gen.integers(5, 500, size=int(gen.integers(3, 40))).tolist() for _ in range(9)]
+    out["collector"] = {}
+    for arch in ("llama", "qwen2"):
+        for dtype in (torch.float32, torch.bfloat16):
+            model = tiny_model(arch, seed=1).to(device=device, dtype=dtype)
+            res = {}
+            for mode in ("hook", "auto"):
+                os.environ["EAVSS_FUSE_SILU"] = mode
+                col = ActivationStatsCollector(model, site="mlp_act", group_names=("a", "b"))
+                logits = []
+                with col, torch.inference_mode():
+                    for b in make_batches(seqs, 4, 0):
+                        col.set_batch(b["attention_mask"].to(device).bool(), torch.arange(len(b["input_ids"])) % 2)
+                        logits.append(model(input_ids=b["input_ids"].to(device),
+                                            attention_mask=b["attention_mask"].to(device)).logits)
+                res[mode] = (col.result().sums, logits, col.fused_silu_calls)
+            os.environ.pop("EAVSS_FUSE_SILU", None)
+            (sh, lh, ch), (sa, la, ca) = res["hook"], res["auto"]
+            key = f"{arch}/{dtype}"
+            out["collector"][key] = {"replaced_calls": ca, "hook_calls": ch,
+                                     "sums_max_abs_diff": float(np.abs(sa - sh).max()),
+                                     "logits_bit_equal": all(torch.equal(p, q) for p, q in zip(la, lh))}
+            print(f"  collector tiny-{key} mlp_act auto vs hook: {out['collector'][key]}", flush=True)
+    return out
+
+
 def check_block_influence(device) -> dict:
     """``block_influence_sums`` (the collector's second hook at sites other than resid_post): the
     fused kernel on the GPU vs. the eager form on a float64 host copy, per sequence."""
@@ -270,6 +342,8 @@ def main() -> int:
     res["delta_in_kernel"] = check_delta(args.device)
     res["delta_max_rel_err_vs_float64"] = max(v["vs_float64_ref"] for v in res["delta_in_kernel"].values())
     res["collector_gpu_vs_cpu"] = check_collector(args.device)
+    print("fused SiLU at mlp_act (vs torch's silu, to the bit):", flush=True)
+    res["silu"] = check_silu(args.device)
     if args.timing:
         print("kernel timing (8 x 2048 x 4096 bf16, with layer input):", flush=True)
         res["timing"] = time_kernels(args.device)
@@ -278,7 +352,8 @@ def main() -> int:
               f"{t['fused_no_x_ms']:.3f} ms, eager {t['eager_ms']:.3f} ms, simple {t['simple_ms']:.3f} ms, "
               f"clone {t['copy_ms']:.3f} ms; sweep {t['config_sweep_ms']}; default {t['default_config']}", flush=True)
     print(f"max rel err {res['max_rel_err']:.2e}, all finite {res['all_finite']}; resid_delta in the kernel "
-          f"{res['delta_max_rel_err_vs_float64']:.2e}")
+          f"{res['delta_max_rel_err_vs_float64']:.2e}; fused SiLU bit-equal to torch's: {res['silu']['all_bit_equal']} "
+          f"{res['silu']['matches_torch']}")
     if args.out:
         Path(args.out).write_text(json.dumps(res, indent=1))
     return 0

@@ -17,6 +17,9 @@ delta   ``resid_delta`` as the collector runs it: ``out - x`` formed in the kern
 bi      block influence at a site other than ``resid_post`` (the collector's second hook):
         ``block_influence_sums`` into the accumulator (the kernel's block-influence-only mode);
         ``bi_eager``: its eager float32 form
+silu    torch's ``silu`` of the ``D``-wide tensor alone: what the model's own activation costs
+act_silu ``mlp_act`` with the SiLU fused (``FUSE_SILU``): the activation written and reduced from one
+        read of its input; it replaces ``silu`` + ``act`` (the hook reads the output again)
 ======  ===========================================================================================
 
 Per case: the device time of every kernel launched, summed per kernel name, against a
@@ -47,7 +50,7 @@ CONFIGS = ["", "1,0,8,4", "1,0,4,2", "1,0,4,8", "2,0,4,4", "2,0,8,4", "1,0,2,4"]
 CHUNKED_CONFIGS = ["", "4,2048,8,4", "1,4096,8,4"]
 """Wide rows (D > 8192) read in chunks, each row twice (see :data:`ROW_CONFIGS` for the whole row)."""
 
-MODES = ("post", "act", "delta", "delta_nobi", "delta_sub", "bi", "bi_eager")
+MODES = ("post", "act", "delta", "delta_nobi", "delta_sub", "bi", "bi_eager", "silu", "act_silu")
 
 ROW_CONFIGS = ["", "1,0,16,4,0,0", "1,0,16,4,1,0", "1,0,16,4,0,1", "1,0,8,4,1,1", "1,0,16,2,1,1", "1,0,32,2,1,1",
                "1,0,8,2,1,1", "2,0,16,4,1,1"]
@@ -110,6 +113,9 @@ def profile_case(B: int, T: int, D: int, mode: str, reps: int, sweep: bool, dev:
         "delta_sub": (lambda: reduce_activations_ext(a - x, m, rule, None, True, acc=acc), 2 * elem),
         "bi": (lambda: block_influence_sums(a, x, m, acc=acc), 2 * elem),
         "bi_eager": (lambda: block_influence_sums(a, x, m, implementation="eager"), 2 * elem),
+        "silu": (lambda: torch.nn.functional.silu(a), 2 * elem),  # read the gate, write the activation
+        "act_silu": (lambda: reduce_activations_ext(a, m, rule, None, True, acc=acc, silu_out=torch.empty_like(a)),
+                     2 * elem),
     }
     fn, need = fns[mode]
     res = {"shape": [B, T, D], "mode": mode, "dtype": "bfloat16", "bytes_read_min": need,
@@ -121,7 +127,7 @@ def profile_case(B: int, T: int, D: int, mode: str, reps: int, sweep: bool, dev:
         res["floor_us_at_copy_bandwidth"] = need / (res["copy_TBps"] * 1e6)
         if not sweep:
             configs = [""]
-        elif mode == "act" and D > 8192:
+        elif mode in ("act", "act_silu") and D > 8192:
             configs = ([""] if only_extra else CHUNKED_CONFIGS + ROW_CONFIGS[1:]) + [c for c in extra if c]
         elif mode in ("post", "act", "delta", "delta_nobi", "bi"):
             configs = CONFIGS if mode in ("post", "act") else [""]

@@ -24,7 +24,7 @@
 # GEN_BATCHES (default 8,64), GEN_ROUNDS (default 9), GEN_VARIANTS (default capture,capture_layers,capture_stats,plain,hf),
 # GEN_PER (batches per batch size, default 1), GEN_CAP / PROFILE_CAP (those steps' seconds, default 120 / 70),
 # PROFILE_ARGS (more profile_fused.py arguments, e.g. --only-extra),
-# STEPS (comma-separated step names to run, default all: check_fused,sites_qwen,sites_llama,profile_sites,gen_overhead,
+# SITES (stats_overhead.py variants of the sites steps), STEPS (comma-separated step names to run, default all: check_fused,sites_qwen,sites_llama,profile_sites,gen_overhead,
 # hphases), CASES (profile cases), EXTRA_CONFIGS (profile: more launch configurations for the first wide case).
 # The results come back as ONE archive, $OUT/speed.tar.gz (a device call returns at most 8 files), plus steps.txt.
 # SMOKE=1 (the same wiring on this CPU with tiny models and shapes, to check the script before the call:
@@ -73,7 +73,7 @@ if [ "$DEV" = cuda ]; then
 fi
 
 # 2. target 1: statistics at each capture site vs the plain forward pass (ratio, peak memory)
-SITES=plain,eavss,eavss_resid_delta,eavss_resid_delta_nobi,eavss_mlp_act,eavss_mlp_act_nobi
+SITES=${SITES:-plain,eavss,eavss_resid_delta,eavss_resid_delta_nobi,eavss_mlp_act,eavss_mlp_act_nobi}
 COMMON="--dtype $DT --device $DEV $SHAPE --pad right --repeats 3 --warmup 1 --memory-batches 2"
 step sites_qwen 100 $PY benchmarks/stats_overhead.py --model $MQ $COMMON \
      --variants $SITES --out "$OUT/sites_qwen.json"

@@ -26,6 +26,8 @@ def _fake_triton() -> types.ModuleType:
     tr.next_power_of_2 = lambda n: 1 if n <= 1 else 1 << (int(n) - 1).bit_length()
     tr.cdiv = lambda a, b: -(-int(a) // int(b))
     tr.language = types.ModuleType("triton.language")
+    tr.language.extra = types.ModuleType("triton.language.extra")
+    tr.language.extra.libdevice = types.ModuleType("triton.language.extra.libdevice")
     return tr
 
 
@@ -36,6 +38,7 @@ def tri(monkeypatch):
         fake = _fake_triton()
         monkeypatch.setitem(sys.modules, "triton", fake)
         monkeypatch.setitem(sys.modules, "triton.language", fake.language)
+        monkeypatch.setitem(sys.modules, "triton.language.extra", fake.language.extra)
     path = Path(eavss.stats.__file__).parent / "_triton.py"
     spec = importlib.util.spec_from_file_location("_eavss_triton_launch_config_test", path)
     mod = importlib.util.module_from_spec(spec)

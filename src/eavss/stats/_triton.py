@@ -32,11 +32,13 @@ import os
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
 
 from eavss.errors import EavssError
 from eavss.stats.accumulators import F, NUM_FIELDS
 
 _FLT_MAX = 3.4028234663852886e38
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # the CPU interpreter: no libdevice (tl.exp for SiLU)
 _K = NUM_FIELDS + 1  # FIELDS plus the count of ok tokens (for the pooled mean)
 _I_OK = NUM_FIELDS
 
@@ -57,11 +59,31 @@ def _add5(a0, b0, c0, d0, e0, a1, b1, c1, d1, e1):
 
 
 @triton.jit
-def _load_rows(a_ptrs, x_ptrs, lm, DELTA: tl.constexpr, LOAD_X: tl.constexpr):
+def _silu(g_raw, PRECISE: tl.constexpr):
+    """SiLU of a loaded tile, rounded to its dtype: torch's CUDA ``silu`` (``x / (1 + exp(-x))`` in
+    float32, IEEE division, ``expf``) when ``PRECISE``; ``tl.exp`` under the CPU interpreter, which
+    has no libdevice."""
+    g = g_raw.to(tl.float32)
+    if PRECISE:
+        e = libdevice.exp(-g)
+    else:
+        e = tl.exp(-g)
+    return tl.math.div_rn(g, 1.0 + e).to(g_raw.dtype)
+
+
+@triton.jit
+def _load_rows(a_ptrs, x_ptrs, y_ptrs, lm, DELTA: tl.constexpr, LOAD_X: tl.constexpr, ACT: tl.constexpr,
+               STORE: tl.constexpr, PRECISE: tl.constexpr):
     """``(a, o, x)`` float32 for the ``(BLOCK_T, BLOCK)`` tile: ``o`` the hooked tensor, ``x`` the
     layer input (``o`` when not loaded), ``a`` the site values: ``o``, or ``o - x`` rounded to the
-    hooked tensor's dtype (what ``out - x`` in torch gives) when ``DELTA``."""
+    hooked tensor's dtype (what ``out - x`` in torch gives) when ``DELTA``. ``ACT``: the loaded
+    tensor is the activation function's input and ``o`` its SiLU (:func:`_silu`), written to
+    ``y_ptrs`` when ``STORE``."""
     o_raw = tl.load(a_ptrs, mask=lm, other=0.0)
+    if ACT:
+        o_raw = _silu(o_raw, PRECISE)
+        if STORE:
+            tl.store(y_ptrs, o_raw, mask=lm)
     o = o_raw.to(tl.float32)
     if LOAD_X:
         x = tl.load(x_ptrs, mask=lm, other=0.0).to(tl.float32)
@@ -134,12 +156,12 @@ def _centred_sums(a, lm, mu, thr, JOINT: tl.constexpr):
 
 @triton.jit
 def _token_stats_kernel(
-    A, X, M, OUT, POOL,
+    A, X, M, OUT, POOL, Y,
     T, D, TPP,
-    s_ab, s_at, s_xb, s_xt, s_mb, s_mt,
+    s_ab, s_at, s_xb, s_xt, s_mb, s_mt, s_yb, s_yt,
     thr_param,
     REL: tl.constexpr, DELTA: tl.constexpr, BI: tl.constexpr, STATS: tl.constexpr, POOLED: tl.constexpr,
-    SINGLE: tl.constexpr, JOINT: tl.constexpr,
+    SINGLE: tl.constexpr, JOINT: tl.constexpr, ACT: tl.constexpr, PRECISE: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_D2: tl.constexpr, K: tl.constexpr, FLT_MAX: tl.constexpr,
     I_N: tl.constexpr, I_M2: tl.constexpr, I_MU: tl.constexpr, I_MU2: tl.constexpr, I_NZ: tl.constexpr,
     I_BI: tl.constexpr, I_NF: tl.constexpr, I_OK: tl.constexpr, I_MS: tl.constexpr,
@@ -153,6 +175,7 @@ def _token_stats_kernel(
     a_base = A + b64 * s_ab
     x_base = X + b64 * s_xb
     m_base = M + b64 * s_mb
+    y_base = Y + b64 * s_yb
     prog = (b * P + p).to(tl.int64)
     pool_base = POOL + prog * D
     rt = tl.arange(0, BLOCK_T)
@@ -179,13 +202,16 @@ def _token_stats_kernel(
         m = (tl.load(m_base + offs_t64 * s_mt, mask=tmask, other=0) != 0) & tmask
         row_a = a_base + offs_t64[:, None] * s_at
         row_x = x_base + offs_t64[:, None] * s_xt
+        row_y = y_base + offs_t64[:, None] * s_yt
         if SINGLE:
             lm = tmask[:, None] & dmask0[None, :]
-            a, o, x = _load_rows(row_a + rd[None, :], row_x + rd[None, :], lm, DELTA, LOAD_X)
+            a, o, x = _load_rows(row_a + rd[None, :], row_x + rd[None, :], row_y + rd[None, :], lm, DELTA, LOAD_X,
+                                 ACT, True, PRECISE)
             s, ss, dot, xx, oo = _row_sums(a, o, x, DELTA, BI, JOINT)
             if BLOCK_D2 > 1:
                 lm2 = tmask[:, None] & dmask2[None, :]
-                a2, o2, x2 = _load_rows(row_a + rd2[None, :], row_x + rd2[None, :], lm2, DELTA, LOAD_X)
+                a2, o2, x2 = _load_rows(row_a + rd2[None, :], row_x + rd2[None, :], row_y + rd2[None, :], lm2, DELTA,
+                                        LOAD_X, ACT, True, PRECISE)
                 s2, ss2, dot2, xx2, oo2 = _row_sums(a2, o2, x2, DELTA, BI, JOINT)
                 s, ss, dot, xx, oo = _add5(s, ss, dot, xx, oo, s2, ss2, dot2, xx2, oo2)
             mu = s / D
@@ -211,7 +237,8 @@ def _token_stats_kernel(
             for d0 in range(0, D, BLOCK_D):
                 cd = d0 + rd
                 lm = tmask[:, None] & (cd < D)[None, :]
-                a, o, x = _load_rows(row_a + cd[None, :], row_x + cd[None, :], lm, DELTA, LOAD_X)
+                a, o, x = _load_rows(row_a + cd[None, :], row_x + cd[None, :], row_y + cd[None, :], lm, DELTA, LOAD_X,
+                                     ACT, True, PRECISE)
                 cs, css, cdot, cxx, coo = _row_sums(a, o, x, DELTA, BI, JOINT)
                 s, ss, dot, xx, oo = _add5(s, ss, dot, xx, oo, cs, css, cdot, cxx, coo)
             mu = s / D
@@ -225,7 +252,8 @@ def _token_stats_kernel(
                     cd = d0 + rd
                     dm = cd < D
                     lm = tmask[:, None] & dm[None, :]
-                    a, o, x = _load_rows(row_a + cd[None, :], row_x + cd[None, :], lm, DELTA, DELTA)
+                    a, o, x = _load_rows(row_a + cd[None, :], row_x + cd[None, :], row_y + cd[None, :], lm, DELTA, DELTA,
+                                     ACT, False, PRECISE)  # SiLU recomputed: the same values
                     cm2, cnz = _centred_sums(a, lm, mu, thr, JOINT)
                     m2 += cm2
                     nz += cnz
@@ -427,7 +455,8 @@ def launch_config(B: int, T: int, D: int, device: torch.device) -> dict:
 def fused_reduce(act: torch.Tensor, mask: torch.Tensor, rule, layer_input: torch.Tensor | None,
                  pooled: bool, acc: torch.Tensor | None = None,
                  groups: torch.Tensor | None = None, *, delta: bool = False,
-                 block_influence: bool | None = None, stats: bool = True) -> torch.Tensor | None:
+                 block_influence: bool | None = None, stats: bool = True,
+                 silu_out: torch.Tensor | None = None) -> torch.Tensor | None:
     """``(B, NUM_FIELDS)`` float64 sums of ``act`` (see :func:`eavss.stats.reduce.reduce_activations`).
 
     With ``acc`` (a ``(G, NUM_FIELDS)`` float32/float64 CUDA tensor on ``act``'s device) the sums
@@ -439,14 +468,26 @@ def fused_reduce(act: torch.Tensor, mask: torch.Tensor, rule, layer_input: torch
     ``layer_input`` with ``act`` itself (the layer output): one read of each, no temporary.
     ``block_influence`` (default: ``layer_input`` is given) computes ``bi_sum`` from
     ``layer_input``; ``stats=False`` computes only ``bi_sum`` (every other field 0).
+
+    ``silu_out`` (a ``(B, T, D)`` tensor of ``act``'s dtype and device, last dim contiguous): ``act``
+    is the *input* of a SiLU activation; the kernel writes ``silu(act)`` into ``silu_out`` -- every
+    token, masked or not, the values torch's CUDA ``silu`` gives (same formula, ``expf``, IEEE
+    division, rounding to the dtype; checked to the bit by ``benchmarks/check_fused.py``) -- and the
+    statistics are those of ``silu(act)``: the activation and its statistics from one read of the
+    input (:data:`eavss.stats.collector.FUSE_SILU`). Not with ``delta`` or block influence.
     """
     if block_influence is None:
         block_influence = layer_input is not None
     if (delta or block_influence) and layer_input is None:
         raise ValueError("fused_reduce: delta and block influence need the layer input")
+    if silu_out is not None and (delta or block_influence or silu_out.shape != act.shape or silu_out.dtype != act.dtype
+                                 or silu_out.device != act.device or silu_out.stride(-1) != 1):
+        raise ValueError("fused_reduce: silu_out must match act (shape, dtype, device, contiguous last dim), "
+                         "without delta or block influence")
     B, T, D = act.shape
     dev = act.device
     a = act if act.stride(-1) == 1 else act.contiguous()
+    y = silu_out if silu_out is not None else a  # dummy pointer when there is no SiLU to write
     x = layer_input
     if x is not None and x.stride(-1) != 1:
         x = x.contiguous()
@@ -463,14 +504,14 @@ def fused_reduce(act: torch.Tensor, mask: torch.Tensor, rule, layer_input: torch
     if B > 0 and T > 0:
         with _on(dev):  # Triton launches on the current device: make it the tensors' device
             _token_stats_kernel[(B, P)](
-                a, x if x is not None else a, m, out, pool,
+                a, x if x is not None else a, m, out, pool, y,
                 T, D, cfg["TPP"],
                 a.stride(0), a.stride(1),
                 (x if x is not None else a).stride(0), (x if x is not None else a).stride(1),
-                m.stride(0), m.stride(1),
+                m.stride(0), m.stride(1), y.stride(0), y.stride(1),
                 float(rule.tau if rel else rule.epsilon),
                 REL=rel, DELTA=delta, BI=block_influence, STATS=stats, POOLED=do_pool, SINGLE=cfg["SINGLE"],
-                JOINT=cfg["JOINT"], BLOCK_T=cfg["BLOCK_T"], BLOCK_D=cfg["BLOCK_D"], BLOCK_D2=cfg["BLOCK_D2"],
+                JOINT=cfg["JOINT"], ACT=silu_out is not None, PRECISE=not _INTERPRET, BLOCK_T=cfg["BLOCK_T"], BLOCK_D=cfg["BLOCK_D"], BLOCK_D2=cfg["BLOCK_D2"],
                 K=_K, FLT_MAX=_FLT_MAX,
                 I_N=F["n_tokens"], I_M2=F["within_m2"], I_MU=F["sum_mean"], I_MU2=F["sum_mean_sq"],
                 I_NZ=F["near_zero"], I_BI=F["bi_sum"], I_NF=F["nonfinite"], I_OK=_I_OK, I_MS=F["n_massive"],

@@ -22,6 +22,43 @@ from eavss.stats.reduce import SparsityRule, block_influence_sums, massive_facto
 from eavss.stats.sites import SiteHooks, delta_input, input_tensor, token_view
 
 
+FUSE_SILU = "auto"
+"""How ``mlp_act`` is captured on SiLU MLPs (Llama, Qwen2, Mistral, Qwen3, SmolLM2; not Gemma's
+GELU): ``auto`` (default) -- where the fused GPU reduction runs, the activation module's forward
+is replaced, while the collector is attached, by one kernel that reads ``gate_proj(x)`` once,
+writes its SiLU (the model's activation, to the bit: checked once per device and dtype against
+``torch.nn.functional.silu``, else the hook runs) and reduces it; ``hook`` -- the forward hook
+reads the module's output again (one more read of the widest tensor of the layer); ``always`` --
+the replacement on every device (on the CPU: torch's SiLU into the output, then the eager
+reduction; for tests). ``$EAVSS_FUSE_SILU`` overrides it. Same statistics either way (the same
+site values, the same reduction). Measured on one H200, Qwen2.5-7B shape (18,944-wide MLP), bf16:
+see ``benchmarks/RESULTS.md``, "Issue 10, fourth pass"."""
+
+_SILU_FORWARDS = ("torch.nn.modules.activation.SiLU.forward", "transformers.activations.SiLUActivation.forward")
+
+
+def _plain_silu(mod: torch.nn.Module) -> bool:
+    """Whether ``mod`` computes exactly ``torch.nn.functional.silu(x)``: torch's ``SiLU`` (not in
+    place) or transformers' ``SiLUActivation``, with its class's own forward and no instance override."""
+    fwd = type(mod).forward
+    name = f"{getattr(fwd, '__module__', '')}.{getattr(fwd, '__qualname__', '')}"
+    return name in _SILU_FORWARDS and not getattr(mod, "inplace", False) and "forward" not in mod.__dict__
+
+
+def fuse_silu_mode() -> str:
+    """``$EAVSS_FUSE_SILU`` or :data:`FUSE_SILU`.
+
+    Raises:
+        EavssError: a value other than ``auto``, ``hook`` or ``always``.
+    """
+    import os
+
+    mode = os.environ.get("EAVSS_FUSE_SILU", FUSE_SILU)
+    if mode not in ("auto", "hook", "always"):
+        raise EavssError(f"EAVSS_FUSE_SILU must be auto, hook or always, got {mode!r}; unset it for the default")
+    return mode
+
+
 class ActivationStatsCollector:
     """Context manager that hooks every decoder layer and accumulates statistics.
 
@@ -99,6 +136,13 @@ class ActivationStatsCollector:
         self._nf_pending = None  # (event, pinned host copy) of the last non-blocking finite check
         self._home = input_device(model)
         self._layer_base: dict = {}  # per device: arange(L) * G, the accumulator row of each layer's group 0
+        # mlp_act on SiLU modules: their forward replaced while attached (FUSE_SILU)
+        self._silu_mode = fuse_silu_mode()
+        self._silu_layers = [i for i, m in enumerate(self.modules) if _plain_silu(m)] \
+            if site == "mlp_act" and self._silu_mode != "hook" and self.massive is None else []
+        self._silu_checked: dict = {}  # (device, dtype) -> the fused SiLU equals torch's to the bit
+        self._replaced: list = []  # (module, our forward) while attached
+        self.fused_silu_calls = 0  # site reductions that came with the SiLU (counted, for benchmarks and tests)
 
     def _mask_for(self, device: torch.device) -> torch.Tensor:
         """The current batch's token mask on ``device`` (copied once per batch and device)."""
@@ -138,6 +182,44 @@ class ActivationStatsCollector:
         keep = act_sq is not None and x_in is not None
         self._prev = (weakref.ref(act), _version(act), act_sq) if keep else None
         self.width[index] = act.shape[-1]
+
+    def _silu_forward(self, index: int, module: torch.nn.Module):
+        """The replacement forward of SiLU module ``index``: SiLU and statistics from one read of its
+        input when :meth:`_fuse_silu` allows, else the module's own forward and the hook's reduction."""
+        own = type(module).forward
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            if self._mask is not None and isinstance(x, torch.Tensor) and self._fuse_silu(x):
+                mask = self._mask_for(x.device)
+                xv = token_view(x, mask.shape, index, "; pass the batch's attention_mask to set_batch")
+                y = torch.empty(xv.shape, dtype=x.dtype, device=x.device)
+                reduce_activations_ext(xv, mask, self.rule, pooled=self.pooled, acc=self._accumulator(x.device)[index],
+                                       groups=self._groups, silu_out=y)
+                self.width[index] = x.shape[-1]
+                self.fused_silu_calls += 1
+                return y.view(x.shape)
+            y = own(module, x)
+            self._on_activation(index, y, (x,), {})
+            return y
+
+        return forward
+
+    def _fuse_silu(self, x: torch.Tensor) -> bool:
+        """Whether this call of a SiLU module can be replaced: no autograd through it, a float16 /
+        bfloat16 / float32 input, and (``auto``) the fused reduction on its device, whose SiLU was
+        found equal to ``torch.nn.functional.silu`` to the bit there (checked once per device and dtype)."""
+        if x.dtype not in (torch.float16, torch.bfloat16, torch.float32) or (torch.is_grad_enabled() and x.requires_grad):
+            return False
+        if self._silu_mode == "always":
+            return True
+        from eavss.stats.reduce import reduce_backend
+
+        key = (x.device, x.dtype)
+        ok = self._silu_checked.get(key)
+        if ok is None:
+            ok = self._silu_checked[key] = reduce_backend(x.device) == "fused" and silu_matches_torch(x.device, x.dtype,
+                                                                                                   self.rule)
+        return ok
 
     @property
     def stackable(self) -> bool:
@@ -207,14 +289,26 @@ class ActivationStatsCollector:
         self.detach()
 
     def attach(self) -> None:
-        """Register the forward hooks (idempotent)."""
-        self._hooks.attach()
+        """Register the forward hooks (idempotent); at ``mlp_act``, replace the forward of plain SiLU
+        modules instead (:data:`FUSE_SILU`)."""
+        if self._hooks.attached or self._replaced:
+            return
+        fused = [i for i in self._silu_layers if "forward" not in self.modules[i].__dict__]
+        self._hooks.attach(skip=fused)
+        for i in fused:
+            fwd = self._silu_forward(i, self.modules[i])
+            self.modules[i].forward = fwd
+            self._replaced.append((self.modules[i], fwd))
         if self._bi_hooks is not None:
             self._bi_hooks.attach()
 
     def detach(self) -> None:
-        """Remove the forward hooks."""
+        """Remove the forward hooks (and restore replaced forwards)."""
         self._hooks.detach()
+        for mod, fwd in self._replaced:
+            if mod.__dict__.get("forward") is fwd:
+                del mod.forward
+        self._replaced = []
         if self._bi_hooks is not None:
             self._bi_hooks.detach()
         self._prev = None
@@ -338,6 +432,20 @@ class ActivationStatsCollector:
         sums = self._acc.detach().to("cpu", torch.float64).numpy().transpose(1, 0, 2).copy()
         return LayerStatistics(sums, self.width.copy(), self.site, list(self.group_names), self.rule.describe(),
                                self.block_influence, self.massive)
+
+
+def silu_matches_torch(device: torch.device, dtype: torch.dtype, rule: SparsityRule | None = None) -> bool:
+    """Whether the fused reduction's SiLU (:func:`reduce_activations_ext` with ``silu_out``) equals
+    ``torch.nn.functional.silu`` to the bit on ``device`` for ``dtype``: 65,536 values (a grid over
+    [-30, 30] and normal draws of scale 4). One small launch and one host sync."""
+    gen = torch.Generator().manual_seed(0)
+    probe = torch.cat([torch.linspace(-30.0, 30.0, 8192), torch.randn(57344, generator=gen) * 4])
+    probe = probe.to(device=device, dtype=dtype).view(1, 64, 1024)
+    y = torch.empty_like(probe)
+    with torch.no_grad():
+        reduce_activations_ext(probe, torch.ones(1, 64, dtype=torch.bool, device=device), rule or SparsityRule(),
+                               pooled=False, silu_out=y)
+        return bool(torch.equal(y, torch.nn.functional.silu(probe)))
 
 
 def stacked_rows(cache: dict, layers: Sequence[int], num_layers: int, stride: int, inner: torch.Tensor,

@@ -206,6 +206,7 @@ def reduce_activations_ext(
     massive: float | None = None,
     delta: bool = False,
     block_influence: bool | None = None,
+    silu_out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """:func:`reduce_activations` plus a reusable by-product and in-place accumulation, for the
     collector's hooks.
@@ -228,6 +229,12 @@ def reduce_activations_ext(
             no ``(B, T, D)`` temporary) when both have one dtype; the eager one (and mixed dtypes)
             subtracts as torch does, then adds :func:`block_influence_sums`.
         block_influence: compute ``bi_sum`` from ``layer_input`` (default: whether it is given).
+        silu_out: ``act`` is the *input* of a SiLU activation: ``silu(act)`` is written into
+            ``silu_out`` (``(B, T, D)``, ``act``'s dtype and device) and the sums are those of
+            ``silu(act)``. The fused implementation computes both from one read of ``act`` (the
+            values torch's CUDA ``silu`` gives; see :func:`eavss.stats._triton.fused_reduce`); the
+            eager one runs ``torch.nn.functional.silu`` into ``silu_out``, then reduces it. Not with
+            ``delta``, ``layer_input`` or ``massive``.
 
     Returns:
         ``(sums, act_sq)``: the ``(B, NUM_FIELDS)`` float64 sums (None when ``acc`` was given),
@@ -245,6 +252,12 @@ def reduce_activations_ext(
         if layer_input.device != act.device:  # layers spread over devices (device_map="auto")
             layer_input = layer_input.to(act.device, non_blocking=True)
             input_sq = None
+    if silu_out is not None:
+        if delta or layer_input is not None or massive_factor(massive) is not None:
+            raise ValueError("silu_out: not with delta, layer_input or massive")
+        if silu_out.shape != act.shape or silu_out.dtype != act.dtype or silu_out.device != act.device:
+            raise ValueError(f"silu_out must match act's shape, dtype and device, got {tuple(silu_out.shape)} "
+                             f"{silu_out.dtype} {silu_out.device} for {tuple(act.shape)} {act.dtype} {act.device}")
     m = mask if (mask.dtype == torch.bool and mask.device == act.device) else mask.to(act.device, torch.bool)
     if acc is not None:
         if acc.dim() != 2 or acc.shape[1] != NUM_FIELDS or not acc.is_contiguous():
@@ -260,10 +273,18 @@ def reduce_activations_ext(
     if k is None and not mixed_delta and reduce_backend(act.device, implementation) == "fused":
         from eavss.stats._triton import fused_reduce
 
+        if silu_out is not None and silu_out.stride(-1) != 1:
+            raise ValueError("silu_out needs a contiguous last dimension")
         if acc is not None and acc.device == act.device:
-            fused_reduce(act, m, rule, layer_input, pooled, acc=acc, groups=groups, delta=delta, block_influence=bi)
+            fused_reduce(act, m, rule, layer_input, pooled, acc=acc, groups=groups, delta=delta, block_influence=bi,
+                         silu_out=silu_out)
             return None, None
-        red, act_sq = fused_reduce(act, m, rule, layer_input, pooled, delta=delta, block_influence=bi), None
+        red = fused_reduce(act, m, rule, layer_input, pooled, delta=delta, block_influence=bi, silu_out=silu_out)
+        act_sq = None
+    elif silu_out is not None:
+        silu_out.copy_(torch.nn.functional.silu(act))
+        with _one_thread(act.device):
+            red, act_sq = _eager_reduce(silu_out, m, rule, None, pooled, None, None)
     elif delta:
         with _one_thread(act.device):
             red, _ = _eager_reduce(act - layer_input, m, rule, None, pooled, None, k)

@@ -18,7 +18,7 @@ tuple). New sites plug in with :func:`register_site`.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
 
@@ -178,10 +178,13 @@ class SiteHooks:
         """Whether the hooks are registered."""
         return bool(self._handles)
 
-    def attach(self) -> None:
-        """Register the hooks (idempotent)."""
+    def attach(self, skip: Iterable[int] = ()) -> None:
+        """Register the hooks (idempotent), except on the layers in ``skip`` (whose callback the
+        caller invokes itself: the statistics collector's fused SiLU at ``mlp_act``)."""
         if not self._handles:
-            self._handles = [m.register_forward_hook(self._hook(i), with_kwargs=True) for i, m in enumerate(self.modules)]
+            skip = set(skip)
+            self._handles = [m.register_forward_hook(self._hook(i), with_kwargs=True)
+                             for i, m in enumerate(self.modules) if i not in skip]
 
     def detach(self) -> None:
         """Remove the hooks (idempotent)."""
