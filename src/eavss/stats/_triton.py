@@ -469,7 +469,7 @@ def fused_reduce(act: torch.Tensor, mask: torch.Tensor, rule, layer_input: torch
     ``block_influence`` (default: ``layer_input`` is given) computes ``bi_sum`` from
     ``layer_input``; ``stats=False`` computes only ``bi_sum`` (every other field 0).
 
-    ``silu_out`` (a ``(B, T, D)`` tensor of ``act``'s dtype and device, last dim contiguous): ``act``
+    ``silu_out`` (off by default, see :data:`eavss.stats.collector.FUSE_SILU`; a ``(B, T, D)`` tensor of ``act``'s dtype and device, last dim contiguous): ``act``
     is the *input* of a SiLU activation; the kernel writes ``silu(act)`` into ``silu_out`` -- every
     token, masked or not, the values torch's CUDA ``silu`` gives (same formula, ``expf``, IEEE
     division, rounding to the dtype; checked to the bit by ``benchmarks/check_fused.py``) -- and the
