@@ -34,6 +34,9 @@ eavss_SITE     ``eavss`` at capture site SITE (``resid_delta``, ``mlp_act``), as
 
 from __future__ import annotations
 
+import contextlib
+import os
+
 import torch
 import torch.nn.functional as Fn
 
@@ -71,6 +74,23 @@ class HookTimer:
                 self.cpu += time.process_time() - c0
 
         return timed
+
+
+@contextlib.contextmanager
+def _env(name: str, value: str | None):
+    """``$name`` set to ``value`` inside the block (nothing changed when ``value`` is empty), restored after."""
+    if not value:
+        yield
+        return
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
 
 
 def _sync(device: torch.device) -> None:
@@ -122,24 +142,12 @@ class Eavss(Variant):
         self.reset()
 
     def reset(self):
-        import os
-
-        old = os.environ.get("EAVSS_FUSE_SILU")
-        if self.fuse_silu:  # read when the collector is made
-            os.environ["EAVSS_FUSE_SILU"] = self.fuse_silu
-        try:
+        with _env("EAVSS_FUSE_SILU", self.fuse_silu):  # read when the collector is made
             self.col = ActivationStatsCollector(self.model, rule=SparsityRule(), **self.kw)
-        finally:
-            if self.fuse_silu:
-                if old is None:
-                    os.environ.pop("EAVSS_FUSE_SILU", None)
-                else:
-                    os.environ["EAVSS_FUSE_SILU"] = old
         self.timer = HookTimer()
 
     def step(self, batch):
         import functools
-        import os
 
         import eavss.stats.collector as collector_mod
 
@@ -149,22 +157,14 @@ class Eavss(Variant):
         bi = functools.partial(inner_bi, implementation=self.bi_implementation) if self.bi_implementation else inner_bi
         collector_mod.block_influence_sums = self.timer.wrap(bi)
 
-        old = os.environ.get("EAVSS_REDUCE")
-        if self.implementation:
-            os.environ["EAVSS_REDUCE"] = self.implementation
         try:
-            with self.col:
+            with _env("EAVSS_REDUCE", self.implementation), self.col:
                 self.col.set_batch(batch["attention_mask"].bool())
                 self.forward(batch)
                 self.col.check_finite(block=False)
         finally:
             collector_mod.reduce_activations_ext = inner
             collector_mod.block_influence_sums = inner_bi
-            if self.implementation:
-                if old is None:
-                    os.environ.pop("EAVSS_REDUCE", None)
-                else:
-                    os.environ["EAVSS_REDUCE"] = old
 
     def finish(self):
         self.col.check_finite()

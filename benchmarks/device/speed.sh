@@ -22,7 +22,7 @@
 # The call (device tool):  command "bash benchmarks/device/speed.sh", carry [".dev/speed"], kind nvidia-h200
 # Knobs (environment): BUDGET (script seconds, default 540), HSCALE (default 0.1), KIT (default .dev/speed/kit.tar.xz),
 # GEN_BATCHES (default 8,64), GEN_ROUNDS (default 9), GEN_VARIANTS (default capture,capture_layers,capture_stats,plain,hf),
-# GEN_PER (batches per batch size, default 1), CHECK_CAP / GEN_CAP / PROFILE_CAP (those steps' seconds, default 120 / 70),
+# GEN_PER (batches per batch size, default 1), CHECK_CAP / GEN_CAP / PROFILE_CAP (those steps' seconds, default 90 / 120 / 70),
 # PROFILE_ARGS (more profile_fused.py arguments, e.g. --only-extra),
 # SITES (stats_overhead.py variants of the sites steps), STEPS (comma-separated step names to run, default all: check_fused,sites_qwen,sites_llama,profile_sites,gen_overhead,
 # hphases), CASES (profile cases), EXTRA_CONFIGS (profile: more launch configurations for the first wide case).

@@ -18,7 +18,8 @@ import torch
 
 from eavss.errors import EavssError, NonFiniteActivationError
 from eavss.stats.accumulators import NUM_FIELDS, F, LayerStatistics
-from eavss.stats.reduce import SparsityRule, block_influence_sums, massive_factor, reduce_activations_ext
+from eavss.stats.reduce import (SparsityRule, block_influence_sums, massive_factor, reduce_activations_ext,
+                                reduce_backend)
 from eavss.stats.sites import SiteHooks, delta_input, input_tensor, token_view
 
 
@@ -216,13 +217,10 @@ class ActivationStatsCollector:
             return False
         if self._silu_mode == "always":
             return True
-        from eavss.stats.reduce import reduce_backend
-
         key = (x.device, x.dtype)
         ok = self._silu_checked.get(key)
         if ok is None:
-            ok = self._silu_checked[key] = reduce_backend(x.device) == "fused" and silu_matches_torch(x.device, x.dtype,
-                                                                                                   self.rule)
+            ok = self._silu_checked[key] = reduce_backend(x.device) == "fused" and silu_matches_torch(x.device, x.dtype)
         return ok
 
     @property
@@ -438,7 +436,7 @@ class ActivationStatsCollector:
                                self.block_influence, self.massive)
 
 
-def silu_matches_torch(device: torch.device, dtype: torch.dtype, rule: SparsityRule | None = None) -> bool:
+def silu_matches_torch(device: torch.device, dtype: torch.dtype) -> bool:
     """Whether the fused reduction's SiLU (:func:`reduce_activations_ext` with ``silu_out``) equals
     ``torch.nn.functional.silu`` to the bit on ``device`` for ``dtype``: 65,536 values (a grid over
     [-30, 30] and normal draws of scale 4). One small launch and one host sync."""
@@ -447,7 +445,7 @@ def silu_matches_torch(device: torch.device, dtype: torch.dtype, rule: SparsityR
     probe = probe.to(device=device, dtype=dtype).view(1, 64, 1024)
     y = torch.empty_like(probe)
     with torch.no_grad():
-        reduce_activations_ext(probe, torch.ones(1, 64, dtype=torch.bool, device=device), rule or SparsityRule(),
+        reduce_activations_ext(probe, torch.ones(1, 64, dtype=torch.bool, device=device), SparsityRule(),
                                pooled=False, silu_out=y)
         return bool(torch.equal(y, torch.nn.functional.silu(probe)))
 

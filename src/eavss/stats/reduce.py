@@ -273,8 +273,6 @@ def reduce_activations_ext(
     if k is None and not mixed_delta and reduce_backend(act.device, implementation) == "fused":
         from eavss.stats._triton import fused_reduce
 
-        if silu_out is not None and silu_out.stride(-1) != 1:
-            raise ValueError("silu_out needs a contiguous last dimension")
         if acc is not None and acc.device == act.device:
             fused_reduce(act, m, rule, layer_input, pooled, acc=acc, groups=groups, delta=delta, block_influence=bi,
                          silu_out=silu_out)
