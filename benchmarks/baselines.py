@@ -28,7 +28,11 @@ eavss_SITE     ``eavss`` at capture site SITE (``resid_delta``, ``mlp_act``), as
                decoder layer's output (fused kernel on CUDA); ``..._nobi``: block influence off;
                ``..._eagerbi``: block influence by the eager float32 form (the code before the
                fused one, for comparison); ``eavss_mlp_act_hook`` / ``eavss_mlp_act_nobi_hook``: the
-               SiLU not fused (``EAVSS_FUSE_SILU=hook``: the hook reads the activation again)
+               SiLU not fused (``EAVSS_FUSE_SILU=hook``: the hook reads the activation again);
+               ``eavss_mlp_act_rowkernel`` / ``..._nobi_rowkernel``: the one-read kernel at every width
+               (``EAVSS_TILED_CONFIG=off``); ``eavss_mlp_act_tiled`` / ``..._nobi_tiled``: the tiled
+               two-read path at every width (``=on``); ``eavss_mlp_act_nopool``: without the pooled
+               variance
 ============== ==============================================================================
 """
 
@@ -133,12 +137,13 @@ class Eavss(Variant):
     name = "eavss"
 
     def __init__(self, model, pooled=True, block_influence=True, implementation=None, site="resid_post",
-                 bi_implementation=None, fuse_silu=None):
+                 bi_implementation=None, fuse_silu=None, tiled=None):
         super().__init__(model)
         self.kw = dict(pooled=pooled, block_influence=block_influence, site=site)
         self.implementation = implementation
         self.bi_implementation = bi_implementation
         self.fuse_silu = fuse_silu
+        self.tiled = tiled
         self.reset()
 
     def reset(self):
@@ -158,7 +163,7 @@ class Eavss(Variant):
         collector_mod.block_influence_sums = self.timer.wrap(bi)
 
         try:
-            with _env("EAVSS_REDUCE", self.implementation), self.col:
+            with _env("EAVSS_REDUCE", self.implementation), _env("EAVSS_TILED_CONFIG", self.tiled), self.col:
                 self.col.set_batch(batch["attention_mask"].bool())
                 self.forward(batch)
                 self.col.check_finite(block=False)
@@ -370,3 +375,7 @@ for _site in ("resid_delta", "mlp_act"):
     VARIANTS[f"eavss_{_site}_eager"] = lambda m, s=_site: Eavss(m, site=s, implementation="eager")
 VARIANTS["eavss_mlp_act_hook"] = lambda m: Eavss(m, site="mlp_act", fuse_silu="hook")  # SiLU not fused: the hook
 VARIANTS["eavss_mlp_act_nobi_hook"] = lambda m: Eavss(m, site="mlp_act", block_influence=False, fuse_silu="hook")
+for _t, _v in (("rowkernel", "off"), ("tiled", "on")):  # the wide-row kernel choice (TILED_MIN_D), both ways
+    VARIANTS[f"eavss_mlp_act_{_t}"] = lambda m, v=_v: Eavss(m, site="mlp_act", tiled=v)
+    VARIANTS[f"eavss_mlp_act_nobi_{_t}"] = lambda m, v=_v: Eavss(m, site="mlp_act", block_influence=False, tiled=v)
+VARIANTS["eavss_mlp_act_nopool"] = lambda m: Eavss(m, site="mlp_act", pooled=False)  # what the pooled variance costs

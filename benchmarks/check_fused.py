@@ -11,7 +11,9 @@ relative error per field. Then block influence at sites other than resid_post (t
 vs. the eager form, returned and added into an accumulator), ``resid_delta`` formed in the kernel
 (``delta=True``) vs. a float64 reference and vs. the kernel on the materialised difference, and
 tiny models on the GPU vs. on the CPU through the whole collector (at resid_post, mlp_act, where
-block influence comes from a second hook, and resid_delta).
+block influence comes from a second hook, and resid_delta). The correctness cases, the
+accumulator and the collector checks run again with the tiled two-read path forced at every width
+(``EAVSS_TILED_CONFIG=on``).
 """
 
 from __future__ import annotations
@@ -342,6 +344,16 @@ def main() -> int:
     res["delta_in_kernel"] = check_delta(args.device)
     res["delta_max_rel_err_vs_float64"] = max(v["vs_float64_ref"] for v in res["delta_in_kernel"].values())
     res["collector_gpu_vs_cpu"] = check_collector(args.device)
+    print("tiled two-read path at every width (EAVSS_TILED_CONFIG=on) vs float64 reference:", flush=True)
+    os.environ["EAVSS_TILED_CONFIG"] = "on"
+    try:
+        res["tiled_correctness"] = check_correctness(args.device)
+        res["tiled_accumulate_vs_returned"] = check_accumulate(args.device)
+        res["tiled_collector_gpu_vs_cpu"] = check_collector(args.device)
+    finally:
+        os.environ.pop("EAVSS_TILED_CONFIG", None)
+    res["tiled_max_rel_err"] = max(r["max_rel_err"] for r in res["tiled_correctness"])
+    res["tiled_all_finite"] = all(r["finite"] for r in res["tiled_correctness"])
     print("fused SiLU at mlp_act (vs torch's silu, to the bit):", flush=True)
     res["silu"] = check_silu(args.device)
     if args.timing:
@@ -351,7 +363,8 @@ def main() -> int:
         print(f"  fused {t['fused_ms']:.3f} ms ({t['fused_GBps']:.0f} GB/s of the 2 tensors read), without x "
               f"{t['fused_no_x_ms']:.3f} ms, eager {t['eager_ms']:.3f} ms, simple {t['simple_ms']:.3f} ms, "
               f"clone {t['copy_ms']:.3f} ms; sweep {t['config_sweep_ms']}; default {t['default_config']}", flush=True)
-    print(f"max rel err {res['max_rel_err']:.2e}, all finite {res['all_finite']}; resid_delta in the kernel "
+    print(f"max rel err {res['max_rel_err']:.2e}, all finite {res['all_finite']}; tiled path "
+          f"{res['tiled_max_rel_err']:.2e}, all finite {res['tiled_all_finite']}; resid_delta in the kernel "
           f"{res['delta_max_rel_err_vs_float64']:.2e}; fused SiLU bit-equal to torch's: {res['silu']['all_bit_equal']} "
           f"{res['silu']['matches_torch']}")
     if args.out:

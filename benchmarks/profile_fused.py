@@ -9,8 +9,9 @@ computes it, in-place accumulation):
 
 ======  ===========================================================================================
 post    ``resid_post``: the layer output with its input (block influence from the same kernel)
-act     ``mlp_act``: the ``D``-wide MLP activation alone (no layer input; ``D`` > 8192 takes the
-        chunked path, each row read twice, the second time mostly from L2)
+act     ``mlp_act``: the ``D``-wide MLP activation alone (no layer input; ``D`` > 32768 takes the
+        chunked path, each row read twice, the second time mostly from L2); ``act_nopool``: without
+        the pooled variance (what the pooled column sums cost)
 delta   ``resid_delta`` as the collector runs it: ``out - x`` formed in the kernel, with block
         influence from the same read (``delta_nobi``: without it); ``delta_sub``: the earlier form,
         ``out - x`` by one elementwise kernel, then the reduction of the difference
@@ -25,7 +26,8 @@ act_silu ``mlp_act`` with the SiLU fused (``FUSE_SILU``): the activation written
 Per case: the device time of every kernel launched, summed per kernel name, against a
 device-to-device copy of the largest tensor read (the bandwidth yardstick), the bytes that must be
 read, and the bandwidth that implies; for ``post`` and ``act`` a sweep of launch configurations
-(``EAVSS_TRITON_CONFIG="BLOCK_T,BLOCK_D,num_warps,programs_per_sm"``; a failing one is recorded).
+(``EAVSS_TRITON_CONFIG="BLOCK_T,BLOCK_D,num_warps,programs_per_sm"``; a failing one is recorded),
+and for wide ``act`` the tiled two-read path's (:data:`TILED_CONFIGS`).
 Without ``--cases`` it profiles the Llama-3-8B ``resid_post`` case (8 x 2048 x 4096) as before.
 With ``--best-config-file`` the fastest configuration of the first swept case is written there if
 it beats the default by more than 3 %, else an empty line.
@@ -48,9 +50,15 @@ CONFIGS = ["", "1,0,8,4", "1,0,4,2", "1,0,4,8", "2,0,4,4", "2,0,8,4", "1,0,2,4"]
 """Register-path configurations (D <= 8192), as profiled before."""
 
 CHUNKED_CONFIGS = ["", "4,2048,8,4", "1,4096,8,4"]
+
+TILED_CONFIGS = ["T:off", "T:on", "T:4,1024,4,8,1024,8,8", "T:1,4096,8,2,2048,8,4", "T:2,2048,8,4,2048,8,8",
+                 "T:4,2048,8,8,512,4,8", "T:2,1024,2,2,1024,4,16", "T:1,2048,4,4,512,2,16", "T:2,2048,4,8,1024,8,8",
+                 "T:2,2048,4,4,1024,4,4", "T:2,2048,4,4,1024,4,16"]
+"""The tiled two-read path (``T:`` + ``$EAVSS_TILED_CONFIG``: ``off`` = the one-read kernel, ``on`` = tiled
+with its default, or ``BLOCK_T_A,BLOCK_D_A,warps_A,BLOCK_T_B,BLOCK_D_B,warps_B,programs_per_sm``)."""
 """Wide rows (D > 8192) read in chunks, each row twice (see :data:`ROW_CONFIGS` for the whole row)."""
 
-MODES = ("post", "act", "delta", "delta_nobi", "delta_sub", "bi", "bi_eager", "silu", "act_silu")
+MODES = ("post", "act", "act_nopool", "delta", "delta_nobi", "delta_sub", "bi", "bi_eager", "silu", "act_silu")
 
 ROW_CONFIGS = ["", "1,0,16,4,0,0", "1,0,16,4,1,0", "1,0,16,4,0,1", "1,0,8,4,1,1", "1,0,16,2,1,1", "1,0,32,2,1,1",
                "1,0,8,2,1,1", "2,0,16,4,1,1"]
@@ -106,6 +114,7 @@ def profile_case(B: int, T: int, D: int, mode: str, reps: int, sweep: bool, dev:
     fns = {
         "post": (lambda: reduce_activations_ext(a, m, rule, x, True, acc=acc), 2 * elem),
         "act": (lambda: reduce_activations_ext(a, m, rule, None, True, acc=acc), elem),
+        "act_nopool": (lambda: reduce_activations_ext(a, m, rule, None, False, acc=acc), elem),
         "delta": (lambda: reduce_activations_ext(a, m, rule, x, True, acc=acc, delta=True, block_influence=True),
                   2 * elem),
         "delta_nobi": (lambda: reduce_activations_ext(a, m, rule, x, True, acc=acc, delta=True,
@@ -127,21 +136,23 @@ def profile_case(B: int, T: int, D: int, mode: str, reps: int, sweep: bool, dev:
         res["floor_us_at_copy_bandwidth"] = need / (res["copy_TBps"] * 1e6)
         if not sweep:
             configs = [""]
-        elif mode in ("act", "act_silu") and D > 8192:
+        elif mode in ("act", "act_nopool", "act_silu") and D > 8192:
             configs = ([""] if only_extra else CHUNKED_CONFIGS + ROW_CONFIGS[1:]) + [c for c in extra if c]
+            configs += TILED_CONFIGS if mode in ("act", "act_nopool") else []
         elif mode in ("post", "act", "delta", "delta_nobi", "bi"):
             configs = CONFIGS if mode in ("post", "act") else [""]
             configs = configs + ["1,0,4,4,1,0", "1,0,8,2,1,1", "1,0,8,4,1,1"]
         else:
             configs = [""]
         for cfg in configs:
+            var = "EAVSS_TILED_CONFIG" if cfg.startswith("T:") else "EAVSS_TRITON_CONFIG"
             if cfg:
-                os.environ["EAVSS_TRITON_CONFIG"] = cfg
+                os.environ[var] = cfg.removeprefix("T:")
             else:
                 os.environ.pop("EAVSS_TRITON_CONFIG", None)
             try:
                 kt = kernel_times(fn, reps, dev)
-                main_us = sum(v for k, v in kt.items() if "token_stats" in k)
+                main_us = sum(v for k, v in kt.items() if "token_stats" in k or "tiled" in k)
                 fin_us = sum(v for k, v in kt.items() if "finish" in k)
                 total = sum(kt.values())
                 res["configs"][cfg or "default"] = {
@@ -151,16 +162,17 @@ def profile_case(B: int, T: int, D: int, mode: str, reps: int, sweep: bool, dev:
             except Exception as e:  # noqa: BLE001 - a configuration that fails to compile
                 res["configs"][cfg or "default"] = {"error": repr(e)[:300]}
             finally:
-                os.environ.pop("EAVSS_TRITON_CONFIG", None)
+                os.environ.pop(var, None)
             c = res["configs"][cfg or "default"]
             print(f"  {B}x{T}x{D}:{mode} {cfg or 'default':14s} "
                   + (f"total {c['total_us']:.1f} us, main {c['main_us']:.1f} us" if "total_us" in c else c["error"]),
                   flush=True)
-    res["default_config"] = None
+    res["default_config"] = res["default_tiled_config"] = None
     if torch.device(dev).type == "cuda":
-        from eavss.stats._triton import launch_config
+        from eavss.stats._triton import launch_config, tiled_config
 
         res["default_config"] = launch_config(B, T, D, torch.device(dev))
+        res["default_tiled_config"] = tiled_config(B, T, D, torch.device(dev))  # None: the one-read kernel
     ok = {k: v for k, v in res["configs"].items() if v.get("total_us")}
     res["best"] = min(ok, key=lambda k: ok[k]["total_us"]) if ok else "default"
     d = ok.get("default")

@@ -78,3 +78,44 @@ def test_override_with_num_stages_and_malformed_override(tri, monkeypatch):
         monkeypatch.setenv("EAVSS_TRITON_CONFIG", bad)
         with pytest.raises(EavssError, match="EAVSS_TRITON_CONFIG must be 4 to 7 integers"):
             tri.launch_config(8, 2048, 4096, CPU)
+
+
+# --- the tiled two-read path (tiled_config) -------------------------------------------------------
+
+
+def test_tiled_path_only_above_its_width(tri, monkeypatch):
+    monkeypatch.delenv("EAVSS_TILED_CONFIG", raising=False)
+    assert tri.TILED_MIN_D == tri.SINGLE_MAX_D + 1  # measured: no faster than the one-read kernel at 14,336 and 18,944
+    assert tri.tiled_config(8, 2048, 18944, CPU) is None
+    assert tri.tiled_config(8, 2048, tri.SINGLE_MAX_D, CPU) is None
+    assert tri.tiled_config(8, 2048, tri.SINGLE_MAX_D + 1, CPU) is not None
+    monkeypatch.setenv("EAVSS_TILED_CONFIG", "off")
+    assert tri.tiled_config(4, 2048, 53248, CPU) is None
+    monkeypatch.setenv("EAVSS_TILED_CONFIG", "on")
+    assert tri.tiled_config(2, 7, 40, CPU) is not None
+
+
+@pytest.mark.parametrize("B,T,D", [(8, 2048, 53248), (1, 1, 40), (3, 37, 576), (64, 8192, 40960), (1, 100000, 65536),
+                                   (5, 3, 33000)])
+def test_tiled_grid_covers_every_token_and_column_once(tri, monkeypatch, B, T, D):
+    monkeypatch.setenv("EAVSS_TILED_CONFIG", "on")
+    c = tri.tiled_config(B, T, D, CPU)
+    for k in ("A", "B"):
+        g = c[k]
+        assert g["TPP"] % g["BLOCK_T"] == 0 and g["BLOCK_T"] <= max(1, 1 << (T - 1).bit_length())
+        assert g["P"] * g["TPP"] >= T > (g["P"] - 1) * g["TPP"]  # no token missed, no program without tokens
+    assert c["NC"] * c["B"]["BLOCK_D"] >= D > (c["NC"] - 1) * c["B"]["BLOCK_D"]
+    # a column program counts at most 2**22 elements: its float32 near-zero count stays exact
+    assert c["B"]["TPP"] * c["B"]["BLOCK_D"] <= 1 << 22 or c["B"]["TPP"] == c["B"]["BLOCK_T"]
+
+
+def test_tiled_override(tri, monkeypatch):
+    monkeypatch.setenv("EAVSS_TILED_CONFIG", "1,4096,8,2,512,2,16")
+    c = tri.tiled_config(8, 2048, 18944, CPU)  # seven integers force the path on at any width
+    assert (c["A"]["BLOCK_T"], c["A"]["BLOCK_D"], c["A"]["num_warps"]) == (1, 4096, 8)
+    assert (c["B"]["BLOCK_T"], c["B"]["BLOCK_D"], c["B"]["num_warps"], c["NC"]) == (2, 512, 2, 37)
+    for bad in ("1,2,3", "a,b,c,d,e,f,g", "1,4096,8,2,512,2,0", "sometimes"):
+        monkeypatch.setenv("EAVSS_TILED_CONFIG", bad)
+        with pytest.raises(EavssError, match="EAVSS_TILED_CONFIG must be") as e:
+            tri.tiled_config(8, 2048, 18944, CPU)
+        assert "\n" not in str(e.value)

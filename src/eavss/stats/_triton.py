@@ -21,6 +21,12 @@ second hook at ``mlp_act``; every other field 0). Rows up to :data:`SINGLE_MAX_D
 whole in registers, as one or two power-of-two pieces (:data:`SPLIT_ROWS`); wider rows are read in
 chunks, twice. A row's sums are reduced together (:data:`JOINT_REDUCE`).
 
+The tiled path (:func:`tiled_config`, rows of at least :data:`TILED_MIN_D`, plain statistics only):
+two kernels, :func:`_tiled_rows_kernel` (per-token ``sum a``, ``sum a^2`` and the per-token fields)
+then :func:`_tiled_cols_kernel` (centred sums, near-zero counts and pooled column sums per column
+chunk), each a streaming read at elementwise occupancy; the two write to disjoint rows of the same
+``OUT`` so the merge below is unchanged.
+
 Device-memory traffic: one read of ``act`` (and of ``layer_input``) plus ``B*P*(D + K)`` float32
 writes, i.e. ~1-2 % of the activation bytes for the default launch shape.
 """
@@ -337,6 +343,124 @@ def _finish_kernel(
     tl.atomic_add(ACC + g * NF + rk, res.to(ACC.dtype.element_ty), mask=rk < NF)
 
 
+@triton.jit
+def _tiled_rows_kernel(
+    A, M, OUT, RS,
+    T, D, TPP, PTOT,
+    s_ab, s_at, s_mb, s_mt,
+    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, K: tl.constexpr, BLOCK_K: tl.constexpr, FLT_MAX: tl.constexpr,
+    I_N: tl.constexpr, I_MU: tl.constexpr, I_MU2: tl.constexpr, I_NF: tl.constexpr, I_OK: tl.constexpr,
+):
+    """Tiled path, first read: per token ``sum a`` and ``sum a^2`` into ``RS[b*T + t, 0:2]`` and this
+    program's per-token fields (``n_tokens``, ``sum_mean``, ``sum_mean_sq``, ``nonfinite``, ok count)
+    into ``OUT[b, p, :]`` (the others 0; ``OUT`` has ``PTOT`` rows per sequence). Program ``(b, p)``
+    owns tokens ``[p*TPP, (p+1)*TPP)``, walks them ``BLOCK_T`` at a time and each row ``BLOCK_D``
+    columns at a time with elementwise float32 accumulators, reduced once per token block: a
+    streaming read at elementwise occupancy. Tokens outside the mask are not read (their ``RS`` is 0)."""
+    b = tl.program_id(0)
+    p = tl.program_id(1)
+    b64 = b.to(tl.int64)
+    a_base = A + b64 * s_ab
+    m_base = M + b64 * s_mb
+    rt = tl.arange(0, BLOCK_T)
+    rd = tl.arange(0, BLOCK_D)
+    acc_n = tl.zeros([BLOCK_T], tl.float32)
+    acc_mu = tl.zeros([BLOCK_T], tl.float32)
+    acc_mu2 = tl.zeros([BLOCK_T], tl.float32)
+    acc_nf = tl.zeros([BLOCK_T], tl.float32)
+    acc_ok = tl.zeros([BLOCK_T], tl.float32)
+    for t0 in range(p * TPP, p * TPP + TPP, BLOCK_T):
+        offs_t = t0 + rt
+        tmask = offs_t < T
+        offs_t64 = offs_t.to(tl.int64)
+        m = (tl.load(m_base + offs_t64 * s_mt, mask=tmask, other=0) != 0) & tmask
+        row_a = a_base + offs_t64[:, None] * s_at
+        cs = tl.zeros([BLOCK_T, BLOCK_D], tl.float32)
+        css = tl.zeros([BLOCK_T, BLOCK_D], tl.float32)
+        for d0 in range(0, D, BLOCK_D):
+            cd = d0 + rd
+            a = tl.load(row_a + cd[None, :], mask=m[:, None] & (cd < D)[None, :], other=0.0).to(tl.float32)
+            cs += a
+            css += a * a
+        s, ss = tl.reduce((cs, css), 1, _add2)
+        rs = RS + (b64 * T + offs_t64) * 2
+        tl.store(rs, s, mask=tmask)
+        tl.store(rs + 1, ss, mask=tmask)
+        mu = s / D
+        finite = ss <= FLT_MAX  # False for NaN and Inf
+        ok = m & finite
+        acc_n += tl.where(m, 1.0, 0.0)
+        acc_ok += tl.where(ok, 1.0, 0.0)
+        acc_nf += tl.where(m & ~finite, 1.0, 0.0)
+        acc_mu += tl.where(ok, mu, 0.0)
+        acc_mu2 += tl.where(ok, mu * mu, 0.0)
+    rk = tl.arange(0, BLOCK_K)
+    res = tl.where(rk == I_N, tl.sum(acc_n, axis=0), 0.0)
+    res = tl.where(rk == I_MU, tl.sum(acc_mu, axis=0), res)
+    res = tl.where(rk == I_MU2, tl.sum(acc_mu2, axis=0), res)
+    res = tl.where(rk == I_NF, tl.sum(acc_nf, axis=0), res)
+    res = tl.where(rk == I_OK, tl.sum(acc_ok, axis=0), res)
+    tl.store(OUT + (b * PTOT + p).to(tl.int64) * K + rk, res, mask=rk < K)
+
+
+@triton.jit
+def _tiled_cols_kernel(
+    A, M, OUT, RS, POOL,
+    T, D, TPP, PA, PTOT,
+    s_ab, s_at, s_mb, s_mt,
+    thr_param,
+    REL: tl.constexpr, POOLED: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, K: tl.constexpr, BLOCK_K: tl.constexpr, FLT_MAX: tl.constexpr,
+    I_M2: tl.constexpr, I_NZ: tl.constexpr,
+):
+    """Tiled path, second read: program ``(b, p, c)`` owns tokens ``[p*TPP, (p+1)*TPP)`` and columns
+    ``[c*BLOCK_D, (c+1)*BLOCK_D)``; with each token's ``mu``, threshold and ok flag from ``RS`` it
+    accumulates ``(a - mu)^2`` and ``|a| < thr`` elementwise over its tokens (float32, one reduction at
+    the end) into ``OUT[b, PA + p*NC + c, :]`` (``within_m2``, ``near_zero``; the others 0) and the
+    ok tokens' column sums into ``POOL[b, p, cols]``."""
+    b = tl.program_id(0)
+    p = tl.program_id(1)
+    c = tl.program_id(2)
+    NC = tl.num_programs(2)
+    b64 = b.to(tl.int64)
+    a_base = A + b64 * s_ab
+    m_base = M + b64 * s_mb
+    rt = tl.arange(0, BLOCK_T)
+    cd = c * BLOCK_D + tl.arange(0, BLOCK_D)
+    dmask = cd < D
+    acc_m2 = tl.zeros([BLOCK_T, BLOCK_D], tl.float32)
+    acc_nz = tl.zeros([BLOCK_T, BLOCK_D], tl.float32)
+    acc_pool = tl.zeros([BLOCK_T, BLOCK_D], tl.float32)
+    for t0 in range(p * TPP, p * TPP + TPP, BLOCK_T):
+        offs_t = t0 + rt
+        tmask = offs_t < T
+        offs_t64 = offs_t.to(tl.int64)
+        m = (tl.load(m_base + offs_t64 * s_mt, mask=tmask, other=0) != 0) & tmask
+        lm = m[:, None] & dmask[None, :]
+        a = tl.load(a_base + offs_t64[:, None] * s_at + cd[None, :], mask=lm, other=0.0).to(tl.float32)
+        rs = RS + (b64 * T + offs_t64) * 2  # loaded alongside the tile, not before it
+        s = tl.load(rs, mask=tmask, other=0.0)
+        ss = tl.load(rs + 1, mask=tmask, other=0.0)
+        ok = m & (ss <= FLT_MAX)
+        mu = s / D
+        thr = _threshold(ss, D, thr_param, REL)
+        sel = ok[:, None] & dmask[None, :]
+        dv = a - mu[:, None]
+        acc_m2 += tl.where(sel, dv * dv, 0.0)
+        acc_nz += tl.where(sel & (tl.abs(a) < thr[:, None]), 1.0, 0.0)
+        if POOLED:
+            acc_pool += tl.where(sel, a, 0.0)
+    m2 = tl.sum(tl.sum(acc_m2, axis=1), axis=0)
+    nz = tl.sum(tl.sum(acc_nz, axis=1), axis=0)
+    rk = tl.arange(0, BLOCK_K)
+    res = tl.where(rk == I_M2, m2, 0.0)
+    res = tl.where(rk == I_NZ, nz, res)
+    PB = tl.num_programs(1)
+    tl.store(OUT + (b * PTOT + PA + p * NC + c).to(tl.int64) * K + rk, res, mask=rk < K)
+    if POOLED:
+        tl.store(POOL + (b64 * PB + p) * D + cd, tl.sum(acc_pool, axis=0), mask=dmask)
+
+
 def _on(device: torch.device):
     """Context making ``device`` the current CUDA device (a no-op when it already is, or on CPU)."""
     import contextlib
@@ -452,6 +576,110 @@ def launch_config(B: int, T: int, D: int, device: torch.device) -> dict:
                 num_warps=num_warps, num_stages=num_stages, P=p, TPP=tpp)
 
 
+TILED_MIN_D = SINGLE_MAX_D + 1
+"""Narrowest row the plain statistics (no ``resid_delta``, no block influence from the same kernel, no
+fused SiLU) take the tiled two-read path for: :func:`_tiled_rows_kernel` reads each counted row
+once for ``sum a`` and ``sum a^2``, :func:`_tiled_cols_kernel` reads it again, column chunk by
+column chunk, for the centred sum, the near-zero count and the pooled column sums. Both stream at
+elementwise occupancy (no row held in registers, one reduction per token block or program), at
+the price of a second read of the activation from device memory. It replaces the chunked path of
+the one-read kernel, which it beats 1.86x where that path runs; below, the one-read kernel with the
+row in registers is as fast or faster. Measured on one H200 (``profile_fused.py``, bf16, kernel
+time per layer and batch, all tokens counted, pooled variance on; RESULTS.md "Issue 10, fifth
+pass"): D = 53,248 (Llama-3.1-405B MLP) 4 x 2048 tokens 1,211 us chunked vs 651 tiled; D = 18,944
+(Qwen2.5-7B) 8 x 2048: 468 one-read vs 481; D = 14,336 (Llama-3-8B): 241 vs 361."""
+
+TILED_DEFAULT = (2, 2048, 4, 4, 1024, 4, 16)
+"""``(BLOCK_T, BLOCK_D, num_warps)`` of the row-sum kernel, the same for the column kernel, and
+programs per SM (each kernel's grid fills the device about that many times over). The best or
+within 1.5 % of the best of the 11 configurations swept at 14,336, 18,944 and 53,248 wide
+(``profile_fused.py``'s :data:`TILED_CONFIGS`)."""
+
+_EXACT_COUNT = 1 << 22  # a column program counts at most this many elements (float32 counts stay exact)
+
+
+def tiled_config(B: int, T: int, D: int, device: torch.device) -> dict | None:
+    """Launch configuration of the tiled path for a ``(B, T, D)`` activation, or None when the
+    one-read kernel is used: ``D < TILED_MIN_D`` unless ``$EAVSS_TILED_CONFIG`` says otherwise
+    (``off``; ``on``: every width; or seven integers ``BLOCK_T_A,BLOCK_D_A,warps_A,BLOCK_T_B,BLOCK_D_B,
+    warps_B,programs_per_sm``, which also force it on).
+
+    Returns:
+        dict with ``A`` and ``B`` (each ``BLOCK_T``, ``BLOCK_D``, ``num_warps``, ``P`` programs per
+        sequence, ``TPP`` tokens per program) and ``NC`` (column chunks of the second kernel).
+
+    Raises:
+        EavssError: a malformed ``EAVSS_TILED_CONFIG``.
+    """
+    env = os.environ.get("EAVSS_TILED_CONFIG", "").strip()
+    vals = TILED_DEFAULT
+    if env == "off":
+        return None
+    if env in ("", "auto"):
+        if D < TILED_MIN_D:
+            return None
+    elif env != "on":
+        try:
+            vals = tuple(int(v) for v in env.split(","))
+            if len(vals) != 7 or min(vals) < 1:
+                raise ValueError
+        except ValueError:
+            raise EavssError(f"EAVSS_TILED_CONFIG must be off, on, auto or 7 positive integers BLOCK_T_A,BLOCK_D_A,"
+                             f"warps_A,BLOCK_T_B,BLOCK_D_B,warps_B,programs_per_sm, got {env!r}; unset it for "
+                             f"the defaults") from None
+    bta, bda, wa, btb, bdb, wb, pps = vals
+    T1 = max(T, 1)
+    bta = max(1, min(triton.next_power_of_2(bta), triton.next_power_of_2(T1)))
+    btb = max(1, min(triton.next_power_of_2(btb), triton.next_power_of_2(T1)))
+    bda = min(triton.next_power_of_2(bda), triton.next_power_of_2(max(D, 16)))
+    bdb = min(triton.next_power_of_2(bdb), triton.next_power_of_2(max(D, 16)))
+    sms = _num_sms(device)
+    nc = triton.cdiv(max(D, 1), bdb)
+
+    def grid(bt: int, want: int, at_least: int) -> tuple[int, int]:
+        p = max(1, at_least, min(triton.cdiv(T1, bt), want))
+        tpp = triton.cdiv(triton.cdiv(T1, p), bt) * bt
+        return triton.cdiv(T1, tpp), tpp
+
+    pa, tppa = grid(bta, triton.cdiv(pps * sms, max(B, 1)), 1)
+    pb, tppb = grid(btb, triton.cdiv(pps * sms, max(B, 1) * nc), triton.cdiv(T1 * bdb, _EXACT_COUNT))
+    return dict(A=dict(BLOCK_T=bta, BLOCK_D=bda, num_warps=wa, P=pa, TPP=tppa),
+                B=dict(BLOCK_T=btb, BLOCK_D=bdb, num_warps=wb, P=pb, TPP=tppb), NC=nc)
+
+
+def _tiled_launch(a: torch.Tensor, m: torch.Tensor, D: int, T: int, cfg: dict, rel: bool, thr_param: float,
+                  do_pool: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the two tiled kernels on ``a`` (``(B, T, D)``, last dim contiguous) with the ``(B, T)``
+    uint8 mask ``m``; returns ``out`` (``(B, PA + PB*NC, K)`` float32 partial sums, see
+    :func:`fused_reduce`) and ``pool`` (``(B, PB, D)`` float32 pooled column partials; ``out`` when
+    not pooled)."""
+    B = a.shape[0]
+    dev = a.device
+    ca, cb, nc = cfg["A"], cfg["B"], cfg["NC"]
+    pa, pb = ca["P"], cb["P"]
+    ptot = pa + pb * nc
+    out = torch.empty(B, ptot, _K, dtype=torch.float32, device=dev)
+    pool = torch.empty(B, pb, D, dtype=torch.float32, device=dev) if do_pool else out
+    if B == 0 or T == 0:
+        out.zero_()
+        if do_pool:
+            pool.zero_()
+        return out, pool
+    rs = torch.empty(B * T, 2, dtype=torch.float32, device=dev)
+    with _on(dev):
+        _tiled_rows_kernel[(B, pa)](
+            a, m, out, rs, T, D, ca["TPP"], ptot, a.stride(0), a.stride(1), m.stride(0), m.stride(1),
+            BLOCK_T=ca["BLOCK_T"], BLOCK_D=ca["BLOCK_D"], K=_K, BLOCK_K=triton.next_power_of_2(_K), FLT_MAX=_FLT_MAX,
+            I_N=F["n_tokens"], I_MU=F["sum_mean"], I_MU2=F["sum_mean_sq"], I_NF=F["nonfinite"], I_OK=_I_OK,
+            num_warps=ca["num_warps"])
+        _tiled_cols_kernel[(B, pb, nc)](
+            a, m, out, rs, pool, T, D, cb["TPP"], pa, ptot, a.stride(0), a.stride(1), m.stride(0), m.stride(1),
+            thr_param, REL=rel, POOLED=do_pool,
+            BLOCK_T=cb["BLOCK_T"], BLOCK_D=cb["BLOCK_D"], K=_K, BLOCK_K=triton.next_power_of_2(_K), FLT_MAX=_FLT_MAX,
+            I_M2=F["within_m2"], I_NZ=F["near_zero"], num_warps=cb["num_warps"])
+    return out, pool
+
+
 def fused_reduce(act: torch.Tensor, mask: torch.Tensor, rule, layer_input: torch.Tensor | None,
                  pooled: bool, acc: torch.Tensor | None = None,
                  groups: torch.Tensor | None = None, *, delta: bool = False,
@@ -492,16 +720,23 @@ def fused_reduce(act: torch.Tensor, mask: torch.Tensor, rule, layer_input: torch
     if x is not None and x.stride(-1) != 1:
         x = x.contiguous()
     m = mask.view(torch.uint8) if mask.dtype == torch.bool else mask.to(torch.uint8)
-    cfg = launch_config(B, T, D, dev)
-    P = cfg["P"]
-    out = torch.empty(B, P, _K, dtype=torch.float32, device=dev)
     do_pool = bool(pooled and D > 1 and stats)
-    if do_pool:
-        pool = (torch.empty if cfg["SINGLE"] else torch.zeros)(B, P, D, dtype=torch.float32, device=dev)
-    else:
-        pool = out  # never touched
     rel = rule.mode != "absolute"
-    if B > 0 and T > 0:
+    tiled = None
+    if stats and not (delta or block_influence or silu_out is not None):
+        tiled = tiled_config(B, T, D, dev)
+    if tiled is not None:
+        out, pool = _tiled_launch(a, m, D, T, tiled, rel, float(rule.tau if rel else rule.epsilon), do_pool)
+        P = out.shape[1]
+    else:
+        cfg = launch_config(B, T, D, dev)
+        P = cfg["P"]
+        out = torch.empty(B, P, _K, dtype=torch.float32, device=dev)
+        if do_pool:
+            pool = (torch.empty if cfg["SINGLE"] else torch.zeros)(B, P, D, dtype=torch.float32, device=dev)
+        else:
+            pool = out  # never touched
+    if tiled is None and B > 0 and T > 0:
         with _on(dev):  # Triton launches on the current device: make it the tensors' device
             _token_stats_kernel[(B, P)](
                 a, x if x is not None else a, m, out, pool, y,
@@ -517,7 +752,7 @@ def fused_reduce(act: torch.Tensor, mask: torch.Tensor, rule, layer_input: torch
                 I_NZ=F["near_zero"], I_BI=F["bi_sum"], I_NF=F["nonfinite"], I_OK=_I_OK, I_MS=F["n_massive"],
                 num_warps=cfg["num_warps"], **({"num_stages": cfg["num_stages"]} if cfg["num_stages"] else {}),
             )
-    else:
+    elif tiled is None:
         out.zero_()
     if acc is not None:
         if B == 0:
