@@ -50,13 +50,14 @@ CONFIGS = ["", "1,0,8,4", "1,0,4,2", "1,0,4,8", "2,0,4,4", "2,0,8,4", "1,0,2,4"]
 """Register-path configurations (D <= 8192), as profiled before."""
 
 CHUNKED_CONFIGS = ["", "4,2048,8,4", "1,4096,8,4"]
+"""Wide rows read in chunks, each row twice (the one-read kernel's path, forced here by ``BLOCK_D``; see
+:data:`ROW_CONFIGS` for the whole row)."""
 
 TILED_CONFIGS = ["T:off", "T:on", "T:4,1024,4,8,1024,8,8", "T:1,4096,8,2,2048,8,4", "T:2,2048,8,4,2048,8,8",
                  "T:4,2048,8,8,512,4,8", "T:2,1024,2,2,1024,4,16", "T:1,2048,4,4,512,2,16", "T:2,2048,4,8,1024,8,8",
                  "T:2,2048,4,4,1024,4,4", "T:2,2048,4,4,1024,4,16"]
 """The tiled two-read path (``T:`` + ``$EAVSS_TILED_CONFIG``: ``off`` = the one-read kernel, ``on`` = tiled
 with its default, or ``BLOCK_T_A,BLOCK_D_A,warps_A,BLOCK_T_B,BLOCK_D_B,warps_B,programs_per_sm``)."""
-"""Wide rows (D > 8192) read in chunks, each row twice (see :data:`ROW_CONFIGS` for the whole row)."""
 
 MODES = ("post", "act", "act_nopool", "delta", "delta_nobi", "delta_sub", "bi", "bi_eager", "silu", "act_silu")
 

@@ -372,6 +372,7 @@ def machine_info(device: str) -> dict:
 
     info["reduction"] = reduce_backend(device)
     info["EAVSS_TRITON_CONFIG"] = os.environ.get("EAVSS_TRITON_CONFIG") or "default"
+    info["EAVSS_TILED_CONFIG"] = os.environ.get("EAVSS_TILED_CONFIG") or "auto"
     return info
 
 

@@ -89,6 +89,9 @@ def test_tiled_path_only_above_its_width(tri, monkeypatch):
     assert tri.tiled_config(8, 2048, 18944, CPU) is None
     assert tri.tiled_config(8, 2048, tri.SINGLE_MAX_D, CPU) is None
     assert tri.tiled_config(8, 2048, tri.SINGLE_MAX_D + 1, CPU) is not None
+    monkeypatch.setenv("EAVSS_TRITON_CONFIG", "1,2048,8,4")  # tuning the one-read kernel: its chunked path runs
+    assert tri.tiled_config(4, 2048, 53248, CPU) is None
+    monkeypatch.delenv("EAVSS_TRITON_CONFIG")
     monkeypatch.setenv("EAVSS_TILED_CONFIG", "off")
     assert tri.tiled_config(4, 2048, 53248, CPU) is None
     monkeypatch.setenv("EAVSS_TILED_CONFIG", "on")

@@ -600,9 +600,10 @@ _EXACT_COUNT = 1 << 22  # a column program counts at most this many elements (fl
 
 def tiled_config(B: int, T: int, D: int, device: torch.device) -> dict | None:
     """Launch configuration of the tiled path for a ``(B, T, D)`` activation, or None when the
-    one-read kernel is used: ``D < TILED_MIN_D`` unless ``$EAVSS_TILED_CONFIG`` says otherwise
-    (``off``; ``on``: every width; or seven integers ``BLOCK_T_A,BLOCK_D_A,warps_A,BLOCK_T_B,BLOCK_D_B,
-    warps_B,programs_per_sm``, which also force it on).
+    one-read kernel is used: ``D < TILED_MIN_D``, or ``$EAVSS_TRITON_CONFIG`` set (tuning the one-read
+    kernel), unless ``$EAVSS_TILED_CONFIG`` says otherwise (``off``; ``on``: every width; or seven
+    integers ``BLOCK_T_A,BLOCK_D_A,warps_A,BLOCK_T_B,BLOCK_D_B,warps_B,programs_per_sm``, which also
+    force it on).
 
     Returns:
         dict with ``A`` and ``B`` (each ``BLOCK_T``, ``BLOCK_D``, ``num_warps``, ``P`` programs per
@@ -616,7 +617,7 @@ def tiled_config(B: int, T: int, D: int, device: torch.device) -> dict | None:
     if env == "off":
         return None
     if env in ("", "auto"):
-        if D < TILED_MIN_D:
+        if D < TILED_MIN_D or os.environ.get("EAVSS_TRITON_CONFIG"):
             return None
     elif env != "on":
         try:
