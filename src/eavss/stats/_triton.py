@@ -47,6 +47,7 @@ _FLT_MAX = 3.4028234663852886e38
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # the CPU interpreter: no libdevice (tl.exp for SiLU)
 _K = NUM_FIELDS + 1  # FIELDS plus the count of ok tokens (for the pooled mean)
 _I_OK = NUM_FIELDS
+_BLOCK_K = 1 << (_K - 1).bit_length()  # the power of two >= _K: lanes for the K fields in the kernels
 
 
 @triton.jit
@@ -62,6 +63,17 @@ def _add4(a0, b0, c0, d0, a1, b1, c1, d1):
 @triton.jit
 def _add5(a0, b0, c0, d0, e0, a1, b1, c1, d1, e1):
     return a0 + a1, b0 + b1, c0 + c1, d0 + d1, e0 + e1
+
+
+@triton.jit
+def _token_block(offs_t, T, m_base, s_mt):
+    """For a block of token positions ``offs_t``: ``(offs_t64, tmask, m)`` -- the positions as int64,
+    whether each is inside the sequence (``< T``), and whether it is inside and set in the token
+    mask read from ``m_base`` (stride ``s_mt``)."""
+    tmask = offs_t < T
+    offs_t64 = offs_t.to(tl.int64)
+    m = (tl.load(m_base + offs_t64 * s_mt, mask=tmask, other=0) != 0) & tmask
+    return offs_t64, tmask, m
 
 
 @triton.jit
@@ -202,10 +214,7 @@ def _token_stats_kernel(
     dmask2 = rd2 < D
 
     for t0 in range(t_lo, t_lo + TPP, BLOCK_T):  # TPP is a multiple of BLOCK_T
-        offs_t = t0 + rt
-        tmask = offs_t < T
-        offs_t64 = offs_t.to(tl.int64)
-        m = (tl.load(m_base + offs_t64 * s_mt, mask=tmask, other=0) != 0) & tmask
+        offs_t64, tmask, m = _token_block(t0 + rt, T, m_base, s_mt)
         row_a = a_base + offs_t64[:, None] * s_at
         row_x = x_base + offs_t64[:, None] * s_xt
         row_y = y_base + offs_t64[:, None] * s_yt
@@ -370,10 +379,7 @@ def _tiled_rows_kernel(
     acc_nf = tl.zeros([BLOCK_T], tl.float32)
     acc_ok = tl.zeros([BLOCK_T], tl.float32)
     for t0 in range(p * TPP, p * TPP + TPP, BLOCK_T):
-        offs_t = t0 + rt
-        tmask = offs_t < T
-        offs_t64 = offs_t.to(tl.int64)
-        m = (tl.load(m_base + offs_t64 * s_mt, mask=tmask, other=0) != 0) & tmask
+        offs_t64, tmask, m = _token_block(t0 + rt, T, m_base, s_mt)
         row_a = a_base + offs_t64[:, None] * s_at
         cs = tl.zeros([BLOCK_T, BLOCK_D], tl.float32)
         css = tl.zeros([BLOCK_T, BLOCK_D], tl.float32)
@@ -432,10 +438,7 @@ def _tiled_cols_kernel(
     acc_nz = tl.zeros([BLOCK_T, BLOCK_D], tl.float32)
     acc_pool = tl.zeros([BLOCK_T, BLOCK_D], tl.float32)
     for t0 in range(p * TPP, p * TPP + TPP, BLOCK_T):
-        offs_t = t0 + rt
-        tmask = offs_t < T
-        offs_t64 = offs_t.to(tl.int64)
-        m = (tl.load(m_base + offs_t64 * s_mt, mask=tmask, other=0) != 0) & tmask
+        offs_t64, tmask, m = _token_block(t0 + rt, T, m_base, s_mt)
         lm = m[:, None] & dmask[None, :]
         a = tl.load(a_base + offs_t64[:, None] * s_at + cd[None, :], mask=lm, other=0.0).to(tl.float32)
         rs = RS + (b64 * T + offs_t64) * 2  # loaded alongside the tile, not before it
@@ -648,13 +651,13 @@ def tiled_config(B: int, T: int, D: int, device: torch.device) -> dict | None:
                 B=dict(BLOCK_T=btb, BLOCK_D=bdb, num_warps=wb, P=pb, TPP=tppb), NC=nc)
 
 
-def _tiled_launch(a: torch.Tensor, m: torch.Tensor, D: int, T: int, cfg: dict, rel: bool, thr_param: float,
+def _tiled_launch(a: torch.Tensor, m: torch.Tensor, cfg: dict, rel: bool, thr_param: float,
                   do_pool: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the two tiled kernels on ``a`` (``(B, T, D)``, last dim contiguous) with the ``(B, T)``
     uint8 mask ``m``; returns ``out`` (``(B, PA + PB*NC, K)`` float32 partial sums, see
     :func:`fused_reduce`) and ``pool`` (``(B, PB, D)`` float32 pooled column partials; ``out`` when
     not pooled)."""
-    B = a.shape[0]
+    B, T, D = a.shape
     dev = a.device
     ca, cb, nc = cfg["A"], cfg["B"], cfg["NC"]
     pa, pb = ca["P"], cb["P"]
@@ -670,13 +673,13 @@ def _tiled_launch(a: torch.Tensor, m: torch.Tensor, D: int, T: int, cfg: dict, r
     with _on(dev):
         _tiled_rows_kernel[(B, pa)](
             a, m, out, rs, T, D, ca["TPP"], ptot, a.stride(0), a.stride(1), m.stride(0), m.stride(1),
-            BLOCK_T=ca["BLOCK_T"], BLOCK_D=ca["BLOCK_D"], K=_K, BLOCK_K=triton.next_power_of_2(_K), FLT_MAX=_FLT_MAX,
+            BLOCK_T=ca["BLOCK_T"], BLOCK_D=ca["BLOCK_D"], K=_K, BLOCK_K=_BLOCK_K, FLT_MAX=_FLT_MAX,
             I_N=F["n_tokens"], I_MU=F["sum_mean"], I_MU2=F["sum_mean_sq"], I_NF=F["nonfinite"], I_OK=_I_OK,
             num_warps=ca["num_warps"])
         _tiled_cols_kernel[(B, pb, nc)](
             a, m, out, rs, pool, T, D, cb["TPP"], pa, ptot, a.stride(0), a.stride(1), m.stride(0), m.stride(1),
             thr_param, REL=rel, POOLED=do_pool,
-            BLOCK_T=cb["BLOCK_T"], BLOCK_D=cb["BLOCK_D"], K=_K, BLOCK_K=triton.next_power_of_2(_K), FLT_MAX=_FLT_MAX,
+            BLOCK_T=cb["BLOCK_T"], BLOCK_D=cb["BLOCK_D"], K=_K, BLOCK_K=_BLOCK_K, FLT_MAX=_FLT_MAX,
             I_M2=F["within_m2"], I_NZ=F["near_zero"], num_warps=cb["num_warps"])
     return out, pool
 
@@ -723,38 +726,38 @@ def fused_reduce(act: torch.Tensor, mask: torch.Tensor, rule, layer_input: torch
     m = mask.view(torch.uint8) if mask.dtype == torch.bool else mask.to(torch.uint8)
     do_pool = bool(pooled and D > 1 and stats)
     rel = rule.mode != "absolute"
+    thr_param = float(rule.tau if rel else rule.epsilon)
     tiled = None
     if stats and not (delta or block_influence or silu_out is not None):
         tiled = tiled_config(B, T, D, dev)
     if tiled is not None:
-        out, pool = _tiled_launch(a, m, D, T, tiled, rel, float(rule.tau if rel else rule.epsilon), do_pool)
-        P = out.shape[1]
+        out, pool = _tiled_launch(a, m, tiled, rel, thr_param, do_pool)
     else:
         cfg = launch_config(B, T, D, dev)
-        P = cfg["P"]
-        out = torch.empty(B, P, _K, dtype=torch.float32, device=dev)
+        out = torch.empty(B, cfg["P"], _K, dtype=torch.float32, device=dev)
         if do_pool:
-            pool = (torch.empty if cfg["SINGLE"] else torch.zeros)(B, P, D, dtype=torch.float32, device=dev)
+            pool = (torch.empty if cfg["SINGLE"] else torch.zeros)(B, cfg["P"], D, dtype=torch.float32, device=dev)
         else:
             pool = out  # never touched
-    if tiled is None and B > 0 and T > 0:
-        with _on(dev):  # Triton launches on the current device: make it the tensors' device
-            _token_stats_kernel[(B, P)](
-                a, x if x is not None else a, m, out, pool, y,
-                T, D, cfg["TPP"],
-                a.stride(0), a.stride(1),
-                (x if x is not None else a).stride(0), (x if x is not None else a).stride(1),
-                m.stride(0), m.stride(1), y.stride(0), y.stride(1),
-                float(rule.tau if rel else rule.epsilon),
-                REL=rel, DELTA=delta, BI=block_influence, STATS=stats, POOLED=do_pool, SINGLE=cfg["SINGLE"],
-                JOINT=cfg["JOINT"], ACT=silu_out is not None, PRECISE=not _INTERPRET, BLOCK_T=cfg["BLOCK_T"], BLOCK_D=cfg["BLOCK_D"], BLOCK_D2=cfg["BLOCK_D2"],
-                K=_K, FLT_MAX=_FLT_MAX,
-                I_N=F["n_tokens"], I_M2=F["within_m2"], I_MU=F["sum_mean"], I_MU2=F["sum_mean_sq"],
-                I_NZ=F["near_zero"], I_BI=F["bi_sum"], I_NF=F["nonfinite"], I_OK=_I_OK, I_MS=F["n_massive"],
-                num_warps=cfg["num_warps"], **({"num_stages": cfg["num_stages"]} if cfg["num_stages"] else {}),
-            )
-    elif tiled is None:
-        out.zero_()
+        if B > 0 and T > 0:
+            with _on(dev):  # Triton launches on the current device: make it the tensors' device
+                _token_stats_kernel[(B, cfg["P"])](
+                    a, x if x is not None else a, m, out, pool, y,
+                    T, D, cfg["TPP"],
+                    a.stride(0), a.stride(1),
+                    (x if x is not None else a).stride(0), (x if x is not None else a).stride(1),
+                    m.stride(0), m.stride(1), y.stride(0), y.stride(1),
+                    thr_param,
+                    REL=rel, DELTA=delta, BI=block_influence, STATS=stats, POOLED=do_pool, SINGLE=cfg["SINGLE"],
+                    JOINT=cfg["JOINT"], ACT=silu_out is not None, PRECISE=not _INTERPRET, BLOCK_T=cfg["BLOCK_T"],
+                    BLOCK_D=cfg["BLOCK_D"], BLOCK_D2=cfg["BLOCK_D2"], K=_K, FLT_MAX=_FLT_MAX,
+                    I_N=F["n_tokens"], I_M2=F["within_m2"], I_MU=F["sum_mean"], I_MU2=F["sum_mean_sq"],
+                    I_NZ=F["near_zero"], I_BI=F["bi_sum"], I_NF=F["nonfinite"], I_OK=_I_OK, I_MS=F["n_massive"],
+                    num_warps=cfg["num_warps"], **({"num_stages": cfg["num_stages"]} if cfg["num_stages"] else {}),
+                )
+        else:
+            out.zero_()
+    P = out.shape[1]
     if acc is not None:
         if B == 0:
             return None
@@ -765,7 +768,7 @@ def fused_reduce(act: torch.Tensor, mask: torch.Tensor, rule, layer_input: torch
             _finish_kernel[(B,)](
                 out, psum, acc, g, P, D, g.stride(0) if groups is not None else 0,
                 HAS_G=groups is not None, POOLED=do_pool, K=_K, NF=NUM_FIELDS,
-                BLOCK_P=min(triton.next_power_of_2(P), 32), BLOCK_K=triton.next_power_of_2(_K), BLOCK_D=block_d,
+                BLOCK_P=min(triton.next_power_of_2(P), 32), BLOCK_K=_BLOCK_K, BLOCK_D=block_d,
                 I_N=F["n_tokens"], I_SEQ=F["n_seqs"], I_PV=F["pooled_var_sum"], I_OK=_I_OK,
                 num_warps=4,
             )
