@@ -117,7 +117,7 @@ def test_tiled_override(tri, monkeypatch):
     c = tri.tiled_config(8, 2048, 18944, CPU)  # seven integers force the path on at any width
     assert (c["A"]["BLOCK_T"], c["A"]["BLOCK_D"], c["A"]["num_warps"]) == (1, 4096, 8)
     assert (c["B"]["BLOCK_T"], c["B"]["BLOCK_D"], c["B"]["num_warps"], c["NC"]) == (2, 512, 2, 37)
-    for bad in ("1,2,3", "a,b,c,d,e,f,g", "1,4096,8,2,512,2,0", "sometimes"):
+    for bad in ("1,2,3", "a,b,c,d,e,f,g", "1,4096,8,2,512,2,0", "sometimes", "1,4096,3,2,512,2,4", "1,4096,8,2,512,64,4"):
         monkeypatch.setenv("EAVSS_TILED_CONFIG", bad)
         with pytest.raises(EavssError, match="EAVSS_TILED_CONFIG must be") as e:
             tri.tiled_config(8, 2048, 18944, CPU)

@@ -598,6 +598,7 @@ programs per SM (each kernel's grid fills the device about that many times over)
 within 1.5 % of the best of the 11 configurations swept at 14,336, 18,944 and 53,248 wide
 (``profile_fused.py``'s :data:`TILED_CONFIGS`)."""
 
+_WARPS = (1, 2, 4, 8, 16, 32)  # warps per program Triton accepts
 _EXACT_COUNT = 1 << 22  # a column program counts at most this many elements (float32 counts stay exact)
 
 
@@ -625,12 +626,12 @@ def tiled_config(B: int, T: int, D: int, device: torch.device) -> dict | None:
     elif env != "on":
         try:
             vals = tuple(int(v) for v in env.split(","))
-            if len(vals) != 7 or min(vals) < 1:
+            if len(vals) != 7 or min(vals) < 1 or vals[2] not in _WARPS or vals[5] not in _WARPS:
                 raise ValueError
         except ValueError:
             raise EavssError(f"EAVSS_TILED_CONFIG must be off, on, auto or 7 positive integers BLOCK_T_A,BLOCK_D_A,"
-                             f"warps_A,BLOCK_T_B,BLOCK_D_B,warps_B,programs_per_sm, got {env!r}; unset it for "
-                             f"the defaults") from None
+                             f"warps_A,BLOCK_T_B,BLOCK_D_B,warps_B,programs_per_sm (warps one of {list(_WARPS)}), "
+                             f"got {env!r}; unset it for the defaults") from None
     bta, bda, wa, btb, bdb, wb, pps = vals
     T1 = max(T, 1)
     bta = max(1, min(triton.next_power_of_2(bta), triton.next_power_of_2(T1)))
