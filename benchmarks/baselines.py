@@ -32,7 +32,8 @@ eavss_SITE     ``eavss`` at capture site SITE (``resid_delta``, ``mlp_act``), as
                ``eavss_mlp_act_rowkernel`` / ``..._nobi_rowkernel``: the one-read kernel at every width
                (``EAVSS_TILED_CONFIG=off``); ``eavss_mlp_act_tiled`` / ``..._nobi_tiled``: the tiled
                two-read path at every width (``=on``); ``eavss_mlp_act_nopool``: without the pooled
-               variance
+               variance; ``eavss_mlp_act_gated`` / ``..._nobi_gated``: the gated MLP's forward
+               replaced (``EAVSS_FUSE_SILU=mlp``: SiLU, product and statistics in two kernels)
 ============== ==============================================================================
 """
 
@@ -378,4 +379,6 @@ VARIANTS["eavss_mlp_act_nobi_hook"] = lambda m: Eavss(m, site="mlp_act", block_i
 for _t, _v in (("rowkernel", "off"), ("tiled", "on")):  # the wide-row kernel choice (TILED_MIN_D), both ways
     VARIANTS[f"eavss_mlp_act_{_t}"] = lambda m, v=_v: Eavss(m, site="mlp_act", tiled=v)
     VARIANTS[f"eavss_mlp_act_nobi_{_t}"] = lambda m, v=_v: Eavss(m, site="mlp_act", block_influence=False, tiled=v)
+VARIANTS["eavss_mlp_act_gated"] = lambda m: Eavss(m, site="mlp_act", fuse_silu="mlp")  # the gated MLP path
+VARIANTS["eavss_mlp_act_nobi_gated"] = lambda m: Eavss(m, site="mlp_act", block_influence=False, fuse_silu="mlp")
 VARIANTS["eavss_mlp_act_nopool"] = lambda m: Eavss(m, site="mlp_act", pooled=False)  # what the pooled variance costs

@@ -21,6 +21,10 @@ bi      block influence at a site other than ``resid_post`` (the collector's sec
 silu    torch's ``silu`` of the ``D``-wide tensor alone: what the model's own activation costs
 act_silu ``mlp_act`` with the SiLU fused (``FUSE_SILU``): the activation written and reduced from one
         read of its input; it replaces ``silu`` + ``act`` (the hook reads the output again)
+silu_mul torch's ``silu(gate) * up``: what a gated MLP's activation and product cost in the plain forward
+gated   ``mlp_act`` on the gated MLP path (``FUSE_SILU=mlp``): gate and up read once, ``silu(gate) * up``
+        written with the counted tokens' SiLU, which the statistics read again; it replaces ``silu_mul`` +
+        ``act``; ``gated_gate``: the gate read again and its SiLU recomputed instead (``GATED_REREAD``)
 ======  ===========================================================================================
 
 Per case: the device time of every kernel launched, summed per kernel name, against a
@@ -59,7 +63,14 @@ TILED_CONFIGS = ["T:off", "T:on", "T:4,1024,4,8,1024,8,8", "T:1,4096,8,2,2048,8,
 """The tiled two-read path (``T:`` + ``$EAVSS_TILED_CONFIG``: ``off`` = the one-read kernel, ``on`` = tiled
 with its default, or ``BLOCK_T_A,BLOCK_D_A,warps_A,BLOCK_T_B,BLOCK_D_B,warps_B,programs_per_sm``)."""
 
-MODES = ("post", "act", "act_nopool", "delta", "delta_nobi", "delta_sub", "bi", "bi_eager", "silu", "act_silu")
+GATED_CONFIGS = ["T:8,256,8,4,1024,4,8", "T:8,256,8,4,1024,4,32", "T:1,1024,4,4,1024,4,16", "T:1,1024,4,4,1024,4,32",
+                 "T:4,256,4,4,1024,4,16", "T:8,256,8,2,2048,4,16", "T:8,256,8,4,1024,8,16", "T:16,128,8,4,1024,4,16",
+                 "T:8,512,16,4,1024,4,16", "T:4,512,8,4,1024,4,16"]
+"""The gated MLP path's sweep (``T:`` + ``$EAVSS_TILED_CONFIG``): its kernels compute a SiLU per element
+read, so fewer elements per thread (more warps resident) than the plain tiled path's configurations."""
+
+MODES = ("post", "act", "act_nopool", "delta", "delta_nobi", "delta_sub", "bi", "bi_eager", "silu", "act_silu",
+         "silu_mul", "gated", "gated_gate")
 
 ROW_CONFIGS = ["", "1,0,16,4,0,0", "1,0,16,4,1,0", "1,0,16,4,0,1", "1,0,8,4,1,1", "1,0,16,2,1,1", "1,0,32,2,1,1",
                "1,0,8,2,1,1", "2,0,16,4,1,1"]
@@ -102,6 +113,17 @@ def parse_case(spec: str) -> tuple[int, int, int, str]:
     return B, T, D, mode
 
 
+def _reread(what: str, fn, *args, **kw):
+    """``fn(*args, **kw)`` with the gated path's column kernel reading ``what`` (``GATED_REREAD``)."""
+    from eavss.stats import _triton
+
+    old, _triton.GATED_REREAD = _triton.GATED_REREAD, what
+    try:
+        return fn(*args, **kw)
+    finally:
+        _triton.GATED_REREAD = old
+
+
 def profile_case(B: int, T: int, D: int, mode: str, reps: int, sweep: bool, dev: str = "cuda",
                  extra: tuple = (), only_extra: bool = False) -> dict:
     """Kernel times of one case (see the module doc); the tensors are freed on return."""
@@ -126,6 +148,12 @@ def profile_case(B: int, T: int, D: int, mode: str, reps: int, sweep: bool, dev:
         "silu": (lambda: torch.nn.functional.silu(a), 2 * elem),  # read the gate, write the activation
         "act_silu": (lambda: reduce_activations_ext(a, m, rule, None, True, acc=acc, silu_out=torch.empty_like(a)),
                      2 * elem),
+        # gated MLP (x stands for up_proj(x)): read gate and up, write the product, at the least
+        "silu_mul": (lambda: torch.nn.functional.silu(a) * x, 3 * elem),
+        "gated": (lambda: reduce_activations_ext(a, m, rule, None, True, acc=acc, silu_out=torch.empty_like(a), up=x),
+                  3 * elem),
+        "gated_gate": (lambda: _reread("gate", reduce_activations_ext, a, m, rule, None, True, acc=acc,
+                                       silu_out=torch.empty_like(a), up=x), 3 * elem),
     }
     fn, need = fns[mode]
     res = {"shape": [B, T, D], "mode": mode, "dtype": "bfloat16", "bytes_read_min": need,
@@ -140,6 +168,8 @@ def profile_case(B: int, T: int, D: int, mode: str, reps: int, sweep: bool, dev:
         elif mode in ("act", "act_nopool", "act_silu") and D > 8192:
             configs = ([""] if only_extra else CHUNKED_CONFIGS + ROW_CONFIGS[1:]) + [c for c in extra if c]
             configs += TILED_CONFIGS if mode in ("act", "act_nopool") else []
+        elif mode in ("gated", "gated_gate"):  # always the tiled kernels: sweep their shapes
+            configs = [""] + [c for c in extra if c] + ([] if only_extra else GATED_CONFIGS)
         elif mode in ("post", "act", "delta", "delta_nobi", "bi"):
             configs = CONFIGS if mode in ("post", "act") else [""]
             configs = configs + ["1,0,4,4,1,0", "1,0,8,2,1,1", "1,0,8,4,1,1"]

@@ -98,6 +98,20 @@ def test_tiled_path_only_above_its_width(tri, monkeypatch):
     assert tri.tiled_config(2, 7, 40, CPU) is not None
 
 
+def test_gated_path_always_gets_a_tiled_config(tri, monkeypatch):
+    """``force`` (the gated MLP, which has no other kernel): a configuration at any width whatever
+    ``off``/``auto`` or a one-read tuning override say; seven integers still shape it."""
+    monkeypatch.delenv("EAVSS_TILED_CONFIG", raising=False)
+    monkeypatch.setenv("EAVSS_TRITON_CONFIG", "1,0,16,4")
+    for env in ("off", "auto", "on"):
+        monkeypatch.setenv("EAVSS_TILED_CONFIG", env)
+        for D in (40, 14336, 18944):
+            assert tri.tiled_config(8, 2048, D, CPU, force=True)["A"]["BLOCK_D"] == min(2048, tri.triton.next_power_of_2(D))
+    monkeypatch.setenv("EAVSS_TILED_CONFIG", "1,4096,8,2,512,4,8")
+    c = tri.tiled_config(8, 2048, 18944, CPU, force=True)
+    assert (c["A"]["BLOCK_D"], c["A"]["num_warps"], c["B"]["BLOCK_D"], c["NC"]) == (4096, 8, 512, 37)
+
+
 @pytest.mark.parametrize("B,T,D", [(8, 2048, 53248), (1, 1, 40), (3, 37, 576), (64, 8192, 40960), (1, 100000, 65536),
                                    (5, 3, 33000)])
 def test_tiled_grid_covers_every_token_and_column_once(tri, monkeypatch, B, T, D):

@@ -157,6 +157,50 @@ def find_mlp_activation(layer: nn.Module) -> nn.Module | None:
     return None
 
 
+GATED_MLP_FORWARD = "down_proj = self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))\nreturn down_proj"
+"""The body (stripped lines) of the gated MLP forward that Llama, Qwen2, Qwen3, Mistral, Gemma,
+Gemma3, OLMo2, Granite and SmolLM3 share in transformers (checked on 5.x): ``find_gated_mlp``
+accepts only modules whose class's forward is exactly this."""
+
+_GATED_SOURCE: dict = {}  # class -> whether its forward's body is GATED_MLP_FORWARD
+
+
+def _gated_forward(cls: type) -> bool:
+    if cls not in _GATED_SOURCE:
+        import inspect
+
+        try:
+            lines = inspect.getsource(cls.forward).splitlines()[1:]  # the body, after "def forward(self, x):"
+            _GATED_SOURCE[cls] = "\n".join(ln.strip() for ln in lines if ln.strip()) == GATED_MLP_FORWARD
+        except (OSError, TypeError, AttributeError):  # no source (compiled, built at runtime)
+            _GATED_SOURCE[cls] = False
+    return _GATED_SOURCE[cls]
+
+
+def find_gated_mlp(layer: nn.Module, act: nn.Module) -> nn.Module | None:
+    """The gated MLP module of a decoder layer whose activation module is ``act``, or None.
+
+    Returned only when the MLP (``<mlp>`` in :data:`MLP_NAMES`) computes exactly
+    ``down_proj(act_fn(gate_proj(x)) * up_proj(x))``: its ``act_fn`` is ``act``, ``gate_proj``,
+    ``up_proj`` and ``down_proj`` are modules, its class's forward is :data:`GATED_MLP_FORWARD`
+    and no instance attribute overrides it (accelerate's offloading hooks set one). The statistics
+    collector may then compute ``act_fn(gate) * up`` itself, with the ``mlp_act`` statistics, in one
+    kernel (:data:`eavss.stats.collector.FUSE_SILU`). Phi3 (``gate_up_proj``) and mixture-of-experts
+    MLPs give None.
+
+    Args:
+        layer: one decoder layer. act: its activation module (:func:`find_mlp_activation`).
+    """
+    for mlp_name in MLP_NAMES:
+        mlp = getattr(layer, mlp_name, None)
+        if isinstance(mlp, nn.Module) and getattr(mlp, "act_fn", None) is act:
+            if all(isinstance(getattr(mlp, n, None), nn.Module) for n in ("gate_proj", "up_proj", "down_proj")) \
+                    and "forward" not in mlp.__dict__ and _gated_forward(type(mlp)):
+                return mlp
+            return None
+    return None
+
+
 CONTEXT_ATTRS: tuple[str, ...] = ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "seq_length")
 """Config attributes that hold a model's trained context length, in the order they are tried."""
 

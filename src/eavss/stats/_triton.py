@@ -25,7 +25,9 @@ The tiled path (:func:`tiled_config`, rows of at least :data:`TILED_MIN_D`, plai
 two kernels, :func:`_tiled_rows_kernel` (per-token ``sum a``, ``sum a^2`` and the per-token fields)
 then :func:`_tiled_cols_kernel` (centred sums, near-zero counts and pooled column sums per column
 chunk), each a streaming read at elementwise occupancy; the two write to disjoint rows of the same
-``OUT`` so the merge below is unchanged.
+``OUT`` so the merge below is unchanged. The gated MLP path (``fused_reduce`` with ``up``) is the
+same pair: the row kernel reads gate and up, writes ``silu(gate) * up`` and the SiLU, the column
+kernel reads the SiLU.
 
 Device-memory traffic: one read of ``act`` (and of ``layer_input``) plus ``B*P*(D + K)`` float32
 writes, i.e. ~1-2 % of the activation bytes for the default launch shape.
@@ -354,9 +356,10 @@ def _finish_kernel(
 
 @triton.jit
 def _tiled_rows_kernel(
-    A, M, OUT, RS,
+    A, M, OUT, RS, U, H, Y,
     T, D, TPP, PTOT,
-    s_ab, s_at, s_mb, s_mt,
+    s_ab, s_at, s_mb, s_mt, s_ub, s_ut, s_hb, s_ht, s_yb, s_yt,
+    GATED: tl.constexpr, STORE_ACT: tl.constexpr, PRECISE: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, K: tl.constexpr, BLOCK_K: tl.constexpr, FLT_MAX: tl.constexpr,
     I_N: tl.constexpr, I_MU: tl.constexpr, I_MU2: tl.constexpr, I_NF: tl.constexpr, I_OK: tl.constexpr,
 ):
@@ -365,12 +368,22 @@ def _tiled_rows_kernel(
     into ``OUT[b, p, :]`` (the others 0; ``OUT`` has ``PTOT`` rows per sequence). Program ``(b, p)``
     owns tokens ``[p*TPP, (p+1)*TPP)``, walks them ``BLOCK_T`` at a time and each row ``BLOCK_D``
     columns at a time with elementwise float32 accumulators, reduced once per token block: a
-    streaming read at elementwise occupancy. Tokens outside the mask are not read (their ``RS`` is 0)."""
+    streaming read at elementwise occupancy. Tokens outside the mask are not read (their ``RS`` is 0).
+
+    ``GATED`` (a SiLU-gated MLP, :func:`fused_reduce` with ``up``): ``A`` is ``gate_proj(x)`` and ``U``
+    ``up_proj(x)``; the site values are ``a = silu(A)`` rounded to the dtype (:func:`_silu`), and
+    ``H = a * U`` (float32 product rounded to the dtype, as torch's multiplication rounds) is
+    written for every token of the sequence, counted or not, so ``H`` is what the MLP's
+    ``act_fn(gate_proj(x)) * up_proj(x)`` gives, to the bit. ``STORE_ACT``: ``a`` of the counted
+    tokens is also written to ``Y``, for the column kernel to read instead of recomputing the SiLU."""
     b = tl.program_id(0)
     p = tl.program_id(1)
     b64 = b.to(tl.int64)
     a_base = A + b64 * s_ab
     m_base = M + b64 * s_mb
+    u_base = U + b64 * s_ub
+    h_base = H + b64 * s_hb
+    y_base = Y + b64 * s_yb
     rt = tl.arange(0, BLOCK_T)
     rd = tl.arange(0, BLOCK_D)
     acc_n = tl.zeros([BLOCK_T], tl.float32)
@@ -381,11 +394,23 @@ def _tiled_rows_kernel(
     for t0 in range(p * TPP, p * TPP + TPP, BLOCK_T):
         offs_t64, tmask, m = _token_block(t0 + rt, T, m_base, s_mt)
         row_a = a_base + offs_t64[:, None] * s_at
+        row_u = u_base + offs_t64[:, None] * s_ut
+        row_h = h_base + offs_t64[:, None] * s_ht
+        row_y = y_base + offs_t64[:, None] * s_yt
         cs = tl.zeros([BLOCK_T, BLOCK_D], tl.float32)
         css = tl.zeros([BLOCK_T, BLOCK_D], tl.float32)
         for d0 in range(0, D, BLOCK_D):
             cd = d0 + rd
-            a = tl.load(row_a + cd[None, :], mask=m[:, None] & (cd < D)[None, :], other=0.0).to(tl.float32)
+            if GATED:  # every token of the sequence: H is the MLP's input to down_proj
+                lt = tmask[:, None] & (cd < D)[None, :]
+                y = _silu(tl.load(row_a + cd[None, :], mask=lt, other=0.0), PRECISE)
+                u = tl.load(row_u + cd[None, :], mask=lt, other=0.0)
+                tl.store(row_h + cd[None, :], (y.to(tl.float32) * u.to(tl.float32)).to(y.dtype), mask=lt)
+                if STORE_ACT:
+                    tl.store(row_y + cd[None, :], y, mask=m[:, None] & (cd < D)[None, :])
+                a = tl.where(m[:, None], y.to(tl.float32), 0.0)
+            else:
+                a = tl.load(row_a + cd[None, :], mask=m[:, None] & (cd < D)[None, :], other=0.0).to(tl.float32)
             cs += a
             css += a * a
         s, ss = tl.reduce((cs, css), 1, _add2)
@@ -415,7 +440,7 @@ def _tiled_cols_kernel(
     T, D, TPP, PA, PTOT,
     s_ab, s_at, s_mb, s_mt,
     thr_param,
-    REL: tl.constexpr, POOLED: tl.constexpr,
+    REL: tl.constexpr, POOLED: tl.constexpr, ACT: tl.constexpr, PRECISE: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, K: tl.constexpr, BLOCK_K: tl.constexpr, FLT_MAX: tl.constexpr,
     I_M2: tl.constexpr, I_NZ: tl.constexpr,
 ):
@@ -423,7 +448,8 @@ def _tiled_cols_kernel(
     ``[c*BLOCK_D, (c+1)*BLOCK_D)``; with each token's ``mu``, threshold and ok flag from ``RS`` it
     accumulates ``(a - mu)^2`` and ``|a| < thr`` elementwise over its tokens (float32, one reduction at
     the end) into ``OUT[b, PA + p*NC + c, :]`` (``within_m2``, ``near_zero``; the others 0) and the
-    ok tokens' column sums into ``POOL[b, p, cols]``."""
+    ok tokens' column sums into ``POOL[b, p, cols]``. ``ACT``: ``A`` is a SiLU's input and the site
+    values are its SiLU (:func:`_silu`, recomputed: the same values the first read wrote)."""
     b = tl.program_id(0)
     p = tl.program_id(1)
     c = tl.program_id(2)
@@ -440,7 +466,10 @@ def _tiled_cols_kernel(
     for t0 in range(p * TPP, p * TPP + TPP, BLOCK_T):
         offs_t64, tmask, m = _token_block(t0 + rt, T, m_base, s_mt)
         lm = m[:, None] & dmask[None, :]
-        a = tl.load(a_base + offs_t64[:, None] * s_at + cd[None, :], mask=lm, other=0.0).to(tl.float32)
+        a_raw = tl.load(a_base + offs_t64[:, None] * s_at + cd[None, :], mask=lm, other=0.0)
+        if ACT:
+            a_raw = _silu(a_raw, PRECISE)
+        a = a_raw.to(tl.float32)
         rs = RS + (b64 * T + offs_t64) * 2  # loaded alongside the tile, not before it
         s = tl.load(rs, mask=tmask, other=0.0)
         ss = tl.load(rs + 1, mask=tmask, other=0.0)
@@ -598,16 +627,34 @@ programs per SM (each kernel's grid fills the device about that many times over)
 within 1.5 % of the best of the 11 configurations swept at 14,336, 18,944 and 53,248 wide
 (``profile_fused.py``'s :data:`TILED_CONFIGS`)."""
 
+GATED_DEFAULT = (8, 256, 8, 4, 1024, 4, 16)
+"""The tiled configuration of the gated MLP path (:func:`fused_reduce` with ``up``): its row kernel
+computes a SiLU and a product per element, so it holds fewer elements per thread than
+:data:`TILED_DEFAULT` (8 instead of 32); its column kernel reads the stored SiLU
+(:data:`GATED_REREAD`) like the plain path's. Measured on one H200 (``profile_fused.py``, bf16,
+8 x 2048 tokens; RESULTS.md "Issue 10, sixth pass")."""
+
+GATED_REREAD = "act"
+"""What the gated path's column kernel reads: ``act`` -- the SiLU of the counted tokens, written by
+the row kernel into the gate's own buffer where the caller allows (``overwrite_act``; the
+collector does when nothing else holds the gate), else into a temporary of its size -- or ``gate``,
+recomputing the SiLU from ``gate_proj(x)``. Measured on one
+H200 at 18,944 wide (RESULTS.md "Issue 10, sixth pass"): recomputing makes the column kernel
+compute-bound (520-990 us against ~250 for a plain read)."""
+
 _WARPS = (1, 2, 4, 8, 16, 32)  # warps per program Triton accepts
 _EXACT_COUNT = 1 << 22  # a column program counts at most this many elements (float32 counts stay exact)
 
 
-def tiled_config(B: int, T: int, D: int, device: torch.device) -> dict | None:
+def tiled_config(B: int, T: int, D: int, device: torch.device, force: bool = False,
+                 default: tuple = TILED_DEFAULT) -> dict | None:
     """Launch configuration of the tiled path for a ``(B, T, D)`` activation, or None when the
     one-read kernel is used: ``D < TILED_MIN_D``, or ``$EAVSS_TRITON_CONFIG`` set (tuning the one-read
     kernel), unless ``$EAVSS_TILED_CONFIG`` says otherwise (``off``; ``on``: every width; or seven
     integers ``BLOCK_T_A,BLOCK_D_A,warps_A,BLOCK_T_B,BLOCK_D_B,warps_B,programs_per_sm``, which also
-    force it on).
+    force it on). ``force``: a configuration whatever the width, ``off`` or ``auto`` say (the gated
+    MLP path, :func:`fused_reduce` with ``up``, has no other kernel); seven integers still apply.
+    ``default``: the seven values used when ``$EAVSS_TILED_CONFIG`` gives none.
 
     Returns:
         dict with ``A`` and ``B`` (each ``BLOCK_T``, ``BLOCK_D``, ``num_warps``, ``P`` programs per
@@ -617,13 +664,11 @@ def tiled_config(B: int, T: int, D: int, device: torch.device) -> dict | None:
         EavssError: a malformed ``EAVSS_TILED_CONFIG``.
     """
     env = os.environ.get("EAVSS_TILED_CONFIG", "").strip()
-    vals = TILED_DEFAULT
-    if env == "off":
-        return None
-    if env in ("", "auto"):
-        if D < TILED_MIN_D or os.environ.get("EAVSS_TRITON_CONFIG"):
+    vals = default
+    if env in ("", "auto", "off", "on"):
+        if not force and (env == "off" or (env != "on" and (D < TILED_MIN_D or os.environ.get("EAVSS_TRITON_CONFIG")))):
             return None
-    elif env != "on":
+    else:
         try:
             vals = tuple(int(v) for v in env.split(","))
             if len(vals) != 7 or min(vals) < 1 or vals[2] not in _WARPS or vals[5] not in _WARPS:
@@ -653,11 +698,15 @@ def tiled_config(B: int, T: int, D: int, device: torch.device) -> dict | None:
 
 
 def _tiled_launch(a: torch.Tensor, m: torch.Tensor, cfg: dict, rel: bool, thr_param: float,
-                  do_pool: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                  do_pool: bool, up: torch.Tensor | None = None, h: torch.Tensor | None = None,
+                  overwrite: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the two tiled kernels on ``a`` (``(B, T, D)``, last dim contiguous) with the ``(B, T)``
     uint8 mask ``m``; returns ``out`` (``(B, PA + PB*NC, K)`` float32 partial sums, see
     :func:`fused_reduce`) and ``pool`` (``(B, PB, D)`` float32 pooled column partials; ``out`` when
-    not pooled)."""
+    not pooled). With ``up`` and ``h`` (the gated MLP, :func:`fused_reduce` with ``up``): ``a`` is the
+    gate, the statistics are those of ``silu(a)``, and ``h`` receives ``silu(a) * up``; ``overwrite``:
+    the counted tokens' SiLU is stored into ``a`` itself (each element written by the thread that
+    just read it) instead of a scratch tensor."""
     B, T, D = a.shape
     dev = a.device
     ca, cb, nc = cfg["A"], cfg["B"], cfg["NC"]
@@ -671,15 +720,22 @@ def _tiled_launch(a: torch.Tensor, m: torch.Tensor, cfg: dict, rel: bool, thr_pa
             pool.zero_()
         return out, pool
     rs = torch.empty(B * T, 2, dtype=torch.float32, device=dev)
+    gated = up is not None
+    u = up if gated else a  # dummy pointers when not gated
+    hh = h if gated else a
+    store_act = gated and GATED_REREAD == "act"
+    y = torch.empty_like(a) if store_act and not overwrite else a  # the counted tokens' SiLU, for the column kernel
     with _on(dev):
         _tiled_rows_kernel[(B, pa)](
-            a, m, out, rs, T, D, ca["TPP"], ptot, a.stride(0), a.stride(1), m.stride(0), m.stride(1),
+            a, m, out, rs, u, hh, y, T, D, ca["TPP"], ptot, a.stride(0), a.stride(1), m.stride(0), m.stride(1),
+            u.stride(0), u.stride(1), hh.stride(0), hh.stride(1), y.stride(0), y.stride(1),
+            GATED=gated, STORE_ACT=store_act, PRECISE=not _INTERPRET,
             BLOCK_T=ca["BLOCK_T"], BLOCK_D=ca["BLOCK_D"], K=_K, BLOCK_K=_BLOCK_K, FLT_MAX=_FLT_MAX,
             I_N=F["n_tokens"], I_MU=F["sum_mean"], I_MU2=F["sum_mean_sq"], I_NF=F["nonfinite"], I_OK=_I_OK,
             num_warps=ca["num_warps"])
         _tiled_cols_kernel[(B, pb, nc)](
-            a, m, out, rs, pool, T, D, cb["TPP"], pa, ptot, a.stride(0), a.stride(1), m.stride(0), m.stride(1),
-            thr_param, REL=rel, POOLED=do_pool,
+            y, m, out, rs, pool, T, D, cb["TPP"], pa, ptot, y.stride(0), y.stride(1), m.stride(0), m.stride(1),
+            thr_param, REL=rel, POOLED=do_pool, ACT=gated and not store_act, PRECISE=not _INTERPRET,
             BLOCK_T=cb["BLOCK_T"], BLOCK_D=cb["BLOCK_D"], K=_K, BLOCK_K=_BLOCK_K, FLT_MAX=_FLT_MAX,
             I_M2=F["within_m2"], I_NZ=F["near_zero"], num_warps=cb["num_warps"])
     return out, pool
@@ -689,7 +745,8 @@ def fused_reduce(act: torch.Tensor, mask: torch.Tensor, rule, layer_input: torch
                  pooled: bool, acc: torch.Tensor | None = None,
                  groups: torch.Tensor | None = None, *, delta: bool = False,
                  block_influence: bool | None = None, stats: bool = True,
-                 silu_out: torch.Tensor | None = None) -> torch.Tensor | None:
+                 silu_out: torch.Tensor | None = None, up: torch.Tensor | None = None,
+                 overwrite_act: bool = False) -> torch.Tensor | None:
     """``(B, NUM_FIELDS)`` float64 sums of ``act`` (see :func:`eavss.stats.reduce.reduce_activations`).
 
     With ``acc`` (a ``(G, NUM_FIELDS)`` float32/float64 CUDA tensor on ``act``'s device) the sums
@@ -708,6 +765,19 @@ def fused_reduce(act: torch.Tensor, mask: torch.Tensor, rule, layer_input: torch
     division, rounding to the dtype; checked to the bit by ``benchmarks/check_fused.py``) -- and the
     statistics are those of ``silu(act)``: the activation and its statistics from one read of the
     input (:data:`eavss.stats.collector.FUSE_SILU`). Not with ``delta`` or block influence.
+
+    ``up`` (with ``silu_out``; ``act``'s shape, dtype and device, last dim contiguous): a SiLU-gated
+    MLP, ``act`` its ``gate_proj(x)`` and ``up`` its ``up_proj(x)``. ``silu_out`` receives
+    ``silu(act) * up`` instead -- the ``down_proj`` input, every token, to the bit what
+    ``act_fn(gate) * up`` gives in torch (the SiLU rounded to the dtype, then the float32 product
+    rounded) -- and the statistics are still those of ``silu(act)`` (the ``mlp_act`` site). Always
+    the tiled path (:func:`tiled_config` with ``force``, :data:`GATED_DEFAULT`): the first kernel reads
+    gate and up once and writes the product and the counted tokens' SiLU, the second reads that SiLU
+    (:data:`GATED_REREAD`) for the centred sums, near-zero counts and pooled column sums: ``3 x`` the
+    activation's bytes read and ``2 x`` written, where torch's SiLU then product plus a statistics
+    hook read ``4 x`` and write ``2 x``. ``overwrite_act``: ``act`` is the caller's own temporary, and
+    the SiLU is stored into it rather than into a scratch tensor of its size (peak memory then equals
+    the plain forward's, which holds ``act_fn``'s output there).
     """
     if block_influence is None:
         block_influence = layer_input is not None
@@ -717,6 +787,9 @@ def fused_reduce(act: torch.Tensor, mask: torch.Tensor, rule, layer_input: torch
                                  or silu_out.device != act.device or silu_out.stride(-1) != 1):
         raise ValueError("fused_reduce: silu_out must match act (shape, dtype, device, contiguous last dim), "
                          "without delta or block influence")
+    if up is not None and (silu_out is None or not stats or up.shape != act.shape or up.dtype != act.dtype
+                           or up.device != act.device):
+        raise ValueError("fused_reduce: up needs silu_out and statistics, and must match act (shape, dtype, device)")
     B, T, D = act.shape
     dev = act.device
     a = act if act.stride(-1) == 1 else act.contiguous()
@@ -729,10 +802,14 @@ def fused_reduce(act: torch.Tensor, mask: torch.Tensor, rule, layer_input: torch
     rel = rule.mode != "absolute"
     thr_param = float(rule.tau if rel else rule.epsilon)
     tiled = None
-    if stats and not (delta or block_influence or silu_out is not None):
+    if up is not None:
+        tiled = tiled_config(B, T, D, dev, force=True, default=GATED_DEFAULT)
+    elif stats and not (delta or block_influence or silu_out is not None):
         tiled = tiled_config(B, T, D, dev)
     if tiled is not None:
-        out, pool = _tiled_launch(a, m, tiled, rel, thr_param, do_pool)
+        u = None if up is None else (up if up.stride(-1) == 1 else up.contiguous())
+        out, pool = _tiled_launch(a, m, tiled, rel, thr_param, do_pool, up=u, h=silu_out if u is not None else None,
+                                  overwrite=overwrite_act or a is not act)  # a copy made here is ours too
     else:
         cfg = launch_config(B, T, D, dev)
         out = torch.empty(B, cfg["P"], _K, dtype=torch.float32, device=dev)

@@ -9,6 +9,7 @@ layer, and no device sync happens inside the forward pass.
 
 from __future__ import annotations
 
+import sys
 import time
 import weakref
 from typing import Iterable, Mapping, Sequence
@@ -23,21 +24,34 @@ from eavss.stats.reduce import (SparsityRule, block_influence_sums, massive_fact
 from eavss.stats.sites import SiteHooks, delta_input, input_tensor, token_view
 
 
-FUSE_SILU = "hook"
+FUSE_SILU = "mlp"
 """How ``mlp_act`` is captured on SiLU MLPs (Llama, Qwen2, Mistral, Qwen3, SmolLM2; not Gemma's
-GELU). ``hook`` (default): the forward hook reads the activation module's output again.
-``auto``: where the fused GPU reduction runs, the activation module's forward is replaced, while
-the collector is attached, by one kernel that reads ``gate_proj(x)`` once, writes its SiLU (the
-model's activation to the bit: checked once per device and dtype against
-``torch.nn.functional.silu``, else the hook runs) and reduces it. ``always``: the replacement on
-every device (on the CPU torch's SiLU into the output, then the eager reduction; for tests).
-``$EAVSS_FUSE_SILU`` overrides it. Same statistics either way.
+GELU). ``$EAVSS_FUSE_SILU`` overrides it. Same statistics and the same model outputs, to the bit,
+in every mode; a mode that cannot run for a call falls back to the hook for that call.
 
-Why ``hook`` is the default (measured on one H200, bf16, 8 x 2048 tokens, ``benchmarks/RESULTS.md``
-"Issue 10, fourth pass"): the fused SiLU is bit-equal to torch's, but the exact ``expf`` and IEEE
-division inside the statistics kernel (one token per program step, register-resident rows) make
-it compute-bound: 1,426 us at 18,944 wide against 315 (torch's SiLU) + 466 (the hook's reduction);
-``mlp_act`` on Qwen2.5-7B 1.0485x plain with it, 1.0237x with the hook."""
+- ``mlp`` (default): where the fused GPU reduction runs, the forward of a gated MLP that computes
+  exactly ``down_proj(act_fn(gate_proj(x)) * up_proj(x))`` (:func:`eavss.models.layers.find_gated_mlp`)
+  is replaced while the collector is attached: ``gate_proj`` and ``up_proj`` as before, then two
+  kernels (:func:`eavss.stats._triton.fused_reduce` with ``up``) read gate and up once, write
+  ``act_fn(gate) * up`` (the ``down_proj`` input, to the bit: checked once per device and dtype,
+  else the hook runs) and the SiLU of the counted tokens (into the gate's own buffer when nothing
+  else holds it), then read that SiLU once more for the centred sums, near-zero counts and pooled
+  sums. It replaces torch's SiLU and product kernels, so the statistics ride on traffic the plain
+  forward pays anyway. Where the reduction is eager (CPU), where autograd flows, or where something
+  else hooks ``act_fn`` (probe features), the MLP's own arithmetic runs with the hook's reduction.
+  Other MLPs (Phi3's ``gate_up_proj``, mixtures of experts) keep the hook.
+- ``mlp_always``: the same on every device (eager on the CPU; for tests).
+- ``hook``: the forward hook reads the activation module's output again.
+- ``auto``: where the fused reduction runs, the activation module's forward is replaced by one
+  kernel that reads ``gate_proj(x)`` once, writes its SiLU and reduces it (the row in registers).
+  ``always``: that replacement on every device (for tests).
+
+Measured on one H200 (bf16, 8 x 2048 tokens, ``benchmarks/RESULTS.md`` "Issue 10, sixth pass"),
+kernel time per layer and batch against torch's SiLU + product + the hook's reduction: 993 vs
+737 + 466 us at 18,944 wide (Qwen2.5-7B), 756 vs 558 + 243 at 14,336 (Llama-3-8B); ``mlp_act``
+end to end 1.014x the plain forward on both shapes (means of three device calls; with the hook
+1.024-1.027x and 1.019-1.020x in the same calls), peak memory +0.05 %. ``auto`` is slower than the hook (fourth pass: 1,426 us at 18,944, the exact ``expf``
+and IEEE division in a register-resident row make it compute-bound; 1.049x)."""
 
 _SILU_FORWARDS = ("torch.nn.modules.activation.SiLU.forward", "transformers.activations.SiLUActivation.forward")
 
@@ -50,6 +64,19 @@ def _plain_silu(mod: torch.nn.Module) -> bool:
     return name in _SILU_FORWARDS and not getattr(mod, "inplace", False) and "forward" not in mod.__dict__
 
 
+FUSE_MODES = ("hook", "auto", "always", "mlp", "mlp_always")
+"""The values :data:`FUSE_SILU` (``$EAVSS_FUSE_SILU``) takes."""
+
+
+def _observed(mod: torch.nn.Module) -> bool:
+    """Whether anything hooks ``mod``'s forward (its own hooks or global ones): a replacement that
+    skips calling it would hide its output from them."""
+    from torch.nn.modules import module as _m
+
+    return bool(mod._forward_hooks or mod._forward_pre_hooks or _m._global_forward_hooks
+                or _m._global_forward_pre_hooks)
+
+
 def fuse_silu_mode() -> str:
     """``$EAVSS_FUSE_SILU`` or :data:`FUSE_SILU`.
 
@@ -59,8 +86,9 @@ def fuse_silu_mode() -> str:
     import os
 
     mode = os.environ.get("EAVSS_FUSE_SILU", FUSE_SILU)
-    if mode not in ("auto", "hook", "always"):
-        raise EavssError(f"EAVSS_FUSE_SILU must be auto, hook or always, got {mode!r}; unset it for the default")
+    if mode not in FUSE_MODES:
+        raise EavssError(f"EAVSS_FUSE_SILU must be one of {', '.join(FUSE_MODES)}, got {mode!r}; "
+                         f"unset it for the default")
     return mode
 
 
@@ -145,6 +173,13 @@ class ActivationStatsCollector:
         self._silu_mode = fuse_silu_mode()
         self._silu_layers = [i for i, m in enumerate(self.modules) if _plain_silu(m)] \
             if site == "mlp_act" and self._silu_mode != "hook" and self.massive is None else []
+        self._gated: dict = {}  # layer index -> its gated MLP, whose forward is replaced (mlp modes)
+        if self._silu_layers and self._silu_mode.startswith("mlp"):
+            from eavss.models.layers import find_gated_mlp
+
+            found = {i: find_gated_mlp(self.layers[i], self.modules[i]) for i in self._silu_layers}
+            self._gated = {i: mlp for i, mlp in found.items() if mlp is not None}
+            self._silu_layers = sorted(self._gated)
         self._silu_checked: dict = {}  # (device, dtype) -> the fused SiLU equals torch's to the bit
         self._replaced: list = []  # (module, our forward) while attached
         self.fused_silu_calls = 0  # site reductions that came with the SiLU (counted, for benchmarks and tests)
@@ -209,18 +244,54 @@ class ActivationStatsCollector:
 
         return forward
 
+    def _mlp_forward(self, index: int, mlp: torch.nn.Module):
+        """The replacement forward of gated MLP ``index`` (:data:`FUSE_SILU` ``mlp``): ``gate_proj``
+        and ``up_proj``, then ``act_fn(gate) * up`` and the ``mlp_act`` statistics from one read of
+        each (:meth:`_fuse_silu` allowing, and no other hook on ``act_fn`` -- probe features must see
+        its output), else the MLP's own arithmetic with the hook's reduction; then ``down_proj``.
+        Temporaries are dropped where the original expression drops them (the gate after
+        ``act_fn``, gate and up before ``down_proj``), so peak memory stays the plain forward's."""
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            gate = mlp.gate_proj(x)
+            private = sys.getrefcount(gate) <= 2  # nobody else (a hook on gate_proj) holds it: the kernel may reuse it
+            if self._mask is not None and isinstance(gate, torch.Tensor) and not _observed(mlp.act_fn) \
+                    and self._fuse_silu(gate):
+                up = mlp.up_proj(x)
+                mask = self._mask_for(gate.device)
+                hint = "; pass the batch's attention_mask to set_batch"
+                gv = token_view(gate, mask.shape, index, hint)
+                h = torch.empty(gv.shape, dtype=gate.dtype, device=gate.device)
+                reduce_activations_ext(gv, mask, self.rule, pooled=self.pooled, acc=self._accumulator(gate.device)[index],
+                                       groups=self._groups, silu_out=h, up=token_view(up, mask.shape, index, hint),
+                                       overwrite_act=private)
+                shape = gate.shape
+                del gate, gv, up
+                self.width[index] = shape[-1]
+                self.fused_silu_calls += 1
+                return mlp.down_proj(h.view(shape))
+            act = mlp.act_fn(gate)  # not hooked: the reduction runs here
+            self._on_activation(index, act, (gate,), {})
+            del gate
+            h = act * mlp.up_proj(x)
+            del act
+            return mlp.down_proj(h)
+
+        return forward
+
     def _fuse_silu(self, x: torch.Tensor) -> bool:
         """Whether this call of a SiLU module can be replaced: no autograd through it, a float16 /
         bfloat16 / float32 input, and (``auto``) the fused reduction on its device, whose SiLU was
         found equal to ``torch.nn.functional.silu`` to the bit there (checked once per device and dtype)."""
         if x.dtype not in (torch.float16, torch.bfloat16, torch.float32) or (torch.is_grad_enabled() and x.requires_grad):
             return False
-        if self._silu_mode == "always":
+        if self._silu_mode.endswith("always"):
             return True
         key = (x.device, x.dtype)
         ok = self._silu_checked.get(key)
         if ok is None:
-            ok = self._silu_checked[key] = reduce_backend(x.device) == "fused" and silu_matches_torch(x.device, x.dtype)
+            ok = self._silu_checked[key] = reduce_backend(x.device) == "fused" and \
+                silu_matches_torch(x.device, x.dtype, gated=bool(self._gated))
         return ok
 
     @property
@@ -295,12 +366,13 @@ class ActivationStatsCollector:
         modules instead (:data:`FUSE_SILU`)."""
         if self._hooks.attached or self._replaced:
             return
-        fused = [i for i in self._silu_layers if "forward" not in self.modules[i].__dict__]
+        owner = {i: self._gated.get(i, self.modules[i]) for i in self._silu_layers}  # whose forward is replaced
+        fused = [i for i in self._silu_layers if "forward" not in owner[i].__dict__]
         self._hooks.attach(skip=fused)
         for i in fused:
-            fwd = self._silu_forward(i, self.modules[i])
-            self.modules[i].forward = fwd
-            self._replaced.append((self.modules[i], fwd))
+            fwd = self._mlp_forward(i, owner[i]) if i in self._gated else self._silu_forward(i, owner[i])
+            owner[i].forward = fwd
+            self._replaced.append((owner[i], fwd))
         if self._bi_hooks is not None:
             self._bi_hooks.attach()
 
@@ -436,18 +508,21 @@ class ActivationStatsCollector:
                                self.block_influence, self.massive)
 
 
-def silu_matches_torch(device: torch.device, dtype: torch.dtype) -> bool:
+def silu_matches_torch(device: torch.device, dtype: torch.dtype, gated: bool = False) -> bool:
     """Whether the fused reduction's SiLU (:func:`reduce_activations_ext` with ``silu_out``) equals
     ``torch.nn.functional.silu`` to the bit on ``device`` for ``dtype``: 65,536 values (a grid over
-    [-30, 30] and normal draws of scale 4). One small launch and one host sync."""
+    [-30, 30] and normal draws of scale 4). ``gated``: instead whether its gated product (``up``
+    given) equals ``silu(gate) * up``, ``up`` normal draws. One small launch and one host sync."""
     gen = torch.Generator().manual_seed(0)
     probe = torch.cat([torch.linspace(-30.0, 30.0, 8192), torch.randn(57344, generator=gen) * 4])
     probe = probe.to(device=device, dtype=dtype).view(1, 64, 1024)
+    up = torch.randn(1, 64, 1024, generator=gen).to(device=device, dtype=dtype) if gated else None
     y = torch.empty_like(probe)
     with torch.no_grad():
         reduce_activations_ext(probe, torch.ones(1, 64, dtype=torch.bool, device=device), SparsityRule(),
-                               pooled=False, silu_out=y)
-        return bool(torch.equal(y, torch.nn.functional.silu(probe)))
+                               pooled=False, silu_out=y, up=up)
+        want = torch.nn.functional.silu(probe)
+        return bool(torch.equal(y, want * up if gated else want))
 
 
 def stacked_rows(cache: dict, layers: Sequence[int], num_layers: int, stride: int, inner: torch.Tensor,

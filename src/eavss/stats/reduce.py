@@ -207,6 +207,8 @@ def reduce_activations_ext(
     delta: bool = False,
     block_influence: bool | None = None,
     silu_out: torch.Tensor | None = None,
+    up: torch.Tensor | None = None,
+    overwrite_act: bool = False,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """:func:`reduce_activations` plus a reusable by-product and in-place accumulation, for the
     collector's hooks.
@@ -235,6 +237,15 @@ def reduce_activations_ext(
             values torch's CUDA ``silu`` gives; see :func:`eavss.stats._triton.fused_reduce`); the
             eager one runs ``torch.nn.functional.silu`` into ``silu_out``, then reduces it. Not with
             ``delta``, ``layer_input`` or ``massive``.
+        up: with ``silu_out``, a SiLU-gated MLP: ``act`` is its ``gate_proj(x)`` and ``up`` its
+            ``up_proj(x)`` (``act``'s shape, dtype and device); ``silu_out`` receives
+            ``silu(act) * up`` (the ``down_proj`` input, to the bit what torch's ``act_fn(gate) * up``
+            gives) and the sums are still those of ``silu(act)``. The fused implementation reads
+            gate and up once, writes the product and reads the gate again (the tiled path of
+            :func:`eavss.stats._triton.fused_reduce`); the eager one runs torch's SiLU into
+            ``silu_out``, reduces it, then multiplies it by ``up`` in place.
+        overwrite_act: with ``up``, ``act`` is the caller's temporary and the fused implementation
+            may overwrite its counted tokens with their SiLU (no scratch tensor of its size).
 
     Returns:
         ``(sums, act_sq)``: the ``(B, NUM_FIELDS)`` float64 sums (None when ``acc`` was given),
@@ -258,6 +269,10 @@ def reduce_activations_ext(
         if silu_out.shape != act.shape or silu_out.dtype != act.dtype or silu_out.device != act.device:
             raise ValueError(f"silu_out must match act's shape, dtype and device, got {tuple(silu_out.shape)} "
                              f"{silu_out.dtype} {silu_out.device} for {tuple(act.shape)} {act.dtype} {act.device}")
+    if up is not None and (silu_out is None or up.shape != act.shape or up.dtype != act.dtype
+                           or up.device != act.device):
+        raise ValueError(f"up needs silu_out and must match act's shape, dtype and device, got {tuple(up.shape)} "
+                         f"{up.dtype} {up.device} for {tuple(act.shape)} {act.dtype} {act.device}")
     m = mask if (mask.dtype == torch.bool and mask.device == act.device) else mask.to(act.device, torch.bool)
     if acc is not None:
         if acc.dim() != 2 or acc.shape[1] != NUM_FIELDS or not acc.is_contiguous():
@@ -275,14 +290,18 @@ def reduce_activations_ext(
 
         if acc is not None and acc.device == act.device:
             fused_reduce(act, m, rule, layer_input, pooled, acc=acc, groups=groups, delta=delta, block_influence=bi,
-                         silu_out=silu_out)
+                         silu_out=silu_out, up=up, overwrite_act=overwrite_act)
             return None, None
-        red = fused_reduce(act, m, rule, layer_input, pooled, delta=delta, block_influence=bi, silu_out=silu_out)
+        red = fused_reduce(act, m, rule, layer_input, pooled, delta=delta, block_influence=bi, silu_out=silu_out,
+                           up=up, overwrite_act=overwrite_act)
         act_sq = None
     elif silu_out is not None:
         silu_out.copy_(torch.nn.functional.silu(act))
         with _one_thread(act.device):
             red, act_sq = _eager_reduce(silu_out, m, rule, None, pooled, None, None)
+        if up is not None:
+            silu_out.mul_(up)  # the product torch's act_fn(gate) * up gives, to the bit
+            act_sq = None
     elif delta:
         with _one_thread(act.device):
             red, _ = _eager_reduce(act - layer_input, m, rule, None, pooled, None, k)
