@@ -259,3 +259,114 @@ def test_gated_mlp_frees_gate_and_up_before_down_proj_as_the_plain_forward_does(
         h.remove()
     assert col.fused_silu_calls == (len(find_decoder_layers(model)[1]) if mode == "mlp_always" else 0)
     assert alive == [[False, False]]
+
+
+def test_gated_mlp_keeps_gradients_of_a_trainable_up_proj(monkeypatch):
+    """Autograd through any part of the MLP (here a frozen ``gate_proj`` and a trainable
+    ``up_proj``, as with adapters on some projections only) keeps the MLP's own arithmetic."""
+    monkeypatch.setenv("EAVSS_FUSE_SILU", "mlp_always")
+    model = tiny_model("llama", seed=13)
+    model.requires_grad_(False)  # only up_proj trains: layer 0's MLP input and gate need no gradient
+    for layer in find_decoder_layers(model)[1]:
+        layer.mlp.up_proj.weight.requires_grad_(True)
+    ids = torch.randint(5, 500, (2, 6), generator=torch.Generator().manual_seed(3))
+    am = torch.ones_like(ids)
+
+    def up_grads(with_col):
+        model.zero_grad()
+        col = ActivationStatsCollector(model, site="mlp_act", block_influence=False)
+        if with_col:
+            col.attach()
+            col.set_batch(am.bool())
+        model(input_ids=ids, attention_mask=am).logits.float().square().mean().backward()
+        col.detach()
+        return [layer.mlp.up_proj.weight.grad.clone() for layer in find_decoder_layers(model)[1]], col
+
+    g0, _ = up_grads(False)
+    g1, col = up_grads(True)
+    assert col.fused_silu_calls == 0
+    for a, b in zip(g0, g1):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("keep", [None, "tensor", "detach", "data"])
+def test_gate_overwritten_only_when_nothing_else_can_hold_it(keep, monkeypatch):
+    """The kernels may store the SiLU into the gate's buffer (``overwrite_act``) only when no hook on
+    ``gate_proj`` could keep it, or an alias of its storage (``o.detach()``, ``o.data``)."""
+    import eavss.stats.collector as collector_mod
+
+    monkeypatch.setenv("EAVSS_FUSE_SILU", "mlp_always")
+    model = tiny_model("qwen2", seed=14)
+    seen, kept = [], []
+    real = collector_mod.reduce_activations_ext
+
+    def spy(*a, **k):
+        seen.append(k.get("overwrite_act"))
+        return real(*a, **k)
+
+    monkeypatch.setattr(collector_mod, "reduce_activations_ext", spy)
+    gp = find_decoder_layers(model)[1][0].mlp.gate_proj
+    if keep is not None:
+        gp.register_forward_hook(lambda m, a, o: kept.append({"tensor": o, "detach": o.detach(), "data": o.data}[keep]))
+    ids = torch.randint(5, 500, (2, 6), generator=torch.Generator().manual_seed(4))
+    am = torch.ones_like(ids)
+    with ActivationStatsCollector(model, site="mlp_act", block_influence=False) as col, torch.no_grad():
+        col.set_batch(am.bool())
+        model(input_ids=ids, attention_mask=am)
+    L = len(find_decoder_layers(model)[1])
+    assert seen == [keep is None] + [True] * (L - 1)
+
+
+def test_gated_mlp_defers_to_another_replacement_of_the_activation(monkeypatch):
+    """Another collector that replaced ``act_fn``'s forward (mode ``always``) still sees every call
+    while a gated-MLP collector is attached: both collect the hook's statistics."""
+    model = tiny_model("llama", seed=15)
+    ids = torch.randint(5, 500, (2, 6), generator=torch.Generator().manual_seed(5))
+    am = torch.ones_like(ids)
+    monkeypatch.setenv("EAVSS_FUSE_SILU", "hook")
+    ref = ActivationStatsCollector(model, site="mlp_act")
+    monkeypatch.setenv("EAVSS_FUSE_SILU", "always")
+    a = ActivationStatsCollector(model, site="mlp_act")
+    monkeypatch.setenv("EAVSS_FUSE_SILU", "mlp_always")
+    b = ActivationStatsCollector(model, site="mlp_act")
+    for first, second in ((ref, None), (a, b)):
+        first.attach()
+        if second is not None:
+            second.attach()
+        with torch.no_grad():
+            for c in (first, second):
+                if c is not None:
+                    c.set_batch(am.bool())
+            model(input_ids=ids, attention_mask=am)
+        for c in (second, first):
+            if c is not None:
+                c.detach()
+    np.testing.assert_array_equal(a.result().sums, ref.result().sums)
+    np.testing.assert_array_equal(b.result().sums, ref.result().sums)
+    assert a.fused_silu_calls > 0 and b.fused_silu_calls == 0
+
+
+@pytest.mark.parametrize("mode", ["always", "mlp_always"])
+def test_replaced_forward_kept_by_a_wrapper_stops_counting_after_detach(mode, monkeypatch):
+    """A wrapper installed after attach that captured the bound replacement (accelerate-style) runs
+    the module's own forward once the collector is detached: nothing more is counted."""
+    monkeypatch.setenv("EAVSS_FUSE_SILU", mode)
+    model = tiny_model("llama", seed=16)
+    ids = torch.randint(5, 500, (2, 6), generator=torch.Generator().manual_seed(6))
+    am = torch.ones_like(ids)
+    with torch.no_grad():
+        plain = model(input_ids=ids, attention_mask=am).logits
+    col = ActivationStatsCollector(model, site="mlp_act", block_influence=False)
+    col.attach()
+    layer = find_decoder_layers(model)[1][1]
+    mod = layer.mlp if mode == "mlp_always" else layer.mlp.act_fn
+    inner = mod.forward
+    mod.forward = lambda x: inner(x)
+    with torch.no_grad():
+        col.set_batch(am.bool())
+        model(input_ids=ids, attention_mask=am)
+        col.detach()
+        after = model(input_ids=ids, attention_mask=am).logits
+    n = col.result().n_tokens().ravel()
+    assert (n == n[0]).all() and n[0] == ids.numel()  # every layer once, none twice
+    torch.testing.assert_close(after, plain, rtol=0, atol=0)

@@ -160,7 +160,8 @@ def find_mlp_activation(layer: nn.Module) -> nn.Module | None:
 GATED_MLP_FORWARD = "down_proj = self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))\nreturn down_proj"
 """The body (stripped lines) of the gated MLP forward that Llama, Qwen2, Qwen3, Mistral, Gemma,
 Gemma3, OLMo2, Granite and SmolLM3 share in transformers (checked on 5.x): ``find_gated_mlp``
-accepts only modules whose class's forward is exactly this."""
+accepts only modules whose class's forward is exactly this (after its ``def`` line; a decorated
+forward, a signature over several lines or a docstring do not match, and the hook is used)."""
 
 _GATED_SOURCE: dict = {}  # class -> whether its forward's body is GATED_MLP_FORWARD
 

@@ -26,8 +26,9 @@ from eavss.stats.sites import SiteHooks, delta_input, input_tensor, token_view
 
 FUSE_SILU = "mlp"
 """How ``mlp_act`` is captured on SiLU MLPs (Llama, Qwen2, Mistral, Qwen3, SmolLM2; not Gemma's
-GELU). ``$EAVSS_FUSE_SILU`` overrides it. Same statistics and the same model outputs, to the bit,
-in every mode; a mode that cannot run for a call falls back to the hook for that call.
+GELU). ``$EAVSS_FUSE_SILU`` overrides it. The same model outputs, to the bit, in every mode, and the
+same statistics (to the bit on the CPU; on the GPU up to float32 summation order, the kernels
+adding in another order); a mode that cannot run for a call falls back to the hook for that call.
 
 - ``mlp`` (default): where the fused GPU reduction runs, the forward of a gated MLP that computes
   exactly ``down_proj(act_fn(gate_proj(x)) * up_proj(x))`` (:func:`eavss.models.layers.find_gated_mlp`)
@@ -69,12 +70,13 @@ FUSE_MODES = ("hook", "auto", "always", "mlp", "mlp_always")
 
 
 def _observed(mod: torch.nn.Module) -> bool:
-    """Whether anything hooks ``mod``'s forward (its own hooks or global ones): a replacement that
-    skips calling it would hide its output from them."""
+    """Whether anything hooks ``mod``'s forward (its own hooks, global ones, or an instance forward:
+    another collector's replacement, accelerate's wrapper): a replacement that skips calling it
+    would hide its output from them, and its output may be held elsewhere."""
     from torch.nn.modules import module as _m
 
     return bool(mod._forward_hooks or mod._forward_pre_hooks or _m._global_forward_hooks
-                or _m._global_forward_pre_hooks)
+                or _m._global_forward_pre_hooks or "forward" in mod.__dict__)
 
 
 def fuse_silu_mode() -> str:
@@ -229,6 +231,8 @@ class ActivationStatsCollector:
         own = type(module).forward
 
         def forward(x: torch.Tensor) -> torch.Tensor:
+            if not self._replaced:  # detached, but kept by something that wrapped it: the module's own forward
+                return own(module, x)
             if self._mask is not None and isinstance(x, torch.Tensor) and self._fuse_silu(x):
                 mask = self._mask_for(x.device)
                 xv = token_view(x, mask.shape, index, "; pass the batch's attention_mask to set_batch")
@@ -250,12 +254,19 @@ class ActivationStatsCollector:
         each (:meth:`_fuse_silu` allowing, and no other hook on ``act_fn`` -- probe features must see
         its output), else the MLP's own arithmetic with the hook's reduction; then ``down_proj``.
         Temporaries are dropped where the original expression drops them (the gate after
-        ``act_fn``, gate and up before ``down_proj``), so peak memory stays the plain forward's."""
+        ``act_fn``, gate and up before ``down_proj``), so peak memory stays the plain forward's.
+        The kernels store the SiLU into the gate's buffer only when nothing else can hold it: no
+        hook or forward override on ``gate_proj`` and no other Python reference."""
+        own = type(mlp).forward
 
         def forward(x: torch.Tensor) -> torch.Tensor:
+            if not self._replaced:  # detached, but kept by something that wrapped it: the MLP's own forward
+                return own(mlp, x)
+            # autograd through any part of the MLP (a frozen gate_proj with a trainable up_proj counts)
+            grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in mlp.parameters()))
             gate = mlp.gate_proj(x)
-            private = sys.getrefcount(gate) <= 2  # nobody else (a hook on gate_proj) holds it: the kernel may reuse it
-            if self._mask is not None and isinstance(gate, torch.Tensor) and not _observed(mlp.act_fn) \
+            private = sys.getrefcount(gate) <= 2 and not _observed(mlp.gate_proj)  # the kernel may reuse it
+            if self._mask is not None and isinstance(gate, torch.Tensor) and not grad and not _observed(mlp.act_fn) \
                     and self._fuse_silu(gate):
                 up = mlp.up_proj(x)
                 mask = self._mask_for(gate.device)
@@ -280,9 +291,10 @@ class ActivationStatsCollector:
         return forward
 
     def _fuse_silu(self, x: torch.Tensor) -> bool:
-        """Whether this call of a SiLU module can be replaced: no autograd through it, a float16 /
-        bfloat16 / float32 input, and (``auto``) the fused reduction on its device, whose SiLU was
-        found equal to ``torch.nn.functional.silu`` to the bit there (checked once per device and dtype)."""
+        """Whether this call of a SiLU module (or gated MLP, ``x`` its gate) can be replaced: no
+        autograd through it, a float16 / bfloat16 / float32 input, and (``auto``, ``mlp``) the fused
+        reduction on its device, whose SiLU (``mlp``: gated product) was found equal to torch's to the
+        bit there (checked once per device and dtype, for the collector's life)."""
         if x.dtype not in (torch.float16, torch.bfloat16, torch.float32) or (torch.is_grad_enabled() and x.requires_grad):
             return False
         if self._silu_mode.endswith("always"):
