@@ -46,3 +46,18 @@ def test_eval_table_shows_intervals_items_chance_and_duplicates():
     assert "Mean retention over ppl (one task per capability): **50.0%**" in md
     assert "0.123456789" not in md
     assert "8 of 290" in results_table(ev["original"])
+
+
+def test_ground_truth_table_shows_spearman_intervals_and_reads_older_reports():
+    """Each score's Spearman with its 95 % interval (schema 2.3); a report written before the
+    interval existed still renders, without it."""
+    from eavss.report.avss import ground_truth_table
+
+    gt = {"definition": "skip cost", "num_samples": 4, "num_tokens": 100, "base_loss": 2.0, "k": 2, "best_score": "bi",
+          "agreement": {"bi": {"spearman": 0.79, "spearman_ci": [0.594, 0.897], "p_value": 2e-7, "overlap": 2, "k": 2,
+                               "cost": 1.0, "oracle_cost": 0.9, "removed": [3, 4]},
+                        "avss": {"spearman": 0.19, "p_value": 0.32, "overlap": 0, "k": 2, "cost": 5.0,
+                                 "oracle_cost": 0.9, "removed": [0, 1]}}}
+    md = ground_truth_table(gt)
+    assert "| Spearman [95% CI] |" in md
+    assert "| bi | 0.79 [0.59, 0.90] |" in md and "| avss | 0.19 |" in md

@@ -332,7 +332,7 @@ def ground_truth(cfg: ScoreConfig | RunConfig, model, tokenizer, texts: list[str
     for name, v in scores.items():
         ra = rank_agreement(v["score"], delta, k)
         rc = removal_cost(v["score"], delta, k)
-        agreement[name] = {"spearman": ra["spearman"], "p_value": ra["p_value"], **rc}
+        agreement[name] = {"spearman": ra["spearman"], "spearman_ci": ra["spearman_ci"], "p_value": ra["p_value"], **rc}
     return jsonable({
         "definition": "calibration-loss increase (nats/token) when the layer alone is skipped (Shortened LLaMA PPL "
                       "criterion); higher = more important",

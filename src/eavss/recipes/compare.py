@@ -300,11 +300,12 @@ def removal_costs(ctx, selections: dict, gt: dict, joint: bool) -> dict[str, dic
         indicator[sel["removed"]] = 0.0  # its k lowest are exactly the removed set
         rc = removal_cost(indicator, delta, k)
         entry = {"cost": rc["cost"], "oracle_cost": rc["oracle_cost"], "excess": rc["excess"],
-                 "overlap_with_oracle": rc["overlap"], "spearman_with_ground_truth": None, "p_value": None,
+                 "overlap_with_oracle": rc["overlap"], "spearman_with_ground_truth": None, "spearman_ci": None,
+                 "p_value": None,
                  "joint_loss": None, "joint_loss_increase": None}
         if sel["score"] is not None:
             ra = rank_agreement(sel["score"], delta, k)
-            entry.update(spearman_with_ground_truth=ra["spearman"], p_value=ra["p_value"])
+            entry.update(spearman_with_ground_truth=ra["spearman"], spearman_ci=ra["spearman_ci"], p_value=ra["p_value"])
         if joint:
             with skip_layers(ctx.model, sel["removed"]):
                 loss = calibration_loss(ctx.model, ctx.loss_batches)["loss"]

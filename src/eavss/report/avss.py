@@ -6,9 +6,10 @@ from __future__ import annotations
 import os
 from typing import TypedDict
 
-from eavss.report.common import format_number, header_lines, pyplot, save_figure, timings_table
+from eavss.report.common import format_ci, format_number, header_lines, pyplot, save_figure, timings_table
 
 _fmt = format_number
+_ci = format_ci
 
 
 class PerLayerRow(TypedDict, total=False):
@@ -200,10 +201,11 @@ def ground_truth_table(gt: dict) -> str:
              f"target tokens), base loss {_fmt(gt['base_loss'])}. For each score: Spearman with it over layers, and "
              f"the summed skip cost of the k = {gt['k']} layers the score ranks lowest against the k cheapest "
              "(oracle).\n",
-             "| score | Spearman | p | overlap with the k cheapest | cost of its k (nats/token) | oracle cost | "
+             "| score | Spearman [95% CI] | p | overlap with the k cheapest | cost of its k (nats/token) | oracle cost | "
              "removes |", "|---|---|---|---|---|---|---|"]
     for name, a in sorted(gt["agreement"].items(), key=lambda kv: -(kv[1]["spearman"] if kv[1]["spearman"] is not None else -9)):
-        lines.append(f"| {name} | {_fmt(a['spearman'], 2)} | {_fmt(a['p_value'], 3)} | {a['overlap']} / {a['k']} | "
+        lines.append(f"| {name} | {_fmt(a['spearman'], 2)}{_ci(a.get('spearman_ci'))} | {_fmt(a['p_value'], 3)} | "
+                     f"{a['overlap']} / {a['k']} | "
                      f"{_fmt(a['cost'], 3)} | {_fmt(a['oracle_cost'], 3)} | {a['removed']} |")
     best = gt.get("best_score")
     if best:

@@ -24,6 +24,14 @@ def format_number(x: Any, nd: int = 4, exp_digits: int = 3) -> str:
     return str(x)
 
 
+def format_ci(ci: Any, nd: int = 2) -> str:
+    """`` [lo, hi]`` for an interval (a two-item list), or "" when there is none or it is undefined
+    (NaN, as :func:`eavss.scores.agreement.spearman_ci` gives for fewer than 4 items)."""
+    if not ci or len(ci) != 2 or any(v is None or v != v for v in ci):
+        return ""
+    return f" [{ci[0]:.{nd}f}, {ci[1]:.{nd}f}]"
+
+
 def pyplot():
     """matplotlib's pyplot on the non-interactive Agg backend (no display needed)."""
     import matplotlib

@@ -8,9 +8,10 @@ from typing import TypedDict
 
 import numpy as np
 
-from eavss.report.common import format_number, header_lines, pyplot, save_figure, timings_table
+from eavss.report.common import format_ci, format_number, header_lines, pyplot, save_figure, timings_table
 
 _fmt = format_number
+_ci = format_ci
 
 
 class SettingsSection(TypedDict):
@@ -45,6 +46,7 @@ class CostEntry(TypedDict):
     excess: float  # cost - oracle_cost (>= 0)
     overlap_with_oracle: int
     spearman_with_ground_truth: float | None  # None for metrics without a per-layer score
+    spearman_ci: list[float] | None  # its 95 % interval over the layers (schema 2.3; Fisher z)
     p_value: float | None
     joint_loss: float | None  # calibration loss with the whole set removed at once
     joint_loss_increase: float | None
@@ -145,7 +147,7 @@ def selection_table(report: dict) -> str:
         c = r["ground_truth_cost"]
         lines.append(f"| {_label(row, r)} | {r['removed']} | {_fmt(c['cost'], 3)} | {_fmt(c['excess'], 3)} | "
                      f"{c['overlap_with_oracle']} / {gt['k']} | {_fmt(c.get('joint_loss_increase'), 3)} | "
-                     f"{_fmt(c.get('spearman_with_ground_truth'), 2)} | {r['seconds']:.2f} | "
+                     f"{_fmt(c.get('spearman_with_ground_truth'), 2)}{_ci(c.get('spearman_ci'))} | {r['seconds']:.2f} | "
                      f"{_fmt(r.get('params_kept_pct'), 1)}% |")
     lines.append(f"| *oracle (k cheapest)* | {gt['oracle_removed']} | {_fmt(gt['oracle_cost'], 3)} | 0 | "
                  f"{gt['k']} / {gt['k']} | | | | |")

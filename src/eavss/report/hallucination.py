@@ -7,7 +7,7 @@ import os
 from typing import TypedDict
 
 from eavss.scores.hallucination import HSAV_METHODS, HSS_METHODS, EavssOptions
-from eavss.report.common import format_number, header_lines, pyplot, save_figure, timings_table
+from eavss.report.common import format_ci, format_number, header_lines, pyplot, save_figure, timings_table
 
 
 class SourceSummary(TypedDict, total=False):
@@ -53,6 +53,7 @@ class AgreementSection(TypedDict, total=False):
     plus the reader's warning and the agreement with the pooled AUROC)."""
 
     spearman: float | None
+    spearman_ci: list[float]  # 95 % over the layers (schema 2.3)
     p_value: float | None
     top_k_overlap: int
     top_k_chance: float
@@ -308,7 +309,8 @@ def render_markdown(report: dict) -> str:
         stat = "the EAVSS z" if ag.get("ranked_by") == "z" else "EAVSS"
         out.append(f"Spearman rank correlation over layers between {stat} (the ranking statistic) and the probe AUROC "
                    f"(mean within-source): "
-                   f"**rho = {_f(ag['spearman'], 2)}** (p = {_f(ag['p_value'], 3)}) -- **{ag['verdict']}**. "
+                   f"**rho = {_f(ag['spearman'], 2)}**{format_ci(ag.get('spearman_ci'))} (p = {_f(ag['p_value'], 3)}) -- "
+                   f"**{ag['verdict']}**. "
                    f"Top-{ev['k']} overlap: {ag['top_k_overlap']} (chance {ag['top_k_chance']:.1f}); probe top-{ev['k']}: "
                    f"{ag['top_k_reference']}.")
         pa = ag.get("pooled_auroc") or {}

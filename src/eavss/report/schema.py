@@ -15,7 +15,10 @@ the variance definition is ``stats.variance`` in every command (was ``scores.var
 AVSS); agreement keys ``top_k_score``/``top_k_reference``. 2.1 -- kinds ``compare``
 (:mod:`eavss.report.compare`) and ``heal`` (:mod:`eavss.report.heal`). 2.2 -- ``compare``: ``paired``
 (paired differences in mean retention between rows), rows that share removed layers carry
-``same_layers_as``. A reader refuses a report whose major version differs from
+``same_layers_as``. 2.3 -- score agreements (``ground_truth.agreement``, ``compare``'s
+``ground_truth_cost``, ``hallucination``'s ``agreement``) carry ``spearman_ci``, the 95 % interval
+of Spearman's rho over the layers.
+A reader refuses a report whose major version differs from
 :data:`SCHEMA_VERSION`'s (:func:`read_report`).
 """
 
@@ -37,7 +40,7 @@ import numpy as np
 from eavss.errors import EavssError
 
 SCHEMA = "eavss.report"
-SCHEMA_VERSION = "2.2"
+SCHEMA_VERSION = "2.3"
 KINDS = ("score", "prune", "eval", "run", "hallucination", "compare", "heal", "mitigate")
 
 

@@ -19,6 +19,26 @@ def top_k(score: np.ndarray, k: int) -> list[int]:
     return [int(i) for i in np.argsort(-s, kind="stable")[:min(k, len(s))]]
 
 
+def spearman_ci(rho: float, n: int, level: float = 0.95) -> list[float]:
+    """Confidence interval of a Spearman correlation ``rho`` over ``n`` paired items (layers).
+
+    Fisher's z-transform with the standard error of Spearman's rho, ``sqrt(1.06 / (n - 3))``
+    (Fieller, Hartley & Pearson 1957; Bonett & Wright 2000 compare it with alternatives):
+    ``tanh(atanh(rho) -+ z_{(1+level)/2} * se)``. ``|rho| = 1`` is clipped just inside, so the
+    interval reaches +-1 on that side.
+
+    Returns:
+        ``[low, high]``; ``[nan, nan]`` when ``rho`` is not finite or ``n < 4`` (no standard error).
+    """
+    from scipy.stats import norm
+
+    if not np.isfinite(rho) or n < 4:
+        return [float("nan"), float("nan")]
+    z = np.arctanh(np.clip(rho, -1 + 1e-12, 1 - 1e-12))
+    half = float(norm.ppf(0.5 + level / 2)) * np.sqrt(1.06 / (n - 3))
+    return [float(np.tanh(z - half)), float(np.tanh(z + half))]
+
+
 def rank_agreement(score: np.ndarray, reference: np.ndarray, k: int) -> dict:
     """How well the ranking of ``score`` agrees with the ranking of ``reference``.
 
@@ -28,7 +48,8 @@ def rank_agreement(score: np.ndarray, reference: np.ndarray, k: int) -> dict:
         k: size of the top sets compared.
 
     Returns:
-        ``{"spearman", "p_value" (two-sided, scipy), "top_k_overlap", "top_k_chance" (= k^2/L,
+        ``{"spearman", "spearman_ci" (95 %, :func:`spearman_ci` over the L layers), "p_value"
+        (two-sided, scipy), "top_k_overlap", "top_k_chance" (= k^2/L,
         the expected overlap of two random top-k sets), "top_k_score", "top_k_reference",
         "verdict"}``. Spearman and p are NaN (verdict "undefined") when either input is constant.
 
@@ -55,7 +76,7 @@ def rank_agreement(score: np.ndarray, reference: np.ndarray, k: int) -> dict:
     if np.isfinite(rho):
         verdict = "disagrees (negative correlation)" if rho < 0 else next(
             (name for thr, name in AGREEMENT_LEVELS if rho >= thr), "little or no agreement")
-    return {"spearman": rho, "p_value": p, "top_k_overlap": len(set(te) & set(ta)), "top_k_chance": kk * kk / L,
+    return {"spearman": rho, "spearman_ci": spearman_ci(rho, L), "p_value": p, "top_k_overlap": len(set(te) & set(ta)), "top_k_chance": kk * kk / L,
             "top_k_score": te, "top_k_reference": ta, "verdict": verdict}
 
 
