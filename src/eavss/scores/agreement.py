@@ -76,8 +76,8 @@ def rank_agreement(score: np.ndarray, reference: np.ndarray, k: int) -> dict:
     if np.isfinite(rho):
         verdict = "disagrees (negative correlation)" if rho < 0 else next(
             (name for thr, name in AGREEMENT_LEVELS if rho >= thr), "little or no agreement")
-    return {"spearman": rho, "spearman_ci": spearman_ci(rho, L), "p_value": p, "top_k_overlap": len(set(te) & set(ta)), "top_k_chance": kk * kk / L,
-            "top_k_score": te, "top_k_reference": ta, "verdict": verdict}
+    return {"spearman": rho, "spearman_ci": spearman_ci(rho, L), "p_value": p, "top_k_overlap": len(set(te) & set(ta)),
+            "top_k_chance": kk * kk / L, "top_k_score": te, "top_k_reference": ta, "verdict": verdict}
 
 
 def bottom_k(score: np.ndarray, k: int) -> list[int]:
