@@ -331,8 +331,8 @@ def summary_lines(report: dict) -> list[str]:
 
 
 def plot_compare(report: dict, path: str | os.PathLike) -> None:
-    """``compare.png``: retention per metric and task (bars; healed against the healed unpruned
-    model in a second panel with ``--heal``) and a heat map of every metric's per-layer importance
+    """``compare.png``: retention per metric and task (bars with their 95 % intervals; healed against
+    the healed unpruned model in a second panel with ``--heal``) and a heat map of every metric's per-layer importance
     rank with its removed layers marked. Written atomically."""
     plt = pyplot()
     rows = report["rows"]
@@ -348,18 +348,19 @@ def plot_compare(report: dict, path: str | os.PathLike) -> None:
 
     def bars(ax, block: str | None, title: str):
         for j, t in enumerate(tasks + ["mean"]):
-            vals = []
+            vals, err = [], []
             for r in names:
                 b = rows[r]
                 for part in (block.split(".") if block else []):
                     b = (b or {}).get(part) or {}
-                if t == "mean":
-                    v = (b.get("mean_retention") or {}).get("mean_pct")
-                else:
-                    v = ((b.get("retention") or {}).get(t) or {}).get("retention_pct")
+                e = (b.get("mean_retention") or {}) if t == "mean" else ((b.get("retention") or {}).get(t) or {})
+                v = e.get("mean_pct" if t == "mean" else "retention_pct")
+                ci = e.get("ci")
                 vals.append(np.nan if v is None else v)
-            ax.bar(x + (j - len(tasks) / 2) * width, vals, width, label=t,
-                   color="black" if t == "mean" else None, alpha=0.8)
+                ok = v is not None and ci and len(ci) == 2 and None not in ci
+                err.append([max(0.0, v - ci[0]), max(0.0, ci[1] - v)] if ok else [np.nan, np.nan])
+            ax.bar(x + (j - len(tasks) / 2) * width, vals, width, label=t, yerr=np.asarray(err, dtype=float).T,
+                   error_kw={"elinewidth": 0.8, "capsize": 2}, color="black" if t == "mean" else None, alpha=0.8)
         ax.axhline(100, color="grey", lw=0.8, ls="--")
         ax.set_xticks(x)
         ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
