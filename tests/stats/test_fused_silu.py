@@ -96,6 +96,20 @@ def test_forward_restored_and_model_outputs_unchanged(mode, monkeypatch):
     assert all("forward" not in m.__dict__ for m in mods)
 
 
+def _grads(model, ids, with_col):
+    """Gradients of every parameter that gets one, from a backward pass of the logits' mean square
+    with (``with_col``) or without an ``mlp_act`` collector attached; and the collector."""
+    am = torch.ones_like(ids)
+    model.zero_grad()
+    col = ActivationStatsCollector(model, site="mlp_act", block_influence=False)
+    if with_col:
+        col.attach()
+        col.set_batch(am.bool())
+    model(input_ids=ids, attention_mask=am).logits.float().square().mean().backward()
+    col.detach()
+    return [p.grad.clone() for p in model.parameters() if p.grad is not None], col
+
+
 @pytest.mark.parametrize("mode", ["always", "mlp_always"])
 def test_autograd_falls_back_to_the_hook(mode, monkeypatch):
     """With gradients flowing through the activation, the module's own forward runs (the kernel has
@@ -103,20 +117,8 @@ def test_autograd_falls_back_to_the_hook(mode, monkeypatch):
     monkeypatch.setenv("EAVSS_FUSE_SILU", mode)
     model = tiny_model("qwen2", seed=4)
     ids = torch.randint(5, 500, (2, 7), generator=torch.Generator().manual_seed(1))
-    am = torch.ones_like(ids)
-
-    def grads(with_col):
-        model.zero_grad()
-        col = ActivationStatsCollector(model, site="mlp_act", block_influence=False)
-        if with_col:
-            col.attach()
-            col.set_batch(am.bool())
-        model(input_ids=ids, attention_mask=am).logits.float().square().mean().backward()
-        col.detach()
-        return [p.grad.clone() for p in model.parameters() if p.grad is not None], col
-
-    g0, _ = grads(False)
-    g1, col = grads(True)
+    g0, _ = _grads(model, ids, False)
+    g1, col = _grads(model, ids, True)
     assert col.fused_silu_calls == 0 and col.num_batches == 1
     assert col.result().n_tokens().sum() == ids.numel() * len(find_decoder_layers(model)[1])
     for a, b in zip(g0, g1):
@@ -270,20 +272,9 @@ def test_gated_mlp_keeps_gradients_of_a_trainable_up_proj(monkeypatch):
     for layer in find_decoder_layers(model)[1]:
         layer.mlp.up_proj.weight.requires_grad_(True)
     ids = torch.randint(5, 500, (2, 6), generator=torch.Generator().manual_seed(3))
-    am = torch.ones_like(ids)
-
-    def up_grads(with_col):
-        model.zero_grad()
-        col = ActivationStatsCollector(model, site="mlp_act", block_influence=False)
-        if with_col:
-            col.attach()
-            col.set_batch(am.bool())
-        model(input_ids=ids, attention_mask=am).logits.float().square().mean().backward()
-        col.detach()
-        return [layer.mlp.up_proj.weight.grad.clone() for layer in find_decoder_layers(model)[1]], col
-
-    g0, _ = up_grads(False)
-    g1, col = up_grads(True)
+    g0, _ = _grads(model, ids, False)
+    g1, col = _grads(model, ids, True)
+    assert len(g0) == len(find_decoder_layers(model)[1])  # the up_proj weights, and nothing else
     assert col.fused_silu_calls == 0
     for a, b in zip(g0, g1):
         torch.testing.assert_close(a, b, rtol=0, atol=0)

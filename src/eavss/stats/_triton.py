@@ -666,7 +666,8 @@ def tiled_config(B: int, T: int, D: int, device: torch.device, force: bool = Fal
     env = os.environ.get("EAVSS_TILED_CONFIG", "").strip()
     vals = default
     if env in ("", "auto", "off", "on"):
-        if not force and (env == "off" or (env != "on" and (D < TILED_MIN_D or os.environ.get("EAVSS_TRITON_CONFIG")))):
+        wanted = env == "on" or (env != "off" and D >= TILED_MIN_D and not os.environ.get("EAVSS_TRITON_CONFIG"))
+        if not (force or wanted):
             return None
     else:
         try:
